@@ -1,0 +1,22 @@
+"""OmegaConf resolvers used by the YAML in conf/ (registered explicitly, never at import time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def asset_path(name: str) -> str:
+    """``${dpo_lab_asset:tiny-llama}`` -> absolute path of an asset shipped inside the package."""
+    path = ASSETS_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(f"dpo_lab ships no asset named {name!r} (looked in {ASSETS_DIR})")
+    return str(path)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dpo_lab_asset"):
+        OmegaConf.register_new_resolver("dpo_lab_asset", asset_path)

@@ -1,0 +1,241 @@
+"""The one entry point: ``python -m dpo_lab.run [overrides] [-m]``.
+
+validate -> seed -> data -> track -> build -> evaluate -> train -> evaluate -> save, top to bottom;
+the logic lives in the modules named after what they build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from transformers import set_seed
+
+from dpo_lab.card import framework_versions, render_model_card
+from dpo_lab.config import ConfigError, RunConfig, register_configs, validate
+from dpo_lab.data import load_preference_data
+from dpo_lab.hardware import describe, device_type, resolve_precision
+from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.overrides import check_overrides
+from dpo_lab.resolvers import register_resolvers
+from dpo_lab.tracking import MetricsCallback, start_run
+from dpo_lab.trainer import build_dpo_args, build_trainer
+
+log = logging.getLogger("dpo_lab")
+
+# The metrics of the before/after summary, in the order they are printed.
+SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """The composed config as typed objects, with every invariant checked (raises ConfigError)."""
+    try:
+        run_cfg = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(key, str(err).splitlines()[0]) from None
+    assert isinstance(run_cfg, RunConfig)
+    validate(run_cfg)
+    return run_cfg
+
+
+def run_identity() -> tuple[str, str]:
+    """(name, group) for the tracker: the name from the command-line overrides, the group per sweep."""
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "hydra/"))]
+    name = (
+        ",".join(_short_override(o) for o in overrides)
+        or hydra_cfg.runtime.choices.get("experiment")
+        or "default"
+    )
+    if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+        return name, f"sweep-{Path(hydra_cfg.sweep.dir).name}"
+    return name, name
+
+
+def _short_override(override: str) -> str:
+    key, _, value = override.lstrip("+~").partition("=")
+    return f"{key.rsplit('.', 1)[-1]}={value}"
+
+
+def peak_memory_mb() -> float:
+    """Peak CUDA allocation on GPU, else the process's peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    set_seed(run_cfg.seed)
+    device = device_type()
+    precision = resolve_precision(run_cfg.train.precision, device)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
+
+    tokenizer = load_tokenizer(run_cfg.model)
+    data = load_preference_data(run_cfg.data, run_cfg.seed)
+    log.info("data: %d train / %d held-out pairs from %s", len(data.train), len(data.eval), data.source)
+
+    name, group = run_identity()
+    tracker = start_run(
+        run_cfg.logger,
+        run_dir=run_dir,
+        config={
+            **resolved,
+            "_runtime": {
+                **describe(),
+                "precision": precision.value,
+                "dataset_fingerprint": data.fingerprint,
+                **framework_versions(),
+            },
+        },
+        name=name,
+        group=group,
+    )
+    try:
+        model = load_base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
+        args = build_dpo_args(
+            run_cfg.dpo,
+            run_cfg.train,
+            output_dir=run_dir / "checkpoints",
+            seed=run_cfg.seed,
+            precision=precision,
+            device=device,
+            run_name=name,
+        )
+        trainer = build_trainer(
+            model,
+            tokenizer,
+            args,
+            data.train,
+            data.eval,
+            build_lora_config(run_cfg.lora),
+            callbacks=[MetricsCallback(tracker)],
+        )
+        before = trainer.evaluate(metric_key_prefix="eval") if run_cfg.train.eval_before_training else {}
+        train_out = trainer.train()
+        after = trainer.evaluate(metric_key_prefix="eval")
+
+        adapter_dir = run_dir / "adapter"
+        trainer.save_model(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
+        runtime = train_out.metrics["train_runtime"]
+        tokens = trainer.state.num_input_tokens_seen
+        metrics = {
+            "status": "completed",
+            "train": train_out.metrics,
+            "eval_before": before,
+            "eval": after,
+            "train_tokens": tokens,
+            "tokens_per_second": tokens / runtime if runtime else 0.0,
+            "train_runtime_s": runtime,
+            "total_runtime_s": time.perf_counter() - started,
+            "peak_memory_mb": peak_memory_mb(),
+            "global_step": trainer.state.global_step,
+            "precision": precision.value,
+            "device": device,
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        card = render_model_card(
+            base_model=run_cfg.model.name_or_path,
+            dataset=run_cfg.data.path,
+            hyperparameters=_card_hyperparameters(run_cfg, precision.value),
+            metrics={
+                **{f"eval_before/{k[5:]}": v for k, v in before.items()},
+                **{f"eval/{k[5:]}": v for k, v in after.items()},
+                "train/loss": train_out.metrics.get("train_loss"),
+                "tokens_per_second": metrics["tokens_per_second"],
+            },
+            quantization=run_cfg.model.quantization.value,
+        )
+        for card_path in (adapter_dir / "README.md", run_dir / "README.md"):
+            card_path.write_text(card)
+        tracker.summarize(
+            {
+                **{f"eval/{k[5:]}": v for k, v in after.items()},
+                "tokens_per_second": metrics["tokens_per_second"],
+                "peak_memory_mb": metrics["peak_memory_mb"],
+                "status": "completed",
+            }
+        )
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish(exit_code=0)
+    print_summary(run_dir, before, after, metrics)
+    return metrics
+
+
+def _card_hyperparameters(run_cfg: RunConfig, precision: str) -> dict[str, Any]:
+    dpo, lora, train = run_cfg.dpo, run_cfg.lora, run_cfg.train
+    return {
+        "dpo.beta": dpo.beta, "dpo.loss_type": ",".join(dpo.loss_type), "dpo.max_length": dpo.max_length,
+        "lora.r": lora.r, "lora.alpha": lora.alpha, "lora.dropout": lora.dropout,
+        "lora.target_modules": ",".join(lora.target_modules),
+        "model.quantization": run_cfg.model.quantization.value,
+        "train.learning_rate": train.learning_rate,
+        "train.per_device_train_batch_size": train.per_device_train_batch_size,
+        "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "train.max_steps": train.max_steps, "train.num_train_epochs": train.num_train_epochs,
+        "precision": precision, "seed": run_cfg.seed,
+    }  # fmt: skip
+
+
+def print_summary(run_dir: Path, before: dict, after: dict, metrics: dict) -> None:
+    """The CLI's closing table: held-out metrics before and after training."""
+    rows = [f"{'held-out metric':<22}{'before':>10}{'after':>10}"]
+    for key in SUMMARY_KEYS:
+        b, a = before.get(f"eval_{key}"), after.get(f"eval_{key}")
+        rows.append(f"{key:<22}{_num(b):>10}{_num(a):>10}")
+    rows.append(
+        f"steps {metrics['global_step']}, {metrics['train_runtime_s']:.1f} s training, "
+        f"{metrics['tokens_per_second']:.0f} tokens/s, precision {metrics['precision']}"
+    )
+    rows.append(f"run folder: {run_dir}")
+    print("\n".join(rows))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def train(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
+    except ConfigError as err:  # also raised late, e.g. a tokenizer without a chat template
+        exit_with_config_error(err)
+    return metrics["eval"].get("eval_loss")
+
+
+def exit_with_config_error(err: ConfigError) -> None:
+    print(f"dpo_lab: invalid config: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main() -> None:
+    """Console entry: friendly one-line errors for bad overrides, then Hydra."""
+    register_configs()
+    register_resolvers()
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as err:
+        exit_with_config_error(err)
+    train()
+
+
+if __name__ == "__main__":
+    main()

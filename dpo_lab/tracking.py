@@ -1,0 +1,140 @@
+"""The W&B run lifecycle: one run per experiment, created, fed and finished by dpo_lab itself.
+
+transformers' own W&B callback reuses whatever run is active and never finishes it, so in a same-process
+multirun job 2 would log into job 1's run; dpo_lab therefore sets ``report_to="none"`` and logs TRL's
+metrics through :class:`MetricsCallback` into the run it owns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from dpo_lab.config import LoggerBackend, LoggerConfig, WandbMode
+
+log = logging.getLogger(__name__)
+
+WANDB_HOST = ("api.wandb.ai", 443)
+RUN_ID_FILE = "wandb_run.json"
+
+
+def has_api_key() -> bool:
+    """An API key from the environment or ~/.netrc (never read into any config)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def network_reachable(host: tuple[str, int] = WANDB_HOST, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_mode(mode: WandbMode) -> str:
+    """``auto`` -> online with an API key and a reachable server, offline otherwise (never a hang)."""
+    if mode is not WandbMode.auto:
+        return mode.value
+    base_url = os.environ.get("WANDB_BASE_URL", "")
+    host = WANDB_HOST
+    if base_url.startswith("http"):
+        netloc = base_url.split("://", 1)[1].split("/", 1)[0]
+        name, _, port = netloc.partition(":")
+        host = (name, int(port) if port else (443 if base_url.startswith("https") else 80))
+    return "online" if has_api_key() and network_reachable(host) else "offline"
+
+
+@dataclass
+class Tracker:
+    """A live W&B run, or a no-op when logging is off."""
+
+    run: Any = None  # wandb.sdk.wandb_run.Run
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log({**metrics, "train/global_step": step})
+
+    def summarize(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            offline = self.run.settings.mode == "offline"
+            run_dir = Path(self.run.dir).parent
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+            if offline:
+                log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
+
+
+def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name: str, group: str) -> Tracker:
+    """Create the run for this experiment (its id is stored in the run folder for resume)."""
+    if cfg.backend is LoggerBackend.none or cfg.mode is WandbMode.disabled:
+        return Tracker()
+    import wandb
+
+    mode = resolve_mode(cfg.mode)
+    wandb_dir = Path(cfg.dir).expanduser() if cfg.dir else run_dir
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        name=name,
+        group=group,
+        tags=list(cfg.tags),
+        job_type=cfg.job_type,
+        notes=cfg.notes,
+        config=config,
+        dir=str(wandb_dir),
+        mode=mode,
+        reinit="finish_previous",
+        settings=wandb.Settings(init_timeout=60, console="off"),
+    )
+    run.define_metric("train/global_step")
+    run.define_metric("*", step_metric="train/global_step", step_sync=True)
+    (run_dir / RUN_ID_FILE).write_text(
+        json.dumps({"id": run.id, "project": cfg.project, "entity": cfg.entity, "mode": mode}, indent=2)
+    )
+    log.info("W&B run %s (%s, %s)", run.id, name, mode)
+    return Tracker(run)
+
+
+def prefixed(metrics: dict[str, float]) -> dict[str, float]:
+    """``eval_loss`` -> ``eval/loss``; anything else -> ``train/<key>``."""
+    out = {}
+    for key, value in metrics.items():
+        if not isinstance(value, (int, float)):
+            continue
+        if key.startswith("eval_"):
+            out[f"eval/{key[5:]}"] = value
+        elif key.startswith("train_"):
+            out[f"train/{key[6:]}"] = value
+        else:
+            out[f"train/{key}"] = value
+    return out
+
+
+class MetricsCallback(TrainerCallback):
+    """Forward every Trainer log (train and eval) to the tracker under train/ and eval/."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.tracker.log(prefixed(logs), step=state.global_step)
