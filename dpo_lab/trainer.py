@@ -55,7 +55,7 @@ def build_dpo_args(
         "max_grad_norm": train.max_grad_norm,
         "optim": train.optim,
         "gradient_checkpointing": train.gradient_checkpointing,
-        "group_by_length": train.group_by_length,
+        "train_sampling_strategy": "group_by_length" if train.group_by_length else "random",
         "dataloader_num_workers": train.dataloader_num_workers,
         # schedule of logs, evals and checkpoints
         "logging_steps": train.logging_steps,

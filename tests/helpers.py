@@ -1,0 +1,50 @@
+"""Test helpers: compose configs like the CLI does, and run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from dpo_lab.config import register_configs
+from dpo_lab.resolvers import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+HH_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides or [])
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a CLI run: offline W&B, files under tmp_path, no stray secrets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(
+        WANDB_SILENT="true",
+        WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
+        WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return env
+
+
+def run_cli(args: list[str], tmp_path: Path, module: str = "dpo_lab.run", timeout: int = 900, env=None):
+    """Run ``python -m <module> args`` from the repo root; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env or cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

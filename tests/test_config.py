@@ -1,0 +1,153 @@
+"""Tier 1: every config option composes and validates; bad values fail early with one clear line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import trl
+from omegaconf import OmegaConf
+
+from dpo_lab.config import DPO_LOSS_TYPES, ConfigError, Precision, RunConfig, validate
+from dpo_lab.overrides import check_overrides
+from dpo_lab.run import to_run_config
+
+from tests.helpers import CONF, compose_config, run_cli
+
+GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "experiment"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "override", [f"{group}={option}" for group in GROUPS for option in _options(group)]
+)  # fmt: skip
+def test_every_option_composes_and_validates(override: str) -> None:
+    cfg = compose_config([override])
+    run_cfg = to_run_config(cfg)
+    assert isinstance(run_cfg, RunConfig)
+
+
+def test_each_group_has_options() -> None:
+    for group in GROUPS:
+        assert _options(group), f"conf/{group}/ has no option"
+
+
+def test_experiments_start_with_their_command() -> None:
+    # Hydra reads the package directive only from the leading "# @" lines, so it comes first;
+    # the command to run the experiment is the first line after it.
+    for path in (CONF / "experiment").glob("*.yaml"):
+        lines = path.read_text().splitlines()
+        assert lines[0] == "# @package _global_", path
+        assert lines[1] == f"# python -m dpo_lab.run experiment={path.stem}", path
+
+
+def test_reference_experiment_is_qlora_llama() -> None:
+    run_cfg = to_run_config(compose_config(["experiment=finance_llama31_8b"]))
+    assert run_cfg.model.name_or_path == "unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit"
+    assert run_cfg.model.quantization.value == "nf4"
+    assert run_cfg.lora.target_modules == ["all-linear"]
+    assert run_cfg.train.learning_rate == 5e-6
+
+
+def test_rpo_preset_combines_sigmoid_and_sft() -> None:
+    run_cfg = to_run_config(compose_config(["dpo=rpo"]))
+    assert run_cfg.dpo.loss_type == ["sigmoid", "sft"]
+    assert run_cfg.dpo.loss_weights == [1.0, 1.0]
+
+
+def test_defaults_are_the_tiny_model_on_finance_data() -> None:
+    run_cfg = to_run_config(compose_config())
+    assert Path(run_cfg.model.name_or_path).joinpath("config.json").is_file()
+    assert Path(run_cfg.data.path).joinpath("train.jsonl").is_file()
+    assert run_cfg.train.precision is Precision.auto
+    assert run_cfg.train.gradient_checkpointing is False
+
+
+def test_public_keys_exist() -> None:
+    cfg = compose_config()
+    keys = [
+        "model.name_or_path", "model.quantization", "model.dtype", "lora.r", "lora.alpha", "lora.dropout",
+        "lora.target_modules", "dpo.beta", "dpo.loss_type", "dpo.loss_weights", "dpo.max_length",
+        "dpo.precompute_ref_log_probs", "train.learning_rate", "train.per_device_train_batch_size",
+        "train.gradient_accumulation_steps", "train.num_train_epochs", "train.max_steps", "train.eval_steps",
+        "train.save_steps", "train.gradient_checkpointing", "train.extra", "seed",
+    ]  # fmt: skip
+    for key in keys:
+        assert OmegaConf.select(cfg, key, default="MISSING-KEY") != "MISSING-KEY", key
+
+
+def test_loss_types_match_installed_trl() -> None:
+    help_text = trl.DPOConfig.__dataclass_fields__["loss_type"].metadata["help"]
+    trl_losses = set(re.findall(r"`'([a-z_]+)'`", help_text))
+    assert trl_losses == set(DPO_LOSS_TYPES)
+
+
+# (override, key named in the error, a word of what is allowed)
+BAD_OVERRIDES = [
+    ("lora.rank=8", "lora.rank", "accepts: alpha, bias, dropout, r,"),
+    ("lora.r=eight", "lora.r", "must be an integer"),
+    ("lora.r=0", "lora.r", ">= 1"),
+    ("dpo.beta=-1", "dpo.beta", "> 0"),
+    ("model.quantization=nf5", "model.quantization", "none, nf4, int8"),
+    ("dpo.loss_type=[sigmod]", "dpo.loss_type", "sigmoid"),
+    ("train.learning_rate=0", "train.learning_rate", "> 0"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "allowed"), BAD_OVERRIDES)
+def test_bad_override_fails_in_process(override: str, key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_overrides([override])
+        to_run_config(compose_config([override]))
+    assert info.value.key == key
+    assert allowed in str(info.value)
+
+
+@pytest.mark.parametrize(("override", "key", "allowed"), BAD_OVERRIDES)
+def test_bad_override_cli_one_line_exit_2(override: str, key: str, allowed: str, tmp_path) -> None:
+    proc = run_cli([override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("dpo_lab:")]
+    assert len(lines) == 1, proc.stderr
+    assert key in lines[0] and allowed in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("dpo.loss_weights=[1.0,2.0]", "dpo.loss_weights"),
+        ("dpo.max_length=4", "dpo.max_length"),
+        ("lora.dropout=1.5", "lora.dropout"),
+        ("lora.bias=some", "lora.bias"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("train.per_device_train_batch_size=0", "train.per_device_train_batch_size"),
+        ("+train.extra.bf16=true", "train.extra.bf16"),
+        ("data.test_split=null", "data.test_size"),
+        ("data.test_size=2.5", "data.test_size"),
+        ("dpo=robust dpo.label_smoothing=0.6".split()[1], "dpo.label_smoothing"),
+    ],
+)
+def test_invariants(override: str, key: str) -> None:
+    overrides = [override]
+    if override.startswith("data.test_size"):
+        overrides.append("data.test_split=null")
+    with pytest.raises(ConfigError) as info:
+        validate(OmegaConf.to_object(compose_config(overrides)))
+    assert info.value.key == key
+
+
+def test_sweep_values_are_checked_each() -> None:
+    check_overrides(["dpo.beta=0.05,0.1", "lora.r=8,16"])
+    with pytest.raises(ConfigError, match="lora.r: must be an integer; got 'x'"):
+        check_overrides(["lora.r=8,x"])
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean dpo.beta\?"):
+        check_overrides(["dpo.betta=0.1"])
