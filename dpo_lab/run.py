@@ -153,8 +153,8 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             dataset=run_cfg.data.path,
             hyperparameters=_card_hyperparameters(run_cfg, precision.value),
             metrics={
-                **{f"eval_before/{k[5:]}": v for k, v in before.items()},
-                **{f"eval/{k[5:]}": v for k, v in after.items()},
+                **held_out(before, "eval_before/"),
+                **held_out(after, "eval/"),
                 "train/loss": train_out.metrics.get("train_loss"),
                 "tokens_per_second": metrics["tokens_per_second"],
             },
@@ -164,7 +164,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             card_path.write_text(card)
         tracker.summarize(
             {
-                **{f"eval/{k[5:]}": v for k, v in after.items()},
+                **held_out(after, "eval/"),
                 "tokens_per_second": metrics["tokens_per_second"],
                 "peak_memory_mb": metrics["peak_memory_mb"],
                 "status": "completed",
@@ -176,6 +176,11 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     tracker.finish(exit_code=0)
     print_summary(run_dir, before, after, metrics)
     return metrics
+
+
+def held_out(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The ``eval_*`` entries of Trainer.evaluate()'s output, renamed ``<prefix><name>``."""
+    return {prefix + k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}
 
 
 def _card_hyperparameters(run_cfg: RunConfig, precision: str) -> dict[str, Any]:
