@@ -68,6 +68,13 @@ class Tracker:
         if self.run is not None:
             self.run.log({**metrics, "train/global_step": step})
 
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """Log a table (e.g. sample generations) under ``key``."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Table(columns=columns, data=rows), "train/global_step": step})
+
     def summarize(self, values: dict[str, Any]) -> None:
         if self.run is not None:
             self.run.summary.update(values)
