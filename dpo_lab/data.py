@@ -76,3 +76,12 @@ def load_preference_data(cfg: DataConfig, seed: int) -> PreferenceData:
     if cfg.max_eval_samples is not None:
         held_out = held_out.select(range(min(cfg.max_eval_samples, len(held_out))))
     return PreferenceData(train=_normalise(train, cfg), eval=_normalise(held_out, cfg), source=cfg.path)
+
+
+def load_held_out_rows(cfg: DataConfig, seed: int) -> Dataset:
+    """The held-out split as stored, every source column kept (e.g. the ground truth a task checker
+    needs), chosen exactly as :func:`load_preference_data` chooses it."""
+    if cfg.test_split is not None:
+        return _read_split(cfg, cfg.test_split)
+    size = cfg.test_size if cfg.test_size < 1 else int(cfg.test_size)
+    return _read_split(cfg, cfg.split).train_test_split(test_size=size, seed=seed)["test"]

@@ -29,6 +29,7 @@ from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.overrides import check_overrides
 from dpo_lab.resolvers import register_resolvers
+from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
 from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 
@@ -85,6 +86,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     tokenizer = load_tokenizer(run_cfg.model)
     data = load_preference_data(run_cfg.data, run_cfg.seed)
     log.info("data: %d train / %d held-out pairs from %s", len(data.train), len(data.eval), data.source)
+    task_prompts = load_task_prompts(run_cfg.eval, run_cfg.data, data.eval, run_cfg.seed)
 
     name, group = run_identity(cfg, run_dir)
     tracker = start_run(
@@ -126,6 +128,10 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         before = trainer.evaluate(metric_key_prefix="eval") if run_cfg.train.eval_before_training else {}
         train_out = trainer.train()
         after = trainer.evaluate(metric_key_prefix="eval")
+        task = evaluate_task(
+            trainer.model, tokenizer, task_prompts, run_cfg.eval,
+            run_dir=run_dir, tracker=tracker, step=trainer.state.global_step, seed=run_cfg.seed,
+        )  # fmt: skip
 
         adapter_dir = run_dir / "adapter"
         trainer.save_model(str(adapter_dir))
@@ -137,6 +143,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "train": train_out.metrics,
             "eval_before": before,
             "eval": after,
+            "task": task,
             "train_tokens": tokens,
             "tokens_per_second": tokens / runtime if runtime else 0.0,
             "train_runtime_s": runtime,
@@ -155,6 +162,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
                 **held_out(before, "eval_before/"),
                 **held_out(after, "eval/"),
                 "train/loss": train_out.metrics.get("train_loss"),
+                **task_metrics(task),
                 "tokens_per_second": metrics["tokens_per_second"],
             },
             quantization=run_cfg.model.quantization.value,
@@ -181,6 +189,7 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         **held_out(metrics["eval_before"], "eval_before/"),
         **held_out(metrics["eval"], "eval/"),
         "train/mean_loss": metrics["train"].get("train_loss"),
+        **task_metrics(metrics.get("task", {})),
         "tokens_per_second": metrics["tokens_per_second"],
         "peak_memory_mb": metrics["peak_memory_mb"],
         "train_runtime_s": metrics["train_runtime_s"],
@@ -225,6 +234,11 @@ def print_summary(run_dir: Path, before: dict, after: dict, metrics: dict) -> No
     for key in SUMMARY_KEYS:
         b, a = before.get(f"eval_{key}"), after.get(f"eval_{key}")
         rows.append(f"{key:<22}{_num(b):>10}{_num(a):>10}")
+    task = metrics.get("task", {})
+    if "accuracy_after" in task:
+        rows.append(
+            f"{'task accuracy':<22}{_num(task['accuracy_before']):>10}{_num(task['accuracy_after']):>10}"
+        )
     rows.append(
         f"steps {metrics['global_step']}, {metrics['train_runtime_s']:.1f} s training, "
         f"{metrics['tokens_per_second']:.0f} tokens/s, precision {metrics['precision']}"
