@@ -67,7 +67,7 @@ def render_model_card(
         "```\n\n"
         "or with dpo_lab, from the run folder that holds this one (chat, prompt files, a merged copy):\n\n"
         "```bash\n"
-        "python -m dpo_lab.generate run=<run folder> \"prompt='What is 5% of $1,000?'\"\n"
+        "python -m dpo_lab.generate run=<run folder> 'prompt=\"What is 5% of $1,000?\"'\n"
         "python -m dpo_lab.merge run=<run folder>\n"
         "```\n"
     )

@@ -112,7 +112,7 @@ def chat(
     records: list[dict[str, Any]] = []
     if interactive:
         out.write("chat with the model; " + ", ".join(f"{c} to {d}" for c, d in CHAT_COMMANDS.items()) + "\n")
-    for turn, line in enumerate(_user_lines(lines, out, interactive)):
+    for line in _user_lines(lines, out, interactive):
         if line in ("/exit", "/quit"):
             break
         if line == "/reset":
@@ -127,7 +127,7 @@ def chat(
             answer = generate_answers(model, tokenizer, [conversation], cfg.generation)[0]
             out.write(answer + "\n")
         history.append({"role": "assistant", "content": answer})
-        records.append({"turn": turn, "user": line, "assistant": answer})
+        records.append({"turn": len(records), "user": line, "assistant": answer})
     return records
 
 

@@ -16,7 +16,7 @@ ROWS_BY_PROMPT = {row["prompt"]: row for row in TEST_ROWS}
 
 def env(tmp_path: Path) -> dict[str, str]:
     """The CLI environment (offline), with one intra-op thread: on the shared 2-core machines two
-    threads per process under contention made generation ~30x slower."""
+    threads per process under contention made generation 30-50x slower."""
     return {**cli_env(tmp_path), "OMP_NUM_THREADS": "1"}
 
 

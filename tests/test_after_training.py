@@ -19,7 +19,7 @@ from dpo_lab.config import CheckerConfig, GenerationConfig
 from dpo_lab.generation import chat_inputs, generate_answers
 from dpo_lab.resolvers import asset_path
 from dpo_lab.task_eval import finance_number
-from tests.helpers import run_cli
+from tests.helpers import ROOT, run_cli
 from tests.inference_helpers import ROWS_BY_PROMPT, TEST_ROWS, cli, env, held_out_messages, read_jsonl
 
 NUM_PROMPTS = 8
@@ -72,6 +72,18 @@ def test_before_is_the_base_model_and_after_the_adapter(trained_run: Path) -> No
 
 
 @pytest.mark.slow
+def test_sampling_is_reproducible_with_a_seed(trained_run: Path) -> None:
+    adapter = trained_run / "adapter"
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tuned = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
+    cfg = GenerationConfig(max_new_tokens=40, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    messages = held_out_messages(3)
+    first = generate_answers(tuned, tokenizer, messages, cfg, seed=3)
+    assert generate_answers(tuned, tokenizer, messages, cfg, seed=3) == first
+    assert generate_answers(tuned, tokenizer, messages, cfg, seed=4) != first
+
+
+@pytest.mark.slow
 def test_generate_from_prompt_files_is_deterministic(trained_run: Path, tmp_path: Path) -> None:
     prompts = [
         "What is 5% of $1,000?",
@@ -113,6 +125,7 @@ def test_chat_from_piped_stdin(trained_run: Path, tmp_path: Path) -> None:
     proc = cli(args, tmp_path, "dpo_lab.generate", stdin=stdin)
     turns = read_jsonl(tmp_path / "chat.jsonl")
     assert [t["user"] for t in turns] == [question, "And what is 20% of it?", question]
+    assert [t["turn"] for t in turns] == [0, 1, 2]
     assert turns[0]["assistant"] and turns[0]["assistant"] == turns[2]["assistant"]  # /reset forgot turn 1
     for turn in turns:
         assert turn["assistant"] in proc.stdout
@@ -170,6 +183,22 @@ def test_adapter_folder_loads_offline_like_the_card_says(trained_run: Path, tmp_
         tuned, tokenizer, [[{"role": "user", "content": question}]], GenerationConfig()
     )
     assert result["printed"][0].strip() == expected[0]
+
+
+@pytest.mark.slow
+def test_card_commands_run(trained_run: Path, tmp_path: Path) -> None:
+    """The card's dpo_lab commands, as written, with the run folder filled in."""
+    card = (trained_run / "adapter" / "README.md").read_text()
+    commands = re.search(r"```bash\n(.*?)```", card, re.S).group(1).strip().splitlines()
+    assert [c.split()[2] for c in commands] == ["dpo_lab.generate", "dpo_lab.merge"]
+    script = "\n".join(c.replace("<run folder>", str(trained_run)) for c in commands)
+    proc = subprocess.run(
+        ["bash", "-e", "-c", script], cwd=ROOT, env={**env(tmp_path), "PATH": str(Path(sys.executable).parent)
+        + ":/usr/bin:/bin"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.startswith(">>> What is 5% of $1,000?\n")
+    assert (trained_run / "merged" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow

@@ -11,11 +11,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpo_lab.config import GenerationConfig, Precision, Quantization
+from dpo_lab.config import GenerateConfig, GenerationConfig, Precision, Quantization
+from dpo_lab.generate import load_model
 from dpo_lab.generation import chat_inputs, generate_answers
 from dpo_lab.hardware import device_type, resolve_precision
 from dpo_lab.model import bnb_config
 from dpo_lab.resolvers import asset_path
+from dpo_lab.run_folder import read_run
 from tests.helpers import wandb_summary
 from tests.inference_helpers import cli, held_out_messages, read_jsonl
 
@@ -96,3 +98,15 @@ def test_generate_loads_the_run_in_nf4(nf4_run: Path, tmp_path: Path) -> None:
     )
     assert proc.stdout.startswith(">>> What is 5% of 200?\n") and len(proc.stdout.splitlines()[1]) > 0
     assert "quantization=nf4" in proc.stderr
+
+
+@pytest.mark.slow
+def test_generate_quantization_override(nf4_run: Path) -> None:
+    """quantization=none loads the same run's base unquantized (e.g. to chat on a machine with room)."""
+    import bitsandbytes as bnb
+
+    run = read_run(str(nf4_run))
+    as_trained, _ = load_model(GenerateConfig(run=str(nf4_run), prompt="x"), run)
+    full, _ = load_model(GenerateConfig(run=str(nf4_run), prompt="x", quantization=Quantization.none), run)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in as_trained.modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in full.modules())
