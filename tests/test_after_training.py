@@ -29,6 +29,15 @@ SMALL = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """In-process generation on one intra-op thread (see inference_helpers.env), restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("trained")
