@@ -1,78 +1,341 @@
-"""Load preference data and normalise it to conversational prompt / chosen / rejected messages."""
+"""Load preference data, normalise it to conversational prompt / chosen / rejected, validate every row.
+
+read (:mod:`dpo_lab.data_sources`) -> detect the shape and normalise each row (:mod:`dpo_lab.data_formats`)
+-> count tokens with the chat template -> error on invalid rows, or drop them and count them per reason
+(:mod:`dpo_lab.data_checks`) -> held-out split -> sample caps -> report (:mod:`dpo_lab.data_report`).
+
+Every step is a ``datasets`` map / select with a deterministic fingerprint over Arrow cache files, so an
+unchanged source is neither re-read nor re-normalised by the next job, and TRL's tokenisation map that
+follows finds its own cache too.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Features, List, Value
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config import ConfigError, DataConfig
+from dpo_lab.config import ConfigError, DataColumns, DataConfig, DataFormat, OnInvalid
+from dpo_lab.data_checks import DataError, SplitProblems, invalid_rows_message, prompt_length_problem, tally
+from dpo_lab.data_formats import Pair, Reason, RowProblem, detect_format, normalise_record
+from dpo_lab.data_report import split_report, token_lengths
+from dpo_lab.data_sources import RawSplit, read_split, single_split_source
 
 log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+LENGTH_COLUMNS = ("prompt_tokens", "chosen_tokens", "rejected_tokens")
+CHECK_COLUMNS = ("_row", "_reason", "_field", "_detail")
+DETECT_ROWS = 100  # rows looked at to detect the shape with data.format=auto
+
+_MESSAGES = List({"role": Value("string"), "content": Value("string")})
+NORMALISED_FEATURES = Features(
+    {
+        "prompt": _MESSAGES,
+        "chosen": _MESSAGES,
+        "rejected": _MESSAGES,
+        "_row": Value("int64"),
+        "_reason": Value("string"),
+        "_field": Value("string"),
+        "_detail": Value("string"),
+    }
+)
 
 
 @dataclass
 class PreferenceData:
-    """Train and held-out splits as conversational prompt / chosen / rejected, plus where they came from."""
+    """Train and held-out splits as conversational prompt / chosen / rejected, and what loading found."""
 
     train: Dataset
     eval: Dataset
     source: str
-    dropped: dict[str, int] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)  # split -> shape (detected or forced)
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> reason -> rows dropped
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> rows, token stats, truncation
+    max_length: int | None = None
 
     @property
     def fingerprint(self) -> str:
         return f"{self.train._fingerprint}:{self.eval._fingerprint}"
 
+    @property
+    def dropped_total(self) -> dict[str, int]:
+        """Rows dropped per reason, over both splits."""
+        total: dict[str, int] = {}
+        for counts in self.dropped.values():
+            for reason, n in counts.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
 
-def _split_file(folder: Path, split: str) -> Path:
-    for suffix in (".jsonl", ".json", ".jsonl.gz"):
-        candidate = folder / f"{split}{suffix}"
-        if candidate.is_file():
-            return candidate
-    raise ConfigError("data.split", f"no file for split {split!r} in {folder}")
+    def summary(self) -> dict[str, Any]:
+        """The ``data`` entry of metrics.json: source, shapes, dropped rows per reason, the data report."""
+        return {
+            "source": self.source,
+            "format": self.formats,
+            "dropped": self.dropped_total,
+            "dropped_by_split": self.dropped,
+            "max_length": self.max_length,
+            "splits": self.splits,
+        }
+
+    def wandb_summary(self) -> dict[str, Any]:
+        """Flat ``data/...`` keys for the W&B run summary."""
+        flat: dict[str, Any] = {f"data/dropped/{reason}": n for reason, n in self.dropped_total.items()}
+        flat["data/dropped_rows"] = sum(self.dropped_total.values())
+        for name, split in self.splits.items():
+            flat[f"data/{name}/rows"] = split["rows"]
+            if "truncated_pairs" in split:
+                flat[f"data/{name}/truncated_pairs"] = split["truncated_pairs"]
+            for kind in ("prompt_tokens", "response_tokens"):
+                for stat, value in (split.get(kind) or {}).items():
+                    flat[f"data/{name}/{kind}_{stat}"] = value
+        return flat
 
 
-def _read_split(cfg: DataConfig, split: str) -> Dataset:
-    path = Path(cfg.path).expanduser()
-    if not path.exists():
-        raise ConfigError("data.path", f"no such file or folder: {cfg.path}")
-    file = _split_file(path, split) if path.is_dir() else path
-    return load_dataset("json", data_files=str(file), split="train")
+def load_preference_data(
+    cfg: DataConfig,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_length: int | None = None,
+) -> PreferenceData:
+    """Read, normalise and validate the train and held-out splits named by the ``data`` group.
 
-
-def _to_messages(row: dict[str, Any], cfg: DataConfig) -> dict[str, list[dict[str, str]]]:
-    cols = cfg.columns
-    prompt = [{"role": "user", "content": row[cols.prompt]}]
-    if cfg.system_prompt:
-        prompt.insert(0, {"role": "system", "content": cfg.system_prompt})
-    return {
-        "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": row[cols.chosen]}],
-        "rejected": [{"role": "assistant", "content": row[cols.rejected]}],
-    }
-
-
-def _normalise(ds: Dataset, cfg: DataConfig) -> Dataset:
-    return ds.map(_to_messages, fn_kwargs={"cfg": cfg}, remove_columns=ds.column_names)
-
-
-def load_preference_data(cfg: DataConfig, seed: int) -> PreferenceData:
-    """Read the train and held-out splits named by the ``data`` group."""
-    train = _read_split(cfg, cfg.split)
+    With a tokenizer, token lengths are counted with its chat template (the report, and the
+    ``prompt_too_long`` rule when ``max_length`` is given). Raises :class:`DataError` on invalid rows
+    unless ``data.on_invalid=drop``.
+    """
+    _check_split_keys(cfg)
+    raws = {"train": read_split(cfg, cfg.split, "data.split")}
     if cfg.test_split is not None:
-        held_out = _read_split(cfg, cfg.test_split)
+        raws["eval"] = read_split(cfg, cfg.test_split, "data.test_split")
+    prepared = {name: _prepare(raw, cfg, tokenizer, max_length) for name, raw in raws.items()}
+    problems = [p.problems for p in prepared.values() if p.problems.groups]
+    if problems and cfg.on_invalid is OnInvalid.error:
+        raise DataError("data.on_invalid", invalid_rows_message(problems))
+    for p in prepared.values():
+        _log_dropped(p.problems)
+
+    train = prepared["train"].valid
+    if "eval" in prepared:
+        held_out = prepared["eval"].valid
     else:
-        size = cfg.test_size if cfg.test_size < 1 else int(cfg.test_size)
-        parts = train.train_test_split(test_size=size, seed=seed)
-        train, held_out = parts["train"], parts["test"]
+        train, held_out = _carve_held_out(train, cfg.test_size, seed)
     if cfg.max_train_samples is not None:
         train = train.select(range(min(cfg.max_train_samples, len(train))))
     if cfg.max_eval_samples is not None:
         held_out = held_out.select(range(min(cfg.max_eval_samples, len(held_out))))
-    return PreferenceData(train=_normalise(train, cfg), eval=_normalise(held_out, cfg), source=cfg.path)
+    for name, ds in (("train", train), ("eval", held_out)):
+        if len(ds) == 0:
+            raise DataError("data.path", f"no valid {name} rows left in {prepared['train'].raw.origin}")
+
+    splits = {name: _split_report(ds, max_length) for name, ds in (("train", train), ("eval", held_out))}
+    return PreferenceData(
+        train=_pairs_only(train),
+        eval=_pairs_only(held_out),
+        source=cfg.path,
+        formats={name: p.format.value for name, p in prepared.items()},
+        dropped={name: p.problems.counts() for name, p in prepared.items()},
+        splits=splits,
+        max_length=max_length,
+    )
+
+
+def _check_split_keys(cfg: DataConfig) -> None:
+    if cfg.test_split is not None and single_split_source(cfg):
+        raise ConfigError(
+            "data.test_split",
+            f"{cfg.path} holds a single split; set data.test_split=null and data.test_size (a fraction or a "
+            "row count) to carve the held-out split off it, or point data.path at a folder of split files",
+        )
+
+
+@dataclass
+class _Prepared:
+    raw: RawSplit
+    format: DataFormat
+    valid: Dataset
+    problems: SplitProblems
+
+
+def _prepare(
+    raw: RawSplit, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase | None, max_length: int | None
+) -> _Prepared:
+    """Normalise one split, measure it, and tally its invalid rows; ``valid`` holds the rest."""
+    fmt = cfg.format if cfg.format is not DataFormat.auto else detect_split_format(raw, cfg.columns)
+    _check_columns(raw, fmt, cfg.columns)
+    log.info(
+        "data: %s -> format %s%s",
+        raw.origin,
+        fmt.value,
+        " (detected)" if cfg.format is DataFormat.auto else "",
+    )
+    ds = raw.dataset.map(
+        normalise_row,
+        with_indices=True,
+        fn_kwargs={
+            "fmt": fmt.value,
+            "columns": asdict(cfg.columns),
+            "system_prompt": cfg.system_prompt,
+            "json_text": raw.json_text,
+        },
+        remove_columns=raw.dataset.column_names,
+        features=NORMALISED_FEATURES,
+        desc=f"Normalising {raw.origin}",
+    )
+    if tokenizer is not None:
+        ds = ds.map(measure_row, fn_kwargs={"tokenizer": tokenizer}, desc=f"Counting tokens of {raw.origin}")
+    problems = tally(raw.origin, raw.unit, ds["_row"], _row_problems(ds, cfg.columns, fmt, max_length))
+    valid = ds
+    if problems.rows:
+        dropped = set(problems.rows)
+        valid = ds.select([i for i in range(len(ds)) if i not in dropped])
+    return _Prepared(raw, fmt, valid.remove_columns(list(CHECK_COLUMNS)), problems)
+
+
+def _row_problems(
+    ds: Dataset, columns: DataColumns, fmt: DataFormat, max_length: int | None
+) -> list[RowProblem | None]:
+    """The problem of every row: from normalisation, else prompt length (when tokens were counted)."""
+    table = ds.select_columns(
+        [c for c in ("_reason", "_field", "_detail", "prompt_tokens") if c in ds.column_names]
+    ).to_dict()
+    prompt_field = columns.chosen if fmt in (DataFormat.implicit_prompt, DataFormat.hh) else columns.prompt
+    out: list[RowProblem | None] = []
+    for i, reason in enumerate(table["_reason"]):
+        if reason:
+            out.append(RowProblem(reason, table["_field"][i], table["_detail"][i]))
+        elif max_length is not None and "prompt_tokens" in table:
+            out.append(prompt_length_problem(table["prompt_tokens"][i], max_length, prompt_field))
+        else:
+            out.append(None)
+    return out
+
+
+def detect_split_format(raw: RawSplit, columns: DataColumns) -> DataFormat:
+    """The shape of the first of the first rows that fits one (``data.format=auto``)."""
+    seen: set[str] = set()
+    for row in raw.dataset.select(range(min(DETECT_ROWS, len(raw.dataset)))):
+        record = _record(row, raw.json_text)
+        if not isinstance(record, dict):
+            continue
+        seen.update(record)
+        fmt = detect_format(record, columns)
+        if fmt is not None:
+            return fmt
+    raise DataError(
+        "data.format",
+        f"cannot tell the shape of {raw.origin} from its first {DETECT_ROWS} rows (fields: "
+        f"{', '.join(sorted(seen)) or 'none'}; looked for prompt={columns.prompt!r}, "
+        f"chosen={columns.chosen!r}, rejected={columns.rejected!r}); set data.format to standard, "
+        "conversational, implicit_prompt or hh, and data.columns.* where the fields have other names",
+    )
+
+
+def _check_columns(raw: RawSplit, fmt: DataFormat, columns: DataColumns) -> None:
+    """A source with a schema must have the columns its shape reads (JSON rows are checked row by row)."""
+    if raw.json_text:
+        return
+    needed = (
+        ["chosen", "rejected"] if fmt in (DataFormat.implicit_prompt, DataFormat.hh) else list(PAIR_COLUMNS)
+    )
+    for key in needed:
+        name = getattr(columns, key)
+        if name not in raw.dataset.column_names:
+            raise ConfigError(
+                f"data.columns.{key}",
+                f"{raw.origin} has no column {name!r}; its columns: {', '.join(raw.dataset.column_names)}",
+            )
+
+
+def _record(row: dict[str, Any], json_text: bool) -> Any:
+    if not json_text:
+        return row
+    try:
+        return json.loads(row["_text"])
+    except json.JSONDecodeError:
+        return None
+
+
+def normalise_row(
+    row: dict[str, Any],
+    index: int,
+    fmt: str,
+    columns: dict[str, str],
+    system_prompt: str | None,
+    json_text: bool,
+) -> dict[str, Any]:
+    """``datasets.map`` function: one source row -> prompt / chosen / rejected messages and its problem."""
+    number = row["_line"] if json_text else index
+    if json_text:
+        try:
+            record: Any = json.loads(row["_text"])
+        except json.JSONDecodeError as err:
+            problem = RowProblem(
+                Reason.unparseable, "(line)", f"not valid JSON: {err.msg} at column {err.colno}"
+            )
+            return _row_output(number, problem)
+    else:
+        record = row
+    result = normalise_record(record, DataFormat(fmt), DataColumns(**columns), system_prompt)
+    return _row_output(number, result)
+
+
+def _row_output(number: int, result: Pair | RowProblem) -> dict[str, Any]:
+    if isinstance(result, RowProblem):
+        empty: list[dict[str, str]] = []
+        return {
+            "prompt": empty, "chosen": empty, "rejected": empty, "_row": number,
+            "_reason": result.reason, "_field": result.field, "_detail": result.detail,
+        }  # fmt: skip
+    return {
+        "prompt": result.prompt, "chosen": [result.chosen], "rejected": [result.rejected], "_row": number,
+        "_reason": "", "_field": "", "_detail": "",
+    }  # fmt: skip
+
+
+def measure_row(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """``datasets.map`` function: token counts of a valid row (-1 for rows already found invalid)."""
+    if row["_reason"]:
+        return dict.fromkeys(LENGTH_COLUMNS, -1)
+    lengths = token_lengths(tokenizer, row["prompt"], row["chosen"][0], row["rejected"][0])
+    return dict(zip(LENGTH_COLUMNS, lengths, strict=True))
+
+
+def _carve_held_out(train: Dataset, test_size: float | None, seed: int) -> tuple[Dataset, Dataset]:
+    assert test_size is not None  # DataConfig.problems insists on test_split or test_size
+    size: float | int = test_size if test_size < 1 else int(test_size)
+    try:
+        parts = train.train_test_split(test_size=size, seed=seed)
+    except ValueError as err:
+        raise ConfigError(
+            "data.test_size", f"cannot hold out {size} of {len(train)} valid rows: {err}"
+        ) from err
+    return parts["train"], parts["test"]
+
+
+def _split_report(ds: Dataset, max_length: int | None) -> dict[str, Any]:
+    if "prompt_tokens" not in ds.column_names:
+        return {"rows": len(ds)}
+    lengths = ds.select_columns(list(LENGTH_COLUMNS)).to_dict()
+    report = split_report(*(lengths[c] for c in LENGTH_COLUMNS), max_length=max_length or 10**12)
+    if max_length is None:
+        del report["truncated_pairs"]
+    return report
+
+
+def _pairs_only(ds: Dataset) -> Dataset:
+    extra = [c for c in ds.column_names if c not in PAIR_COLUMNS]
+    return ds.remove_columns(extra) if extra else ds
+
+
+def _log_dropped(problems: SplitProblems) -> None:
+    if not problems.groups:
+        return
+    counts = ", ".join(f"{reason}={n}" for reason, n in problems.counts().items())
+    log.warning("data: dropped %d invalid rows of %s (%s)", len(problems.rows), problems.origin, counts)
+    for group in problems.groups.values():
+        log.warning("data:   %s", problems.describe(group))
