@@ -130,7 +130,8 @@ def load_preference_data(
         held_out = held_out.select(range(min(cfg.max_eval_samples, len(held_out))))
     for name, ds in (("train", train), ("eval", held_out)):
         if len(ds) == 0:
-            raise DataError("data.path", f"no valid {name} rows left in {prepared['train'].raw.origin}")
+            origin = prepared.get(name, prepared["train"]).raw.origin
+            raise DataError("data.path", f"no valid {name} rows left from {origin}")
 
     splits = {name: _split_report(ds, max_length) for name, ds in (("train", train), ("eval", held_out))}
     return PreferenceData(
@@ -321,10 +322,7 @@ def _split_report(ds: Dataset, max_length: int | None) -> dict[str, Any]:
     if "prompt_tokens" not in ds.column_names:
         return {"rows": len(ds)}
     lengths = ds.select_columns(list(LENGTH_COLUMNS)).to_dict()
-    report = split_report(*(lengths[c] for c in LENGTH_COLUMNS), max_length=max_length or 10**12)
-    if max_length is None:
-        del report["truncated_pairs"]
-    return report
+    return split_report(*(lengths[c] for c in LENGTH_COLUMNS), max_length=max_length)
 
 
 def _pairs_only(ds: Dataset) -> Dataset:

@@ -56,19 +56,22 @@ def length_stats(values: Sequence[int]) -> dict[str, float] | None:
 
 
 def split_report(
-    prompt: Sequence[int], chosen: Sequence[int], rejected: Sequence[int], max_length: int
+    prompt: Sequence[int], chosen: Sequence[int], rejected: Sequence[int], max_length: int | None
 ) -> dict[str, Any]:
     """Rows, prompt and response token stats, and pairs that ``max_length`` truncates, for one split.
 
-    Response stats pool the chosen and rejected lengths (2 values per pair).
+    Response stats pool the chosen and rejected lengths (2 values per pair). Without a ``max_length``
+    nothing is truncated and ``truncated_pairs`` is left out.
     """
-    truncated = sum(p + max(c, r) > max_length for p, c, r in zip(prompt, chosen, rejected, strict=True))
-    return {
+    report: dict[str, Any] = {
         "rows": len(prompt),
         "prompt_tokens": length_stats(prompt),
         "response_tokens": length_stats([*chosen, *rejected]),
-        "truncated_pairs": truncated,
     }
+    if max_length is not None:
+        pairs = zip(prompt, chosen, rejected, strict=True)
+        report["truncated_pairs"] = sum(p + max(c, r) > max_length for p, c, r in pairs)
+    return report
 
 
 def _stats_text(stats: Mapping[str, float] | None) -> str:

@@ -191,6 +191,20 @@ def test_split_report_hand_computed() -> None:
     assert report["prompt_tokens"] == pytest.approx({"median": 20.0, "p95": 29.0, "max": 30.0})
     # responses pooled: 1 2 3 5 7 9 -> median 4, p95 at 0.95*5 = 4.75 -> 7 + 0.75*2 = 8.5
     assert report["response_tokens"] == pytest.approx({"median": 4.0, "p95": 8.5, "max": 9.0})
+    assert "truncated_pairs" not in split_report([10], [5], [7], max_length=None)
+
+
+def test_dropping_every_row_is_an_error(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "pairs.jsonl", ['{"prompt": "q", "chosen": "a", "rejected": "a"}'] * 3)
+    with pytest.raises(DataError, match=f"no valid train rows left from {path}"):
+        load_preference_data(cfg_for(path, on_invalid=OnInvalid.drop), seed=0)
+
+
+def test_held_out_larger_than_the_data(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "pairs.jsonl", [json.dumps(good(i)) for i in range(3)])
+    with pytest.raises(ConfigError, match="cannot hold out 5 of 3 valid rows") as info:
+        load_preference_data(cfg_for(path, test_size=5), seed=0)
+    assert info.value.key == "data.test_size"
 
 
 def test_format_report_mentions_rows_drops_and_truncation() -> None:

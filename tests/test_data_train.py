@@ -218,3 +218,28 @@ def test_cli_drop_reports_counts_in_log_metrics_and_wandb(tmp_path: Path) -> Non
     assert summary["data/dropped_rows"] == 2
     assert (summary["data/train/rows"], summary["data/eval/rows"]) == (8, 4)
     assert summary["data/train/prompt_tokens_max"] == data["splits"]["train"]["prompt_tokens"]["max"]
+
+
+@pytest.mark.slow
+def test_a_second_job_reuses_every_cached_step(tmp_path: Path, datasets_cache: Path) -> None:
+    """Job 2 on unchanged data (fresh tokenizer and model objects) writes no Arrow file: neither dpo_lab's
+    reading, normalising and token counting nor TRL's tokenisation runs again."""
+    data_overrides = [*write_conversational(tmp_path), "data.test_split=null", "data.test_size=4"]
+    run_cfg: RunConfig = to_run_config(compose_config([*TRAIN_OVERRIDES, *data_overrides]))
+    precision = resolve_precision(run_cfg.train.precision, device_type())
+
+    def build_job():
+        tokenizer = load_tokenizer(run_cfg.model)
+        data = load_preference_data(run_cfg.data, run_cfg.seed, tokenizer, max_length=run_cfg.dpo.max_length)
+        model = load_base_model(run_cfg.model, precision, gradient_checkpointing=False)
+        args = build_dpo_args(run_cfg.dpo, run_cfg.train, output_dir=tmp_path / "out", seed=run_cfg.seed,
+                              precision=precision, device=device_type())  # fmt: skip
+        return build_trainer(model, tokenizer, args, data.train, data.eval, build_lora_config(run_cfg.lora))
+
+    first = build_job()
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.arrow"))
+    assert any("cache-" in p.name for p in files), "maps should write cache files next to the source"
+    second = build_job()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.arrow")) == files
+    assert second.train_dataset._fingerprint == first.train_dataset._fingerprint
+    assert second.eval_dataset._fingerprint == first.eval_dataset._fingerprint
