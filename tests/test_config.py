@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from dpo_lab.config import DPO_LOSS_TYPES, ConfigError, Precision, RunConfig, validate
 from dpo_lab.overrides import check_overrides
 from dpo_lab.run import to_run_config
-
 from tests.helpers import CONF, compose_config, run_cli
 
 GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "experiment"]

@@ -1,0 +1,115 @@
+"""Tier 3: the CLI on the embedded default, end to end, asserting real learning and a complete run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from tests.helpers import run_cli
+
+ARTIFACTS = [
+    "config.yaml", ".hydra/config.yaml", "metrics.json", "README.md", "run.log", "wandb_run.json",
+    "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/README.md",
+    "adapter/tokenizer.json", "adapter/tokenizer_config.json",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> Path:
+    """The README's main job, exactly: no overrides but the run folder."""
+    tmp = tmp_path_factory.mktemp("default")
+    run = tmp / "run"
+    proc = run_cli([f"hydra.run.dir={run}"], tmp)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "rewards/accuracies" in proc.stdout and "run folder:" in proc.stdout
+    return run
+
+
+@pytest.mark.slow
+def test_default_run_learns(default_run: Path) -> None:
+    metrics = json.loads((default_run / "metrics.json").read_text())
+    before, after = metrics["eval_before"], metrics["eval"]
+    assert metrics["status"] == "completed"
+    assert after["eval_rewards/accuracies"] >= 0.85
+    assert after["eval_rewards/margins"] > 0.5
+    assert after["eval_loss"] < before["eval_loss"] - 0.3
+    assert before["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 0
+    assert metrics["tokens_per_second"] > 0 and metrics["peak_memory_mb"] > 0
+
+
+@pytest.mark.slow
+def test_run_folder_is_complete(default_run: Path) -> None:
+    for name in ARTIFACTS:
+        assert (default_run / name).is_file(), name
+    card = (default_run / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "peft" and front["pipeline_tag"] == "text-generation"
+    assert {"dpo", "lora", "transformers", "trl"} <= set(front["tags"])
+    assert Path(front["base_model"]).joinpath("config.json").is_file()
+    assert "dpo.beta" in card and "eval/rewards/accuracies" in card and "| trl |" in card
+    resolved = yaml.safe_load((default_run / "config.yaml").read_text())
+    assert resolved["dpo"]["beta"] == 0.1 and "${" not in (default_run / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_adapter_loads_with_peft_and_changed_only_lora(default_run: Path) -> None:
+    adapter = default_run / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    base_path = config["base_model_name_or_path"]
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all("lora_" in name for name in weights), "only LoRA tensors are saved"
+    assert any(name.endswith("lora_B.weight") and w.abs().sum() > 0 for name, w in weights.items())
+
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    reference = {n: p.clone() for n, p in base.named_parameters()}
+    model = PeftModel.from_pretrained(base, str(adapter))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        tuned = model(ids).logits
+        with model.disable_adapter():
+            plain = model(ids).logits
+    assert not torch.allclose(tuned, plain), "the adapter must change the model's outputs"
+    for name, param in model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(param, reference[key]), name
+
+
+@pytest.mark.slow
+def test_wandb_run_has_config_and_metrics(default_run: Path) -> None:
+    import subprocess
+    import sys
+
+    run_info = json.loads((default_run / "wandb_run.json").read_text())
+    run_files = list((default_run / "wandb").glob(f"offline-run-*-{run_info['id']}"))
+    assert len(run_files) == 1
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_files[0])],
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    summary = json.loads(out.stdout)
+    assert summary["state"] == "finished" and summary["exit_code"] == 0
+    assert summary["config"]["dpo"]["beta"] == 0.1 and summary["config"]["lora"]["r"] == 16
+    metrics = json.loads((default_run / "metrics.json").read_text())
+    assert summary["summary"]["eval/rewards/accuracies"] == pytest.approx(
+        metrics["eval"]["eval_rewards/accuracies"]
+    )
+
+
+@pytest.mark.slow
+def test_qlora_nf4_trains_on_cpu(tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = run_cli([f"hydra.run.dir={run}", "model.quantization=nf4", "logger=none", "train.max_steps=3",
+                    "data.max_train_samples=24", "data.max_eval_samples=8"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 3
+    assert metrics["eval"]["eval_loss"] != pytest.approx(metrics["eval_before"]["eval_loss"])
+    assert "qlora" in (run / "README.md").read_text()
+    assert not (run / "wandb").exists(), "logger=none writes no W&B files"

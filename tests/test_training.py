@@ -1,0 +1,59 @@
+"""Tier 2 (in-process): the trainer built from the schemas trains the adapter and only the adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpo_lab.config import DataConfig, DPOConfig, LoraConfig, ModelConfig, Precision, TrainConfig
+from dpo_lab.data import load_preference_data
+from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.resolvers import asset_path
+from dpo_lab.trainer import build_dpo_args, build_trainer
+
+
+def _build(tmp_path, **train_overrides):
+    model_cfg = ModelConfig(name_or_path=asset_path("tiny-llama"))
+    data = load_preference_data(
+        DataConfig(path=asset_path("finance"), max_train_samples=24, max_eval_samples=8), seed=0
+    )
+    train_cfg = TrainConfig(learning_rate=5e-3, per_device_train_batch_size=4, max_steps=3, logging_steps=1,
+                            precision=Precision.fp32, **train_overrides)  # fmt: skip
+    args = build_dpo_args(DPOConfig(max_length=256), train_cfg, output_dir=tmp_path / "out", seed=0,
+                          precision=Precision.fp32, device="cpu")  # fmt: skip
+    tokenizer = load_tokenizer(model_cfg)
+    model = load_base_model(model_cfg, Precision.fp32, gradient_checkpointing=False)
+    return build_trainer(model, tokenizer, args, data.train, data.eval, build_lora_config(LoraConfig(r=4)))
+
+
+@pytest.mark.slow
+def test_adapter_trains_and_base_stays_frozen(tmp_path) -> None:
+    trainer = _build(tmp_path)
+    assert trainer.ref_model is None, "the reference must be the base with the adapter disabled, not a copy"
+    named = dict(trainer.model.named_parameters())
+    lora = {n: p.detach().clone() for n, p in named.items() if "lora_" in n}
+    base = {n: p.detach().clone() for n, p in named.items() if "lora_" not in n}
+    assert lora and base
+    assert all(not named[n].requires_grad for n in base)
+
+    trainer.train()
+
+    after = dict(trainer.model.named_parameters())
+    changed = [n for n in lora if not torch.equal(lora[n], after[n].detach())]
+    assert len(changed) == len(lora), f"{len(lora) - len(changed)} LoRA tensors did not move"
+    for n, before in base.items():
+        assert torch.equal(before, after[n].detach()), f"base weight {n} changed"
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_dpo_args_follow_the_schema(tmp_path) -> None:
+    train_cfg = TrainConfig(eval_steps=10, save_steps=20, extra={"lr_scheduler_kwargs": {"min_lr": 1e-6}})
+    args = build_dpo_args(DPOConfig(beta=0.3, loss_type=["ipo"]), train_cfg, output_dir=tmp_path, seed=7,
+                          precision=Precision.fp32, device="cpu")  # fmt: skip
+    assert args.beta == 0.3 and args.loss_type == ["ipo"]
+    assert args.bf16 is False and args.fp16 is False and args.gradient_checkpointing is False
+    assert args.eval_strategy == "steps" and args.eval_steps == 10
+    assert args.save_strategy == "steps" and args.save_steps == 20
+    assert args.seed == 7 and args.report_to == []
+    assert args.lr_scheduler_kwargs == {"min_lr": 1e-6}
