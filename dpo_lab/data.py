@@ -1,8 +1,9 @@
 """Load preference data, normalise it to conversational prompt / chosen / rejected, validate every row.
 
-read (:mod:`dpo_lab.data_sources`) -> detect the shape and normalise each row (:mod:`dpo_lab.data_formats`)
--> count tokens with the chat template -> error on invalid rows, or drop them and count them per reason
-(:mod:`dpo_lab.data_checks`) -> held-out split -> sample caps -> report (:mod:`dpo_lab.data_report`).
+read (:mod:`dpo_lab.data_sources`) -> detect the shape, normalise and check every row
+(:mod:`dpo_lab.data_formats`) -> error on invalid rows, or drop them and count them per reason
+(:mod:`dpo_lab.data_checks`) -> held-out split -> sample caps -> count tokens with the chat template and
+check prompt lengths on the rows kept -> report (:mod:`dpo_lab.data_report`).
 
 Every step is a ``datasets`` map / select with a deterministic fingerprint over Arrow cache files, so an
 unchanged source is neither re-read nor re-normalised by the next job, and TRL's tokenisation map that
@@ -104,43 +105,54 @@ def load_preference_data(
 ) -> PreferenceData:
     """Read, normalise and validate the train and held-out splits named by the ``data`` group.
 
-    With a tokenizer, token lengths are counted with its chat template (the report, and the
-    ``prompt_too_long`` rule when ``max_length`` is given). Raises :class:`DataError` on invalid rows
-    unless ``data.on_invalid=drop``.
+    Every row is normalised and checked; invalid rows raise :class:`DataError` unless
+    ``data.on_invalid=drop``. Then the held-out split is carved off (without ``data.test_split``) and the
+    ``max_*_samples`` caps apply. With a tokenizer, the rows that remain are measured with its chat
+    template (the report) and, given ``max_length``, checked for prompts that leave no room for a response;
+    token counting is the costly step, so it only runs on rows that will be used.
     """
     _check_split_keys(cfg)
     raws = {"train": read_split(cfg, cfg.split, "data.split")}
     if cfg.test_split is not None:
         raws["eval"] = read_split(cfg, cfg.test_split, "data.test_split")
-    prepared = {name: _prepare(raw, cfg, tokenizer, max_length) for name, raw in raws.items()}
-    problems = [p.problems for p in prepared.values() if p.problems.groups]
-    if problems and cfg.on_invalid is OnInvalid.error:
-        raise DataError("data.on_invalid", invalid_rows_message(problems))
-    for p in prepared.values():
-        _log_dropped(p.problems)
+    parsed = {name: _parse_split(raw, cfg) for name, raw in raws.items()}
+    _refuse_or_log(cfg, [p.problems for p in parsed.values()])
 
-    train = prepared["train"].valid
-    if "eval" in prepared:
-        held_out = prepared["eval"].valid
+    train = parsed["train"].valid
+    if "eval" in parsed:
+        held_out = parsed["eval"].valid
     else:
         train, held_out = _carve_held_out(train, cfg.test_size, seed)
     if cfg.max_train_samples is not None:
         train = train.select(range(min(cfg.max_train_samples, len(train))))
     if cfg.max_eval_samples is not None:
         held_out = held_out.select(range(min(cfg.max_eval_samples, len(held_out))))
-    for name, ds in (("train", train), ("eval", held_out)):
-        if len(ds) == 0:
-            origin = prepared.get(name, prepared["train"]).raw.origin
-            raise DataError("data.path", f"no valid {name} rows left from {origin}")
+    splits = {"train": train, "eval": held_out}
+    origins = {name: parsed.get(name, parsed["train"]).raw for name in splits}
 
-    splits = {name: _split_report(ds, max_length) for name, ds in (("train", train), ("eval", held_out))}
+    dropped = {name: p.problems.counts() for name, p in parsed.items()}
+    if tokenizer is not None:
+        splits = {name: _measure(ds, tokenizer, origins[name].origin) for name, ds in splits.items()}
+        if max_length is not None:
+            fmt = parsed["train"].format
+            too_long = {name: _length_problems(ds, origins[name], cfg.columns, fmt, max_length)
+                        for name, ds in splits.items()}  # fmt: skip
+            _refuse_or_log(cfg, list(too_long.values()))
+            splits = {name: _without(ds, too_long[name].rows) for name, ds in splits.items()}
+            for name, problems in too_long.items():
+                for reason, n in problems.counts().items():
+                    dropped.setdefault(name, {})[reason] = n
+    for name, ds in splits.items():
+        if len(ds) == 0:
+            raise DataError("data.path", f"no valid {name} rows left from {origins[name].origin}")
+
     return PreferenceData(
-        train=_pairs_only(train),
-        eval=_pairs_only(held_out),
+        train=_pairs_only(splits["train"]),
+        eval=_pairs_only(splits["eval"]),
         source=cfg.path,
-        formats={name: p.format.value for name, p in prepared.items()},
-        dropped={name: p.problems.counts() for name, p in prepared.items()},
-        splits=splits,
+        formats={name: p.format.value for name, p in parsed.items()},
+        dropped=dropped,
+        splits={name: _split_report(ds, max_length) for name, ds in splits.items()},
         max_length=max_length,
     )
 
@@ -154,26 +166,29 @@ def _check_split_keys(cfg: DataConfig) -> None:
         )
 
 
+def _refuse_or_log(cfg: DataConfig, found: list[SplitProblems]) -> None:
+    """Raise on invalid rows with ``on_invalid=error``; otherwise log what is dropped."""
+    found = [p for p in found if p.groups]
+    if found and cfg.on_invalid is OnInvalid.error:
+        raise DataError("data.on_invalid", invalid_rows_message(found))
+    for problems in found:
+        _log_dropped(problems)
+
+
 @dataclass
-class _Prepared:
+class _Parsed:
     raw: RawSplit
     format: DataFormat
-    valid: Dataset
+    valid: Dataset  # normalised valid rows, with their source row number in "_row"
     problems: SplitProblems
 
 
-def _prepare(
-    raw: RawSplit, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase | None, max_length: int | None
-) -> _Prepared:
-    """Normalise one split, measure it, and tally its invalid rows; ``valid`` holds the rest."""
+def _parse_split(raw: RawSplit, cfg: DataConfig) -> _Parsed:
+    """Normalise every row of one split and tally the invalid ones; ``valid`` holds the rest."""
     fmt = cfg.format if cfg.format is not DataFormat.auto else detect_split_format(raw, cfg.columns)
     _check_columns(raw, fmt, cfg.columns)
-    log.info(
-        "data: %s -> format %s%s",
-        raw.origin,
-        fmt.value,
-        " (detected)" if cfg.format is DataFormat.auto else "",
-    )
+    how = "detected" if cfg.format is DataFormat.auto else "data.format"
+    log.info("data: %s -> format %s (%s)", raw.origin, fmt.value, how)
     ds = raw.dataset.map(
         normalise_row,
         with_indices=True,
@@ -187,33 +202,40 @@ def _prepare(
         features=NORMALISED_FEATURES,
         desc=f"Normalising {raw.origin}",
     )
-    if tokenizer is not None:
-        ds = ds.map(measure_row, fn_kwargs={"tokenizer": tokenizer}, desc=f"Counting tokens of {raw.origin}")
-    problems = tally(raw.origin, raw.unit, ds["_row"], _row_problems(ds, cfg.columns, fmt, max_length))
-    valid = ds
-    if problems.rows:
-        dropped = set(problems.rows)
-        valid = ds.select([i for i in range(len(ds)) if i not in dropped])
-    return _Prepared(raw, fmt, valid.remove_columns(list(CHECK_COLUMNS)), problems)
+    table = ds.select_columns(list(CHECK_COLUMNS)).to_dict()
+    problems = tally(
+        raw.origin,
+        raw.unit,
+        table["_row"],
+        [
+            RowProblem(r, f, d) if r else None
+            for r, f, d in zip(table["_reason"], table["_field"], table["_detail"], strict=True)
+        ],
+    )
+    valid = _without(ds, problems.rows).remove_columns(["_reason", "_field", "_detail"])
+    return _Parsed(raw, fmt, valid, problems)
 
 
-def _row_problems(
-    ds: Dataset, columns: DataColumns, fmt: DataFormat, max_length: int | None
-) -> list[RowProblem | None]:
-    """The problem of every row: from normalisation, else prompt length (when tokens were counted)."""
-    table = ds.select_columns(
-        [c for c in ("_reason", "_field", "_detail", "prompt_tokens") if c in ds.column_names]
-    ).to_dict()
+def _without(ds: Dataset, positions: list[int]) -> Dataset:
+    """``ds`` less the rows at ``positions`` (order kept)."""
+    if not positions:
+        return ds
+    drop = set(positions)
+    return ds.select([i for i in range(len(ds)) if i not in drop])
+
+
+def _measure(ds: Dataset, tokenizer: PreTrainedTokenizerBase, origin: str) -> Dataset:
+    return ds.map(measure_row, fn_kwargs={"tokenizer": tokenizer}, desc=f"Counting tokens of {origin}")
+
+
+def _length_problems(
+    ds: Dataset, raw: RawSplit, columns: DataColumns, fmt: DataFormat, max_length: int
+) -> SplitProblems:
+    """Rows whose prompt leaves no room for a response under ``max_length``."""
     prompt_field = columns.chosen if fmt in (DataFormat.implicit_prompt, DataFormat.hh) else columns.prompt
-    out: list[RowProblem | None] = []
-    for i, reason in enumerate(table["_reason"]):
-        if reason:
-            out.append(RowProblem(reason, table["_field"][i], table["_detail"][i]))
-        elif max_length is not None and "prompt_tokens" in table:
-            out.append(prompt_length_problem(table["prompt_tokens"][i], max_length, prompt_field))
-        else:
-            out.append(None)
-    return out
+    table = ds.select_columns(["_row", "prompt_tokens"]).to_dict()
+    found = [prompt_length_problem(n, max_length, prompt_field) for n in table["prompt_tokens"]]
+    return tally(raw.origin, raw.unit, table["_row"], found)
 
 
 def detect_split_format(raw: RawSplit, columns: DataColumns) -> DataFormat:
@@ -299,9 +321,7 @@ def _row_output(number: int, result: Pair | RowProblem) -> dict[str, Any]:
 
 
 def measure_row(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    """``datasets.map`` function: token counts of a valid row (-1 for rows already found invalid)."""
-    if row["_reason"]:
-        return dict.fromkeys(LENGTH_COLUMNS, -1)
+    """``datasets.map`` function: prompt / chosen / rejected token counts of a normalised row."""
     lengths = token_lengths(tokenizer, row["prompt"], row["chosen"][0], row["rejected"][0])
     return dict(zip(LENGTH_COLUMNS, lengths, strict=True))
 

@@ -152,9 +152,28 @@ def test_prompt_too_long_for_max_length(tmp_path: Path, tokenizer) -> None:
         f"{path} line 3, field 'prompt': the prompt is {long_prompt} tokens with the chat template; "
         f"dpo.max_length={max_length} leaves no room"
     )
+    dropping = cfg_for(path, on_invalid=OnInvalid.drop, test_size=2)
+    data = load_preference_data(dropping, seed=0, tokenizer=tokenizer, max_length=max_length)
+    assert sum(data.dropped_total.values()) == 1 and data.dropped_total == {"prompt_too_long": 1}
+    assert len(data.train) + len(data.eval) == 5
+    assert rows[2]["prompt"] not in [r["prompt"][0]["content"] for r in [*data.train, *data.eval]]
+
     data = load_preference_data(cfg_for(path), seed=0, tokenizer=tokenizer, max_length=max_length + 1)
     assert data.dropped == {"train": {}}
     assert data.splits["train"]["truncated_pairs"] + data.splits["eval"]["truncated_pairs"] == 1
+
+
+def test_prompt_length_is_checked_on_the_rows_used(tmp_path: Path, tokenizer) -> None:
+    """Token counting runs after the held-out split and the caps: a long prompt outside them costs nothing."""
+    rows = [good(i) for i in range(6)]
+    rows[5] = {**rows[5], "prompt": "compound interest " * 40}
+    write_lines(tmp_path / "d" / "train.jsonl", [json.dumps(r) for r in rows])
+    write_lines(tmp_path / "d" / "test.jsonl", [json.dumps(good(9))])
+    capped = DataConfig(path=str(tmp_path / "d"), max_train_samples=5)
+    data = load_preference_data(capped, seed=0, tokenizer=tokenizer, max_length=40)
+    assert len(data.train) == 5 and data.splits["train"]["prompt_tokens"]["max"] < 40
+    with pytest.raises(DataError, match=r"train.jsonl line 6, field 'prompt': the prompt is \d+ tokens"):
+        load_preference_data(DataConfig(path=str(tmp_path / "d")), seed=0, tokenizer=tokenizer, max_length=40)
 
 
 def test_token_lengths_match_the_chat_template(tokenizer) -> None:
