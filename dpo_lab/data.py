@@ -1,4 +1,4 @@
-"""Load preference data, normalise it to conversational prompt / chosen / rejected, validate every row.
+"""Load preference data, normalise it to conversational prompt / chosen / rejected, and validate it.
 
 read (:mod:`dpo_lab.data_sources`) -> detect the shape, normalise and check every row
 (:mod:`dpo_lab.data_formats`) -> error on invalid rows, or drop them and count them per reason

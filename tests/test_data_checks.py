@@ -55,13 +55,18 @@ BAD_LINES = {
     8: ('{"prompt": "q", "chosen": "a", "rejected": 7}', "'rejected'", "expected a string, got int"),
     9: ('{"prompt": "q", "chosen": "a", "rejected": "b"', "'(line)'", "not valid JSON"),
     11: ('{"prompt": "q", "chosen": "   ", "rejected": "b"}', "'chosen'", "empty response"),
+    12: (
+        '{"prompt": " ", "chosen": "a", "rejected": "b"}',
+        "'prompt'",
+        "the last user message of the prompt is empty",
+    ),
 }
 
 
 def crafted_file(tmp_path: Path) -> Path:
-    """12 lines: good rows, the bad rows of BAD_LINES, and one blank line (line 4)."""
+    """14 lines: good rows, the bad rows of BAD_LINES, and one blank line (line 4)."""
     lines = []
-    for number in range(1, 13):
+    for number in range(1, 15):
         if number == 4:
             lines.append("")
         elif number in BAD_LINES:
@@ -97,15 +102,15 @@ def test_drop_drops_exactly_the_bad_rows_and_counts_them(tmp_path: Path) -> None
     path = crafted_file(tmp_path)
     data = load_preference_data(cfg_for(path, on_invalid=OnInvalid.drop, test_size=0.2), seed=0)
     kept = sorted(row["prompt"][0]["content"] for row in [*data.train, *data.eval])
-    expected = sorted(good(n)["prompt"] for n in range(1, 13) if n != 4 and n not in BAD_LINES)
+    expected = sorted(good(n)["prompt"] for n in range(1, 15) if n != 4 and n not in BAD_LINES)
     assert kept == expected
     assert data.dropped == {
         "train": {"empty_response": 2, "missing_field": 1, "identical_responses": 1, "non_string_content": 1,
-                  "unparseable": 1}
+                  "unparseable": 1, "empty_prompt": 1}
     }  # fmt: skip
     assert data.summary()["dropped"] == data.dropped["train"]
     assert data.wandb_summary()["data/dropped/empty_response"] == 2
-    assert data.wandb_summary()["data/dropped_rows"] == 6
+    assert data.wandb_summary()["data/dropped_rows"] == 7
 
 
 def test_drop_is_logged_with_counts_and_first_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -113,8 +118,26 @@ def test_drop_is_logged_with_counts_and_first_rows(tmp_path: Path, caplog: pytes
     with caplog.at_level("WARNING", logger="dpo_lab.data"):
         load_preference_data(cfg_for(path, on_invalid=OnInvalid.drop), seed=0)
     text = caplog.text
-    assert f"dropped 6 invalid rows of {path} (empty_response=2, missing_field=1" in text
+    assert f"dropped 7 invalid rows of {path} (empty_response=2, missing_field=1" in text
     assert f"{path} line 9, field '(line)': not valid JSON" in text
+
+
+def test_role_sequence_rule_names_line_and_field(tmp_path: Path) -> None:
+    def row(prompt_roles: list[str]) -> str:
+        prompt = [{"role": role, "content": f"{role} text"} for role in prompt_roles]
+        return json.dumps({"prompt": prompt, "chosen": "yes", "rejected": "no"})
+
+    roles = [["user"], ["system", "user"], ["user", "assistant"], ["user", "system", "user"], ["user"]]
+    path = write_lines(tmp_path / "chat.jsonl", [row(r) for r in roles])
+    with pytest.raises(DataError) as info:
+        load_preference_data(cfg_for(path), seed=0)
+    assert str(info.value).splitlines()[0] == (
+        f"{path} line 3, field 'prompt': the prompt must end with a user message before the responses; "
+        "roles are user, assistant (1 other row has this problem)"
+    )
+    data = load_preference_data(cfg_for(path, on_invalid=OnInvalid.drop), seed=0)
+    assert data.dropped == {"train": {"bad_role_sequence": 2}}
+    assert [m["role"] for m in data.train[0]["prompt"]] in (["user"], ["system", "user"])
 
 
 def test_rows_are_numbered_by_index_outside_json_lines(tmp_path: Path) -> None:

@@ -80,6 +80,42 @@ def test_single_file_sources(tmp_path: Path, name: str, writer) -> None:
     assert data.formats == {"train": "standard"}
 
 
+SHAPED_ROWS = {
+    "standard": {"prompt": "q?", "chosen": "yes", "rejected": "no"},
+    "conversational": {
+        "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q?"}],
+        "chosen": [{"role": "assistant", "content": "yes"}],
+        "rejected": [{"role": "assistant", "content": "no"}],
+    },
+    "implicit_prompt": {
+        "chosen": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "yes"}],
+        "rejected": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "no"}],
+    },
+    "hh": {"chosen": "\n\nHuman: q?\n\nAssistant: yes", "rejected": "\n\nHuman: q?\n\nAssistant: no"},
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPED_ROWS))
+@pytest.mark.parametrize("forced", [False, True])
+def test_each_shape_loads_from_jsonl(tmp_path: Path, shape: str, forced: bool) -> None:
+    path = write_jsonl(tmp_path / "pairs.jsonl", [SHAPED_ROWS[shape]] * 3)
+    cfg = single_file_cfg(path, test_size=1, format=DataFormat(shape) if forced else DataFormat.auto)
+    data = load_preference_data(cfg, seed=0)
+    assert data.formats == {"train": shape}
+    row = data.train[0]
+    assert row["prompt"][-1] == {"role": "user", "content": "q?"}
+    assert row["chosen"] == [{"role": "assistant", "content": "yes"}]
+    assert row["rejected"] == [{"role": "assistant", "content": "no"}]
+
+
+def test_forced_format_that_does_not_fit_fails_per_row(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "pairs.jsonl", [SHAPED_ROWS["standard"]] * 3)
+    with pytest.raises(
+        DataError, match=r"line 1, field 'chosen': cannot parse the HH transcript.*2 other rows"
+    ):
+        load_preference_data(single_file_cfg(path, test_size=1, format=DataFormat.hh), seed=0)
+
+
 def test_held_out_is_carved_deterministically_with_the_seed(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "pairs.jsonl", ROWS)
     a = load_preference_data(single_file_cfg(path, test_size=0.3), seed=1)
