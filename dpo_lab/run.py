@@ -28,9 +28,10 @@ from dpo_lab.data_checks import DataError
 from dpo_lab.data_report import format_report
 from dpo_lab.hardware import describe, device_type, resolve_precision
 from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.naming import run_group, run_name
 from dpo_lab.overrides import check_overrides
 from dpo_lab.resolvers import register_resolvers
-from dpo_lab.tracking import MetricsCallback, start_run
+from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 
 log = logging.getLogger("dpo_lab")
@@ -51,23 +52,20 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     return run_cfg
 
 
-def run_identity() -> tuple[str, str]:
-    """(name, group) for the tracker: the name from the command-line overrides, the group per sweep."""
+def run_identity(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
+    """(name, group) for the tracker: config values win, else derived from the command line / sweep."""
     hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "hydra/"))]
-    name = (
-        ",".join(_short_override(o) for o in overrides)
-        or hydra_cfg.runtime.choices.get("experiment")
-        or "default"
-    )
-    if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
-        return name, f"sweep-{Path(hydra_cfg.sweep.dir).name}"
-    return name, name
-
-
-def _short_override(override: str) -> str:
-    key, _, value = override.lstrip("+~").partition("=")
-    return f"{key.rsplit('.', 1)[-1]}={value}"
+    choices = dict(hydra_cfg.runtime.choices)
+    try:  # the default config, to name a run after what it changed
+        defaults = hydra.compose(config_name=hydra_cfg.job.config_name, return_hydra_config=True)
+        default_choices = dict(defaults.hydra.runtime.choices)
+    except Exception:  # no global Hydra in this process (some launchers): name after every override
+        defaults, default_choices = None, {}
+    derived = run_name(list(hydra_cfg.overrides.task), cfg, defaults, choices, default_choices)
+    name = cfg.logger.name or derived or choices.get("experiment") or "default"
+    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    group = cfg.logger.group or run_group(hydra_cfg.sweep.dir if multirun else None, name, run_dir)
+    return name, group
 
 
 def peak_memory_mb() -> float:
@@ -90,17 +88,18 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     data = load_preference_data(run_cfg.data, run_cfg.seed, tokenizer, max_length=run_cfg.dpo.max_length)
     log.info("%s", format_report(data.summary()))
 
-    name, group = run_identity()
+    name, group = run_identity(cfg, run_dir)
     tracker = start_run(
         run_cfg.logger,
         run_dir=run_dir,
         config={
             **resolved,
-            "_runtime": {
+            "meta": {
                 **describe(),
                 "precision": precision.value,
                 "dataset_fingerprint": data.fingerprint,
-                **framework_versions(),
+                "git": git_state(Path(__file__).parent),
+                "versions": framework_versions(),
             },
         },
         name=name,
@@ -124,7 +123,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             data.train,
             data.eval,
             build_lora_config(run_cfg.lora),
-            callbacks=[MetricsCallback(tracker)],
+            callbacks=[MetricsCallback(tracker, peak_memory_mb)],
         )
         before = trainer.evaluate(metric_key_prefix="eval") if run_cfg.train.eval_before_training else {}
         train_out = trainer.train()
@@ -165,21 +164,42 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         )
         for card_path in (adapter_dir / "README.md", run_dir / "README.md"):
             card_path.write_text(card)
-        tracker.summarize(
-            {
-                **held_out(after, "eval/"),
-                "tokens_per_second": metrics["tokens_per_second"],
-                "peak_memory_mb": metrics["peak_memory_mb"],
-                "status": "completed",
-                **data.wandb_summary(),
-            }
-        )
-    except BaseException:
-        tracker.finish(exit_code=1)
+        summary = {**run_summary(metrics), **data.wandb_summary()}
+        tracker.summarize(summary)
+        if run_cfg.logger.log_model and tracker.active:
+            tracker.log_artifact(
+                adapter_dir, name=f"adapter-{tracker.run.id}", kind="model", metadata=summary
+            )
+    except BaseException as err:
+        record_failure(run_dir, err, tracker)
         raise
     tracker.finish(exit_code=0)
     print_summary(run_dir, before, after, metrics)
     return metrics
+
+
+def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The flat final metrics for the W&B summary (the same numbers as metrics.json)."""
+    return {
+        **held_out(metrics["eval_before"], "eval_before/"),
+        **held_out(metrics["eval"], "eval/"),
+        "train/mean_loss": metrics["train"].get("train_loss"),
+        "tokens_per_second": metrics["tokens_per_second"],
+        "peak_memory_mb": metrics["peak_memory_mb"],
+        "train_runtime_s": metrics["train_runtime_s"],
+        "global_step": metrics["global_step"],
+        "status": metrics["status"],
+    }
+
+
+def record_failure(run_dir: Path, err: BaseException, tracker: Tracker) -> None:
+    """Mark the run failed in metrics.json and W&B, keeping the error, and finish the W&B run."""
+    status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    error = f"{type(err).__name__}: {err}".strip()
+    log.error("run %s: %s", status, error)
+    (run_dir / "metrics.json").write_text(json.dumps({"status": status, "error": error}, indent=2))
+    tracker.summarize({"status": status, "error": error[:2000]})
+    tracker.finish(exit_code=1)
 
 
 def held_out(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -222,12 +242,30 @@ def _num(value: float | None) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def train(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
     try:
         metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
     except ConfigError as err:  # also raised late, e.g. a tokenizer without a chat template
-        exit_with_config_error(err)
+        if not in_sweep:
+            exit_with_config_error(err)
+        _record_failed_job(run_dir, err)
+        return None
+    except Exception as err:
+        if not in_sweep:
+            raise
+        # one failed job (bad value, NaN, out of memory) must not stop the rest of the sweep
+        log.exception("job %s failed; the sweep goes on", hydra_cfg.job.num)
+        _record_failed_job(run_dir, err)
+        return None
     return metrics["eval"].get("eval_loss")
+
+
+def _record_failed_job(run_dir: Path, err: BaseException) -> None:
+    path = run_dir / "metrics.json"
+    if not path.exists():  # errors before training started: nothing recorded yet
+        path.write_text(json.dumps({"status": "failed", "error": f"{type(err).__name__}: {err}"}, indent=2))
 
 
 def exit_with_config_error(err: ConfigError) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,34 @@ log = logging.getLogger(__name__)
 
 WANDB_HOST = ("api.wandb.ai", 443)
 RUN_ID_FILE = "wandb_run.json"
+
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact(value: Any) -> Any:
+    """A copy of a nested config with the values of secret-looking keys replaced."""
+    if isinstance(value, dict):
+        return {k: REDACTED if SECRET_KEY.search(str(k)) and v else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def git_state(path: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the git checkout holding ``path`` (None outside a checkout)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def has_api_key() -> bool:
@@ -79,6 +110,15 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(values)
 
+    def log_artifact(self, folder: Path, name: str, kind: str, metadata: dict[str, Any]) -> None:
+        """Upload a folder (e.g. the adapter with its model card) as a versioned W&B artifact."""
+        if self.run is not None:
+            import wandb
+
+            artifact = wandb.Artifact(name=name, type=kind, metadata=metadata)
+            artifact.add_dir(str(folder))
+            self.run.log_artifact(artifact)
+
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             offline = self.run.settings.mode == "offline"
@@ -106,7 +146,7 @@ def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name:
         tags=list(cfg.tags),
         job_type=cfg.job_type,
         notes=cfg.notes,
-        config=config,
+        config=redact(config),
         dir=str(wandb_dir),
         mode=mode,
         reinit="finish_previous",
@@ -136,12 +176,33 @@ def prefixed(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-class MetricsCallback(TrainerCallback):
-    """Forward every Trainer log (train and eval) to the tracker under train/ and eval/."""
+# Trainer's end-of-training log -> summary keys (its train_loss is the mean over the run, not a step's loss)
+END_OF_TRAINING = {
+    "train_runtime": "train/runtime",
+    "train_samples_per_second": "train/samples_per_second",
+    "train_steps_per_second": "train/steps_per_second",
+    "train_loss": "train/mean_loss",
+    "total_flos": "train/total_flos",
+}
 
-    def __init__(self, tracker: Tracker):
+
+class MetricsCallback(TrainerCallback):
+    """Forward every Trainer log to the tracker under train/ and eval/, with the peak memory.
+
+    Trainer's step logs already carry ``train_tokens_per_second`` (we set include_num_input_tokens_seen).
+    """
+
+    def __init__(self, tracker: Tracker, peak_memory_mb: Callable[[], float]):
         self.tracker = tracker
+        self.peak_memory_mb = peak_memory_mb
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and state.is_world_process_zero:
-            self.tracker.log(prefixed(logs), step=state.global_step)
+        if not logs or not state.is_world_process_zero:
+            return
+        if "train_loss" in logs:  # the end-of-training aggregate: summary values, not a history point
+            self.tracker.summarize({END_OF_TRAINING[k]: v for k, v in logs.items() if k in END_OF_TRAINING})
+            return
+        metrics = prefixed(logs)
+        if not any(key.startswith("eval_") for key in logs):
+            metrics["train/peak_memory_mb"] = self.peak_memory_mb()
+        self.tracker.log(metrics, step=state.global_step)

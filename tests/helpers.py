@@ -38,13 +38,39 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], tmp_path: Path, module: str = "dpo_lab.run", timeout: int = 900, env=None):
+def run_cli(
+    args: list[str], tmp_path: Path, module: str = "dpo_lab.run", timeout: int = 900, env=None, cwd=None
+):
     """Run ``python -m <module> args`` from the repo root; returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         env=env or cli_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def wandb_records(run_folder: Path) -> list[dict]:
+    """Every record of the single offline W&B run under ``run_folder/wandb``, via `wandb leet inspect`."""
+    import json
+
+    runs = sorted((run_folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(runs[0])],
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def wandb_summary(run_folder: Path) -> dict:
+    """`wandb leet inspect --summary --json` of the run under ``run_folder/wandb``."""
+    import json
+
+    runs = sorted((run_folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(runs[0])],
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    return json.loads(out.stdout)

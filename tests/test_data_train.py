@@ -9,8 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -25,7 +23,7 @@ from dpo_lab.hardware import device_type, resolve_precision
 from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.run import to_run_config
 from dpo_lab.trainer import build_dpo_args, build_trainer
-from tests.helpers import HH_DATA, cli_env, compose_config, run_cli
+from tests.helpers import HH_DATA, cli_env, compose_config, run_cli, wandb_summary
 
 TRAIN_OVERRIDES = [
     "logger=none", "train.max_steps=2", "data.max_train_samples=8", "data.max_eval_samples=8",
@@ -176,16 +174,6 @@ def test_cli_invalid_rows_exit_2_with_file_line_and_field(tmp_path: Path) -> Non
     assert not (run_dir / "metrics.json").exists()
 
 
-def _wandb_summary(run_dir: Path) -> dict:
-    wandb_file = next(run_dir.rglob("*.wandb"))
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(wandb_file)],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
-
-
 @pytest.mark.slow
 def test_cli_drop_reports_counts_in_log_metrics_and_wandb(tmp_path: Path) -> None:
     path = _crafted_hh_file(tmp_path)
@@ -213,7 +201,7 @@ def test_cli_drop_reports_counts_in_log_metrics_and_wandb(tmp_path: Path) -> Non
         > 0
     )
 
-    summary = _wandb_summary(run_dir)["summary"]
+    summary = wandb_summary(run_dir)["summary"]
     assert summary["data/dropped/empty_response"] == 1 and summary["data/dropped/unparseable"] == 1
     assert summary["data/dropped_rows"] == 2
     assert (summary["data/train/rows"], summary["data/eval/rows"]) == (8, 4)
