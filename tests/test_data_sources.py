@@ -13,6 +13,8 @@ from datasets import Dataset, DatasetDict
 from dpo_lab.config import ConfigError, DataColumns, DataConfig, DataFormat
 from dpo_lab.data import load_preference_data
 from dpo_lab.data_checks import DataError
+from dpo_lab.run import to_run_config
+from tests.helpers import compose_config
 
 ROWS = [
     {"prompt": f"question {i}?", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
@@ -286,3 +288,10 @@ def test_unchanged_data_is_read_and_normalised_once(tmp_path: Path, datasets_cac
     write_jsonl(path, ROWS[:9])
     third = load_preference_data(single_file_cfg(path), seed=0)
     assert third.fingerprint != first.fingerprint and len(third.train) + len(third.eval) == 9
+
+
+def test_test_split_and_test_size_together_are_refused() -> None:
+    with pytest.raises(ConfigError, match="set data.test_split=null to carve test_size") as info:
+        to_run_config(compose_config(["data.test_size=0.1"]))
+    assert info.value.key == "data.test_size"
+    assert to_run_config(compose_config(["data.test_size=0.1", "data.test_split=null"])).data.test_size == 0.1
