@@ -41,9 +41,7 @@ def compare_prompts(run: RunFolder, cfg: CompareConfig) -> list[TaskPrompt]:
     held_out = load_preference_data(data_cfg, run.seed).eval
     if cfg.judge is Judge.checker:
         get_checker(cfg.checker.name, "checker.name")
-        return task_prompts(
-            held_out, load_held_out_rows(data_cfg, run.seed), data_cfg, cfg.num_prompts, cfg.checker
-        )
+        return task_prompts(held_out, load_held_out_rows(data_cfg), data_cfg, cfg.num_prompts, cfg.checker)
     no_truth = dataclasses.replace(cfg.checker, name=None)
     return task_prompts(held_out, None, data_cfg, cfg.num_prompts, no_truth)
 

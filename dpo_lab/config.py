@@ -51,7 +51,7 @@ class Precision(str, Enum):
 
 
 class DataFormat(str, Enum):
-    """Shape of the preference rows; ``auto`` detects it from the first row."""
+    """Shape of the preference rows; ``auto`` detects it from the first row that fits one."""
 
     auto = "auto"
     standard = "standard"  # prompt / chosen / rejected strings
@@ -195,6 +195,8 @@ class DataColumns:
 class DataConfig:
     # a local file (jsonl, json, parquet, csv, jsonl.gz), a folder (saved dataset or files), or a hub id
     path: str = MISSING
+    # sub-folder of a hub dataset (or local folder), e.g. harmless-base of Anthropic/hh-rlhf; null = all
+    data_dir: str | None = None
     # split (or file) to train on
     split: str = "train"
     # held-out split to evaluate on; null = carve test_size off the train split
@@ -205,7 +207,7 @@ class DataConfig:
     format: DataFormat = DataFormat.auto
     # source column names, for data whose columns are not prompt / chosen / rejected
     columns: DataColumns = field(default_factory=DataColumns)
-    # error | drop: stop at the first bad row (default), or drop bad rows and report counts
+    # error | drop: stop before training on invalid rows (default), or drop them and report counts per reason
     on_invalid: OnInvalid = OnInvalid.error
     # use only the first N training rows (quick experiments); null = all
     max_train_samples: int | None = None
@@ -219,6 +221,8 @@ class DataConfig:
             yield "path", "must name a file, a folder or a hub dataset id"
         if self.test_split is None and self.test_size is None:
             yield "test_size", "set data.test_split to a held-out split, or data.test_size to carve one off"
+        if self.test_split is not None and self.test_size is not None:
+            yield "test_size", "set data.test_split=null to carve test_size off data.split, or test_size=null"
         if self.test_size is not None and self.test_size <= 0:
             yield "test_size", f"must be a fraction in (0, 1) or a row count >= 1, got {self.test_size}"
         if self.test_size is not None and self.test_size >= 1 and self.test_size != int(self.test_size):

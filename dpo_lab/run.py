@@ -24,6 +24,8 @@ from transformers import set_seed
 from dpo_lab.card import framework_versions, render_model_card
 from dpo_lab.config import ConfigError, RunConfig, register_configs, validate
 from dpo_lab.data import load_preference_data
+from dpo_lab.data_checks import DataError
+from dpo_lab.data_report import format_report
 from dpo_lab.hardware import describe, device_type, resolve_precision
 from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.naming import run_group, run_name
@@ -84,9 +86,9 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
 
     tokenizer = load_tokenizer(run_cfg.model)
-    data = load_preference_data(run_cfg.data, run_cfg.seed)
-    log.info("data: %d train / %d held-out pairs from %s", len(data.train), len(data.eval), data.source)
-    task_prompts = load_task_prompts(run_cfg.eval, run_cfg.data, data.eval, run_cfg.seed)
+    data = load_preference_data(run_cfg.data, run_cfg.seed, tokenizer, max_length=run_cfg.dpo.max_length)
+    log.info("%s", format_report(data.summary()))
+    task_prompts = load_task_prompts(run_cfg.eval, run_cfg.data, data.eval)
 
     name, group = run_identity(cfg, run_dir)
     tracker = start_run(
@@ -152,6 +154,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "global_step": trainer.state.global_step,
             "precision": precision.value,
             "device": device,
+            "data": data.summary(),
         }
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         card = render_model_card(
@@ -169,7 +172,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         )
         for card_path in (adapter_dir / "README.md", run_dir / "README.md"):
             card_path.write_text(card)
-        summary = run_summary(metrics)
+        summary = {**run_summary(metrics), **data.wandb_summary()}
         tracker.summarize(summary)
         if run_cfg.logger.log_model and tracker.active:
             tracker.log_artifact(
@@ -280,7 +283,8 @@ def _record_failed_job(run_dir: Path, err: BaseException) -> None:
 
 
 def exit_with_config_error(err: ConfigError) -> None:
-    print(f"dpo_lab: invalid config: {err}", file=sys.stderr)
+    kind = "invalid data" if isinstance(err, DataError) else "invalid config"
+    print(f"dpo_lab: {kind}: {err}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -205,9 +205,7 @@ class TaskPrompt:
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
 
 
-def load_task_prompts(
-    cfg: TaskEvalConfig, data_cfg: DataConfig, held_out: Dataset, seed: int
-) -> list[TaskPrompt]:
+def load_task_prompts(cfg: TaskEvalConfig, data_cfg: DataConfig, held_out: Dataset) -> list[TaskPrompt]:
     """The prompts of the task evaluation (none when it is off); called before training, so that an
     unknown checker or missing ground truth stops the run before any step is paid for."""
     if not cfg.enabled:
@@ -215,13 +213,13 @@ def load_task_prompts(
     raw = None
     if cfg.checker.name is not None:
         get_checker(cfg.checker.name)
-        raw = load_held_out_rows(data_cfg, seed)
+        raw = load_held_out_rows(data_cfg)
     return task_prompts(held_out, raw, data_cfg, cfg.num_prompts, cfg.checker)
 
 
 def task_prompts(
     held_out: Dataset,
-    raw_rows: Dataset | None,
+    raw_rows: Sequence[Mapping[str, Any]] | None,
     data_cfg: DataConfig,
     num_prompts: int,
     checker: CheckerConfig,
@@ -243,27 +241,44 @@ def task_prompts(
             if row is None:
                 raise ConfigError(
                     "eval.checker.answer_column",
-                    f"held-out pair {i}: no stored row with its prompt, so no ground truth to check against",
+                    f"held-out pair {i}: no stored row with its prompt and a {checker.answer_column!r} "
+                    "value, so no ground truth to check it against",
                 )
             prompt = TaskPrompt(prompt.messages, prompt.chosen, prompt.rejected, row)
         prompts.append(prompt)
     return prompts
 
 
-def _rows_by_prompt(raw: Dataset | None, data_cfg: DataConfig, checker: CheckerConfig) -> dict[str, dict]:
+def _rows_by_prompt(
+    raw: Sequence[Mapping[str, Any]] | None, data_cfg: DataConfig, checker: CheckerConfig
+) -> dict[str, dict]:
+    """Stored rows that hold a prompt and a ground truth, by prompt text (the last user turn of a
+    conversational prompt); the first row wins when a prompt repeats."""
     column, truth = data_cfg.columns.prompt, checker.answer_column
-    if raw is None or column not in raw.column_names or truth not in raw.column_names:
-        have = ", ".join(raw.column_names) if raw is not None else "none"
+    by_prompt: dict[str, dict] = {}
+    for row in raw or []:
+        key = _prompt_key(row.get(column))
+        if key is not None and row.get(truth) is not None:
+            by_prompt.setdefault(key, dict(row))
+    if not by_prompt:
+        have = ", ".join(sorted(raw[0])) if raw else "no rows"
         raise ConfigError(
             "eval.checker.answer_column",
-            f"checker {checker.name} needs held-out columns {column!r} (the prompt) and {truth!r} (the "
-            f"ground truth); the data has: {have}. Use eval=samples for data without ground truth",
+            f"checker {checker.name} needs held-out columns {column!r} (the prompt, data.columns.prompt) and "
+            f"{truth!r} (the ground truth); the data has: {have}. Use eval=samples for data without ground "
+            "truth",
         )
-    by_prompt: dict[str, dict] = {}
-    for row in raw:
-        if isinstance(row[column], str):
-            by_prompt.setdefault(row[column].strip(), row)
     return by_prompt
+
+
+def _prompt_key(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            return users[-1].strip()
+    return None
 
 
 def _content(value: Any) -> str:

@@ -138,7 +138,7 @@ def _held_out(n: int) -> tuple[DataConfig, Any]:
 
 def test_task_prompts_carry_their_ground_truth() -> None:
     data_cfg, held_out = _held_out(5)
-    prompts = load_task_prompts(TaskEvalConfig(num_prompts=3), data_cfg, held_out, seed=0)
+    prompts = load_task_prompts(TaskEvalConfig(num_prompts=3), data_cfg, held_out)
     rows = [json.loads(line) for line in open(asset_path("finance") + "/test.jsonl")][:3]
     assert len(prompts) == 3
     for prompt, row in zip(prompts, rows, strict=True):
@@ -154,9 +154,9 @@ def test_missing_ground_truth_is_a_config_error() -> None:
     data_cfg, held_out = _held_out(2)
     cfg = TaskEvalConfig(checker=CheckerConfig(answer_column="solution"))
     with pytest.raises(ConfigError) as info:
-        load_task_prompts(cfg, data_cfg, held_out, seed=0)
+        load_task_prompts(cfg, data_cfg, held_out)
     assert info.value.key == "eval.checker.answer_column" and "'solution'" in str(info.value)
     samples_only = TaskEvalConfig(checker=CheckerConfig(name=None))
-    prompts = load_task_prompts(samples_only, data_cfg, held_out, seed=0)
+    prompts = load_task_prompts(samples_only, data_cfg, held_out)
     assert len(prompts) == 2 and prompts[0].row == {}
-    assert load_task_prompts(TaskEvalConfig(enabled=False), data_cfg, held_out, seed=0) == []
+    assert load_task_prompts(TaskEvalConfig(enabled=False), data_cfg, held_out) == []
