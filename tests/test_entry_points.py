@@ -85,6 +85,9 @@ def test_eval_options() -> None:
     assert OmegaConf.to_object(compose_config()).eval.checker.name == "finance_number"
     assert OmegaConf.to_object(compose_config(["eval=samples"])).eval.checker.name is None
     assert OmegaConf.to_object(compose_config(["eval=none"])).eval.enabled is False
+    # the HH preset has no ground truth: it switches the task evaluation to samples; the command line wins
+    assert OmegaConf.to_object(compose_config(["data=hh_rlhf"])).eval.checker.name is None
+    assert OmegaConf.to_object(compose_config(["data=hh_rlhf", "eval=none"])).eval.enabled is False
 
 
 def test_read_run_needs_a_finished_run(tmp_path) -> None:
