@@ -303,6 +303,14 @@ class TrainConfig:
                 yield key, f"must be >= 0, got {getattr(self, key)}"
         if self.save_total_limit < 1:
             yield "save_total_limit", f"must be >= 1, got {self.save_total_limit}"
+        if self.save_steps > 0 and self.logging_steps >= 1 and self.save_steps % self.logging_steps:
+            yield (
+                "save_steps",
+                f"must be a multiple of train.logging_steps ({self.logging_steps}) so that a resumed run "
+                f"logs the same averages as an uninterrupted one; got {self.save_steps}",
+            )
+        if self.extra.get("save_only_model"):
+            yield "extra.save_only_model", "a checkpoint needs optimizer, scheduler and RNG state to resume"
         owned = {f.name for f in fields(self) if f.name != "extra"} | _TRAINER_OWNED_KEYS
         for key in self.extra:
             if key in owned:
@@ -455,6 +463,9 @@ class RunConfig:
     eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
     # seeds Python, NumPy, torch, the adapter init, data shuffling and the held-out split
     seed: int = 42
+    # a run folder to continue from its newest complete checkpoint, with the overrides it was started with;
+    # null = a new run (re-running with the same hydra.run.dir resumes too)
+    resume: str | None = None
 
 
 GROUPS = {"model": ModelConfig, "lora": LoraConfig, "dpo": DPOConfig, "data": DataConfig,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, prepare_model_for_kbit_training
+from peft import PeftModel, get_peft_model_state_dict, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -193,3 +193,8 @@ def _with_adapter(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
 def _logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model(input_ids=input_ids.to(model.device)).logits.float().cpu()
+
+
+def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights as PEFT saves them (same names as in ``adapter_model.safetensors``)."""
+    return get_peft_model_state_dict(model)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import trl
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
@@ -63,12 +66,45 @@ def build_dpo_args(
         "eval_steps": train.eval_steps if train.eval_steps > 0 else None,
         "save_strategy": "steps" if train.save_steps > 0 else "no",
         "save_steps": train.save_steps if train.save_steps > 0 else 500,
-        "save_total_limit": train.save_total_limit,
+        # dpo_lab.checkpoints rotates (train.save_total_limit) once a checkpoint is known to be complete
+        "save_total_limit": None,
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": True,
     }
     kwargs.update(train.extra)
     return trl.DPOConfig(**kwargs)
+
+
+# Called with (optimizer step being computed, micro-batch loss, micro-batch inputs) after each backward.
+MicroBatchObserver = Callable[[int, torch.Tensor, Mapping[str, Any]], None]
+
+
+class ObservedDPOTrainer(trl.DPOTrainer):
+    """trl.DPOTrainer that shows every training micro-batch loss to observers (the non-finite guard, the
+    per-rank batch counter): TrainerCallbacks never see the loss of a step."""
+
+    def __init__(self, *args: Any, micro_batch_observers: Sequence[MicroBatchObserver] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.micro_batch_observers = list(micro_batch_observers)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        for observe in self.micro_batch_observers:
+            observe(self.state.global_step + 1, loss, inputs)
+        return loss
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
+        # TRL counts the logged `num_tokens` in the trainer, not in the checkpointed state: carry it over
+        if resume_from_checkpoint:
+            self._total_train_tokens = logged_train_tokens(Path(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+def logged_train_tokens(checkpoint: Path) -> int:
+    """The last training ``num_tokens`` logged before ``checkpoint`` was saved (0 if none was logged)."""
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    logged = [entry["num_tokens"] for entry in history if "num_tokens" in entry]
+    return int(logged[-1]) if logged else 0
 
 
 def build_trainer(
@@ -79,10 +115,13 @@ def build_trainer(
     eval_dataset: Dataset | None,
     peft_config: PeftLoraConfig,
     callbacks: list[TrainerCallback] | None = None,
+    micro_batch_observers: Sequence[MicroBatchObserver] = (),
 ) -> trl.DPOTrainer:
     """DPOTrainer on the base model + a fresh LoRA adapter. With no ``ref_model``, TRL computes the
-    reference log-probs with the adapter disabled: the base model is the reference, never a second copy."""
-    return trl.DPOTrainer(
+    reference log-probs with the adapter disabled: the base model is the reference, never a second copy.
+    On resume the adapter is built fresh like this and ``train(resume_from_checkpoint=...)`` loads the
+    checkpoint's adapter weights into it; the base weights are never touched."""
+    return ObservedDPOTrainer(
         model=model,
         ref_model=None,
         args=args,
@@ -91,4 +130,5 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
+        micro_batch_observers=micro_batch_observers,
     )
