@@ -116,6 +116,19 @@ def check_same_run_dir(run_dir: str) -> None:
         )
 
 
+def export_submitit_env() -> None:
+    """In a submitit job with several tasks (``hydra.launcher.tasks_per_node > 1``), set the variables
+    torch.distributed reads (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from the job's."""
+    if "SUBMITIT_EXECUTOR" not in os.environ or "RANK" in os.environ:
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:
+        # every task keeps seeing all GPUs of the node; accelerate picks cuda:LOCAL_RANK
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def rank_overrides() -> list[str]:
     """Hydra overrides for processes other than the main one: they write nothing into the run folder."""
     if is_main_process():

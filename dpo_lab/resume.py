@@ -3,7 +3,8 @@
 Two ways lead to the same place:
 
 - ``python -m dpo_lab.run resume=runs/2026-05-01/10-00-00-123456`` re-runs the command-line overrides the
-  folder was started with (``.hydra/overrides.yaml``) in that folder (``hydra.run.dir``);
+  folder was started with (its ``overrides.yaml``; Hydra's ``.hydra/overrides.yaml`` is rewritten by every
+  launch, even one that is then refused) in that folder (``hydra.run.dir``);
 - the same command again with the same ``hydra.run.dir`` (what a requeued SLURM job does).
 
 Either way :func:`plan_resume` looks at the folder before anything heavy is loaded: a config that differs
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from dpo_lab.artifacts import atomic_write_json
+from dpo_lab.artifacts import atomic_write_json, atomic_write_text
 from dpo_lab.checkpoints import Checkpoint, resume_checkpoint
 from dpo_lab.config import ConfigError
 from dpo_lab.distributed import is_main_process
@@ -31,6 +32,7 @@ from dpo_lab.distributed import is_main_process
 log = logging.getLogger(__name__)
 
 EVAL_BEFORE_FILE = "eval_before.json"
+OVERRIDES_FILE = "overrides.yaml"
 
 # Keys that may differ between the attempts of one run folder.
 _FREE_KEYS = {"resume"}
@@ -54,9 +56,9 @@ def resume_overrides(args: list[str]) -> list[str]:
     folder = Path(given[-1].split("=", 1)[1]).expanduser()
     if _is_multirun(args):
         raise ConfigError("resume", "names one run folder; it cannot be combined with --multirun")
-    stored = folder / ".hydra" / "overrides.yaml"
+    stored = folder / OVERRIDES_FILE
     if not stored.is_file():
-        raise ConfigError("resume", f"{folder} is not a dpo_lab run folder (no .hydra/overrides.yaml in it)")
+        raise ConfigError("resume", f"{folder} is not a dpo_lab run folder (no {OVERRIDES_FILE} in it)")
     for arg in args:
         if arg.startswith("hydra.run.dir=") and Path(arg.split("=", 1)[1]).resolve() != folder.resolve():
             raise ConfigError("resume", f"names {folder} but hydra.run.dir names another folder; give one")
@@ -97,6 +99,15 @@ def check_same_config(run_dir: Path, resolved: dict[str, Any]) -> None:
             f"differs from the config {run_dir} was started with (see its config.yaml); a resumed run "
             "must keep its config: start a new run folder to change it",
         )
+
+
+def save_run_config(run_dir: Path, resolved: dict[str, Any], overrides: list[str]) -> None:
+    """``config.yaml`` (the resolved config) and, on a folder's first launch, ``overrides.yaml`` (the
+    command-line overrides it was started with, which ``resume=<folder>`` reuses)."""
+    if not (run_dir / OVERRIDES_FILE).is_file():
+        kept = [o for o in overrides if not o.startswith("resume=")]
+        atomic_write_text(run_dir / OVERRIDES_FILE, yaml.safe_dump(kept, default_flow_style=False))
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
 
 def plan_resume(run_dir: Path, resolved: dict[str, Any]) -> ResumePlan:

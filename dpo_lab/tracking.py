@@ -169,6 +169,8 @@ def prefixed(metrics: dict[str, float]) -> dict[str, float]:
             continue
         if key.startswith("eval_"):
             out[f"eval/{key[5:]}"] = value
+        elif key == "train_loss":  # the Trainer's mean over one train() call; "loss" is the per-step value
+            out["train/mean_loss"] = value
         elif key.startswith("train_"):
             out[f"train/{key[6:]}"] = value
         else:

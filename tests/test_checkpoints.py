@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dpo_lab.artifacts import atomic_write_text, partial_path, replace_dir
 from dpo_lab.checkpoints import (
@@ -21,9 +20,14 @@ from dpo_lab.checkpoints import (
     rotate,
 )
 from dpo_lab.config import ConfigError
-from dpo_lab.resume import check_same_config, first_difference, plan_resume, resume_overrides
+from dpo_lab.resume import (
+    check_same_config,
+    first_difference,
+    plan_resume,
+    resume_overrides,
+    save_run_config,
+)
 from dpo_lab.run import to_run_config
-
 from tests.helpers import compose_config
 
 PARTS = {
@@ -133,8 +137,9 @@ def test_replace_dir_swaps_whole_folders(tmp_path: Path) -> None:
 
 def _run_folder(tmp_path: Path, overrides: list[str]) -> Path:
     folder = tmp_path / "run"
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    folder.mkdir()
+    save_run_config(folder, {"seed": 1}, overrides)
+    save_run_config(folder, {"seed": 1}, ["lora.r=4"])  # a later launch does not change the record
     return folder
 
 

@@ -14,7 +14,6 @@ from dpo_lab import distributed
 from dpo_lab.config import ConfigError
 from dpo_lab.guards import NonFiniteError, NonFiniteGuard, first_nonfinite_grad
 from dpo_lab.preemption import Preemption
-
 from tests.test_checkpoints import fake_checkpoint
 
 
@@ -85,7 +84,7 @@ def test_guard_without_checkpoint_says_so(tmp_path) -> None:
     model(torch.ones(1, 2)).sum().backward()
     model.bias.grad.fill_(float("nan"))
     with pytest.raises(NonFiniteError, match=r"gradient \(in bias\) at step 1.*none \(no checkpoint"):
-        guard.on_pre_optimizer_step(_args(tmp_path), TrainerState(global_step=0), TrainerControl(), model=model)
+        guard.on_pre_optimizer_step(_args(tmp_path), TrainerState(), TrainerControl(), model=model)
 
 
 @pytest.fixture
