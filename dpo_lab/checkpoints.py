@@ -39,7 +39,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
     "trainer state": ("trainer_state.json",),
     "adapter weights": ("adapter_model.safetensors", "adapter_model.bin", "pytorch_model_fsdp*"),
-    "optimizer state": ("optimizer.pt", "optimizer_*", "global_step*"),
+    "optimizer state": ("optimizer.pt", "optimizer.bin", "optimizer_*", "global_step*"),
     "scheduler state": ("scheduler.pt",),
     "RNG state": ("rng_state.pth", "rng_state_*.pth"),
 }

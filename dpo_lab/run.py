@@ -6,7 +6,6 @@ the logic lives in the modules named after what they build.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import sys
@@ -21,16 +20,30 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
+from dpo_lab.artifacts import atomic_write_json, write_final_artifacts
 from dpo_lab.card import framework_versions, render_model_card
+from dpo_lab.checkpoints import CheckpointCallback
 from dpo_lab.config import ConfigError, RunConfig, register_configs, validate
 from dpo_lab.data import load_preference_data
 from dpo_lab.data_checks import DataError
 from dpo_lab.data_report import format_report
+from dpo_lab.distributed import (
+    BatchCounter,
+    agree_on_launch_time,
+    check_same_run_dir,
+    export_submitit_env,
+    is_main_process,
+    rank_overrides,
+    rank_report,
+)
+from dpo_lab.guards import NonFiniteError, NonFiniteGuard
 from dpo_lab.hardware import describe, device_type, resolve_precision
-from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.model import adapter_state_dict, build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.overrides import check_overrides
+from dpo_lab.preemption import Preemption
 from dpo_lab.resolvers import register_resolvers
+from dpo_lab.resume import evaluate_before, plan_resume, resume_overrides, save_run_config
 from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
 from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
@@ -82,7 +95,12 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     device = device_type()
     precision = resolve_precision(run_cfg.train.precision, device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    check_same_run_dir(str(run_dir))
+    plan = plan_resume(run_dir, resolved)
+    if plan.completed is not None:
+        return plan.completed
+    if is_main_process():
+        save_run_config(run_dir, resolved, list(HydraConfig.get().overrides.task))
     log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
 
     tokenizer = load_tokenizer(run_cfg.model)
@@ -107,6 +125,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         name=name,
         group=group,
     )
+    guard, preemption, batches = NonFiniteGuard(run_dir / "checkpoints"), Preemption(), BatchCounter()
     try:
         model = load_base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
         args = build_dpo_args(
@@ -125,19 +144,28 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             data.train,
             data.eval,
             build_lora_config(run_cfg.lora),
-            callbacks=[MetricsCallback(tracker, peak_memory_mb)],
+            callbacks=[
+                MetricsCallback(tracker, peak_memory_mb),
+                CheckpointCallback(run_cfg.train.save_total_limit),
+                guard,
+                preemption.callback(),
+            ],
+            micro_batch_observers=[guard.observe, batches.observe],
         )
-        before = trainer.evaluate(metric_key_prefix="eval") if run_cfg.train.eval_before_training else {}
-        train_out = trainer.train()
+        before = evaluate_before(trainer, run_dir) if run_cfg.train.eval_before_training else {}
+        with preemption.armed():
+            train_out = trainer.train(resume_from_checkpoint=plan.checkpoint and str(plan.checkpoint.path))
+        if preemption.stopped_training:
+            tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
+            preemption.exit_for_requeue()
         after = trainer.evaluate(metric_key_prefix="eval")
         task = evaluate_task(
             trainer.model, tokenizer, task_prompts, run_cfg.eval,
             run_dir=run_dir, tracker=tracker, step=trainer.state.global_step, seed=run_cfg.seed,
         )  # fmt: skip
+        plain_ddp = not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+        ranks = rank_report(batches, adapter_state_dict(trainer.model) if plain_ddp else None)
 
-        adapter_dir = run_dir / "adapter"
-        trainer.save_model(str(adapter_dir))
-        tokenizer.save_pretrained(str(adapter_dir))
         runtime = train_out.metrics["train_runtime"]
         tokens = trainer.state.num_input_tokens_seen
         metrics = {
@@ -155,8 +183,9 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "precision": precision.value,
             "device": device,
             "data": data.summary(),
+            "resumed_from_step": plan.checkpoint.step if plan.checkpoint else None,
+            "distributed": ranks,
         }
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         card = render_model_card(
             base_model=run_cfg.model.name_or_path,
             dataset=run_cfg.data.path,
@@ -170,19 +199,20 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             },
             quantization=run_cfg.model.quantization.value,
         )
-        for card_path in (adapter_dir / "README.md", run_dir / "README.md"):
-            card_path.write_text(card)
+        write_final_artifacts(trainer, tokenizer, run_dir, card, metrics)
         summary = {**run_summary(metrics), **data.wandb_summary()}
         tracker.summarize(summary)
         if run_cfg.logger.log_model and tracker.active:
             tracker.log_artifact(
-                adapter_dir, name=f"adapter-{tracker.run.id}", kind="model", metadata=summary
+                run_dir / "adapter", name=f"adapter-{tracker.run.id}", kind="model", metadata=summary
             )
     except BaseException as err:
-        record_failure(run_dir, err, tracker)
+        if not preemption.stopped_training:  # a preempted run exits on purpose, its checkpoint saved
+            record_failure(run_dir, err, tracker)
         raise
     tracker.finish(exit_code=0)
-    print_summary(run_dir, before, after, metrics)
+    if is_main_process():
+        print_summary(run_dir, before, after, metrics)
     return metrics
 
 
@@ -206,7 +236,8 @@ def record_failure(run_dir: Path, err: BaseException, tracker: Tracker) -> None:
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
     error = f"{type(err).__name__}: {err}".strip()
     log.error("run %s: %s", status, error)
-    (run_dir / "metrics.json").write_text(json.dumps({"status": status, "error": error}, indent=2))
+    if is_main_process():
+        atomic_write_json(run_dir / "metrics.json", {"status": status, "error": error})
     tracker.summarize({"status": status, "error": error[:2000]})
     tracker.finish(exit_code=1)
 
@@ -256,6 +287,8 @@ def _num(value: float | None) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def train(cfg: DictConfig) -> float | None:
+    register_resolvers()  # a submitit job runs this in a fresh process
+    export_submitit_env()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
@@ -267,6 +300,9 @@ def train(cfg: DictConfig) -> float | None:
         _record_failed_job(run_dir, err)
         return None
     except Exception as err:
+        if not in_sweep and isinstance(err, NonFiniteError):
+            print(f"dpo_lab: training stopped: {err}", file=sys.stderr)
+            sys.exit(1)
         if not in_sweep:
             raise
         # one failed job (bad value, NaN, out of memory) must not stop the rest of the sweep
@@ -278,8 +314,8 @@ def train(cfg: DictConfig) -> float | None:
 
 def _record_failed_job(run_dir: Path, err: BaseException) -> None:
     path = run_dir / "metrics.json"
-    if not path.exists():  # errors before training started: nothing recorded yet
-        path.write_text(json.dumps({"status": "failed", "error": f"{type(err).__name__}: {err}"}, indent=2))
+    if not path.exists() and is_main_process():  # errors before training started: nothing recorded yet
+        atomic_write_json(path, {"status": "failed", "error": f"{type(err).__name__}: {err}"})
 
 
 def exit_with_config_error(err: ConfigError) -> None:
@@ -288,11 +324,19 @@ def exit_with_config_error(err: ConfigError) -> None:
     sys.exit(2)
 
 
+def launch_args(args: list[str]) -> list[str]:
+    """``resume=<folder>`` expanded; one launch time for all processes; no Hydra files from other ranks."""
+    args = resume_overrides(args)
+    agree_on_launch_time(args)
+    return [*args, *rank_overrides()]
+
+
 def main() -> None:
     """Console entry: friendly one-line errors for bad overrides, then Hydra."""
     register_configs()
     register_resolvers()
     try:
+        sys.argv[1:] = launch_args(sys.argv[1:])
         check_overrides(sys.argv[1:])
     except ConfigError as err:
         exit_with_config_error(err)

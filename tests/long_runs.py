@@ -88,13 +88,13 @@ def wandb_run_dirs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
-def wandb_records(wandb_run: Path) -> list[dict[str, Any]]:
+def attempt_records(wandb_run: Path) -> list[dict[str, Any]]:
     out = subprocess.run([WANDB, "leet", "inspect", "--json", str(wandb_run)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-def wandb_summary(wandb_run: Path) -> dict[str, Any]:
+def attempt_summary(wandb_run: Path) -> dict[str, Any]:
     out = subprocess.run(
         [WANDB, "leet", "inspect", "--summary", "--json", str(wandb_run)], capture_output=True, text=True
     )
@@ -105,7 +105,7 @@ def wandb_summary(wandb_run: Path) -> dict[str, Any]:
 def wandb_losses(wandb_run: Path) -> dict[int, float]:
     """train/loss by train/global_step as logged into one W&B run folder."""
     losses = {}
-    for record in wandb_records(wandb_run):
+    for record in attempt_records(wandb_run):
         item = record.get("history", {}).get("item", {}) if record["type"] == "history" else {}
         if "train/loss" in item:
             losses[int(item["train/global_step"])] = item["train/loss"]

@@ -21,15 +21,15 @@ from tests.helpers import cli_env, run_cli
 from tests.long_runs import (
     TRAIN,
     assert_same_adapter,
+    attempt_records,
+    attempt_summary,
     log_history,
     output_of,
     start_cli,
     train_losses,
     wait_for_checkpoint,
     wandb_losses,
-    wandb_records,
     wandb_run_dirs,
-    wandb_summary,
 )
 
 pytestmark = pytest.mark.slow
@@ -97,12 +97,12 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(baseline: P
     assert json.loads((run_dir / "wandb_run.json").read_text())["id"] == run_id
     first, second = wandb_run_dirs(run_dir)
     assert first.name.endswith(run_id) and second.name.endswith(run_id)
-    run_record = next(r["run"] for r in wandb_records(second) if r["type"] == "run")
+    run_record = next(r["run"] for r in attempt_records(second) if r["type"] == "run")
     assert run_record["run_id"] == run_id and run_record["resume"] is True
     logged = wandb_losses(second)
     assert sorted(logged) == list(range(resume_step + 1, 9))
     assert logged == {s: loss for s, loss in train_losses(baseline_history).items() if s > resume_step}
-    assert wandb_summary(second)["state"] == "finished"
+    assert attempt_summary(second)["state"] == "finished"
 
 
 def test_sigterm_saves_at_the_next_step_then_resume_option_finishes(baseline: Path, tmp_path: Path) -> None:
@@ -116,11 +116,11 @@ def test_sigterm_saves_at_the_next_step_then_resume_option_finishes(baseline: Pa
     assert f"SIGTERM received: saving a checkpoint at step {stopped.step}" in read(run_dir / "run.log")
     assert not (run_dir / "metrics.json").exists()
     [preempted] = wandb_run_dirs(run_dir)
-    summary = wandb_summary(preempted)
+    summary = attempt_summary(preempted)
     assert summary["exit_code"] == 143
     assert summary["summary"]["status"] == "preempted"
     assert summary["summary"]["preempted_at_step"] == stopped.step
-    assert any(r["type"] == "preempting" for r in wandb_records(preempted))
+    assert any(r["type"] == "preempting" for r in attempt_records(preempted))
 
     resumed = run_cli([f"resume={run_dir}"], tmp_path, timeout=300)  # no other override: the stored ones
 
@@ -174,10 +174,10 @@ def test_submitit_job_preempted_is_requeued_and_resumes(baseline: Path, tmp_path
     run_id = json.loads((job_dir / "wandb_run.json").read_text())["id"]
     first, second = wandb_run_dirs(job_dir)
     assert first.name.endswith(run_id) and second.name.endswith(run_id)
-    assert wandb_summary(first)["summary"]["status"] == "preempted"
-    assert any(r["type"] == "preempting" for r in wandb_records(first))
-    assert wandb_summary(second)["state"] == "finished"
-    assert wandb_summary(second)["summary"]["status"] == "completed"
+    assert attempt_summary(first)["summary"]["status"] == "preempted"
+    assert any(r["type"] == "preempting" for r in attempt_records(first))
+    assert attempt_summary(second)["state"] == "finished"
+    assert attempt_summary(second)["summary"]["status"] == "completed"
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -197,9 +197,11 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert latest_complete(run_dir / "checkpoints").step == 4
     state = json.loads((run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     assert all(e["loss"] == e["loss"] for e in state["log_history"] if "loss" in e)  # no NaN got logged
-    assert not (run_dir / "metrics.json").exists() and not (run_dir / "adapter").exists()
+    assert not (run_dir / "adapter").exists()
+    failure = json.loads((run_dir / "metrics.json").read_text())
+    assert failure["status"] == "failed" and "non-finite loss (nan) at step 5" in failure["error"]
     [wandb_run] = wandb_run_dirs(run_dir)
-    summary = wandb_summary(wandb_run)
+    summary = attempt_summary(wandb_run)
     assert summary["state"] == "failed" and summary["exit_code"] == 1
     assert summary["summary"]["status"] == "failed"
     assert "non-finite loss (nan) at step 5" in summary["summary"]["error"]
