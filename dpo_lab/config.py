@@ -324,7 +324,7 @@ class TrainConfig:
 _TRAINER_OWNED_KEYS = {
     "output_dir", "bf16", "fp16", "seed", "beta", "loss_type", "loss_weights", "max_length",
     "precompute_ref_log_probs", "label_smoothing", "report_to", "run_name", "eval_strategy", "save_strategy",
-    "use_cpu", "train_sampling_strategy",
+    "use_cpu", "train_sampling_strategy", "eval_on_start",
 }  # fmt: skip
 
 
@@ -333,7 +333,7 @@ def _owner(key: str) -> str:
         "bf16": "train.precision", "fp16": "train.precision", "seed": "seed", "report_to": "logger",
         "run_name": "logger.name", "output_dir": "hydra.run.dir", "eval_strategy": "train.eval_steps",
         "save_strategy": "train.save_steps", "use_cpu": "the detected device",
-        "train_sampling_strategy": "train.group_by_length",
+        "train_sampling_strategy": "train.group_by_length", "eval_on_start": "train.eval_before_training",
     }.get(key, f"dpo.{key}" if key in {f.name for f in fields(DPOConfig)} else f"train.{key}")  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
+from transformers import TrainerCallback
 
 from dpo_lab.artifacts import atomic_write_json, atomic_write_text
 from dpo_lab.checkpoints import Checkpoint, resume_checkpoint
@@ -127,14 +128,29 @@ def plan_resume(run_dir: Path, resolved: dict[str, Any]) -> ResumePlan:
     return ResumePlan(checkpoint=checkpoint)
 
 
-def evaluate_before(trainer: Any, run_dir: Path) -> dict[str, Any]:
-    """Held-out metrics of the untrained adapter: computed once per run folder and reused on resume (the
-    adapter starts from the same initialisation, so a second evaluation would give the same numbers)."""
-    stored = run_dir / EVAL_BEFORE_FILE
-    if stored.is_file():
-        log.info("held-out metrics before training: reusing %s", stored)
-        return json.loads(stored.read_text())
-    before = trainer.evaluate(metric_key_prefix="eval")
-    if is_main_process():
-        atomic_write_json(stored, before)
-    return before
+class HeldOutBefore(TrainerCallback):
+    """Held-out metrics of the untrained adapter ("before"), computed once per run folder.
+
+    They are computed by the Trainer's ``eval_on_start`` (pass :attr:`pending` to ``build_dpo_args``) rather
+    than by ``trainer.evaluate()`` before ``train()``: with transformers 5 / accelerate 1.x, evaluating first
+    marks the bare model as prepared and ``train()`` then never wraps it in DistributedDataParallel, so the
+    processes of a multi-process run would train without averaging their gradients. The metrics are stored
+    in ``eval_before.json`` and reused when the folder is resumed (a resumed adapter is no longer untrained).
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, resuming: bool):
+        self.path = run_dir / EVAL_BEFORE_FILE
+        stored = enabled and self.path.is_file()
+        self.metrics: dict[str, Any] = json.loads(self.path.read_text()) if stored else {}
+        self.pending = enabled and not stored and not resuming
+        if enabled and resuming and not stored:
+            log.warning(
+                "no %s in the resumed folder: the run reports no held-out metrics before training", self.path
+            )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.pending and state.global_step == 0 and metrics is not None:
+            self.metrics, self.pending = dict(metrics), False
+            if is_main_process():
+                atomic_write_json(self.path, self.metrics)
+        return control

@@ -43,7 +43,7 @@ from dpo_lab.naming import run_group, run_name
 from dpo_lab.overrides import check_overrides
 from dpo_lab.preemption import Preemption
 from dpo_lab.resolvers import register_resolvers
-from dpo_lab.resume import evaluate_before, plan_resume, resume_overrides, save_run_config
+from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
 from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
 from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
@@ -126,6 +126,9 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         group=group,
     )
     guard, preemption, batches = NonFiniteGuard(run_dir / "checkpoints"), Preemption(), BatchCounter()
+    before_eval = HeldOutBefore(
+        run_dir, run_cfg.train.eval_before_training, resuming=plan.checkpoint is not None
+    )
     try:
         model = load_base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
         args = build_dpo_args(
@@ -136,6 +139,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             precision=precision,
             device=device,
             run_name=name,
+            eval_on_start=before_eval.pending,
         )
         trainer = build_trainer(
             model,
@@ -149,12 +153,13 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
                 CheckpointCallback(run_cfg.train.save_total_limit),
                 guard,
                 preemption.callback(),
+                before_eval,
             ],
             micro_batch_observers=[guard.observe, batches.observe],
         )
-        before = evaluate_before(trainer, run_dir) if run_cfg.train.eval_before_training else {}
         with preemption.armed():
             train_out = trainer.train(resume_from_checkpoint=plan.checkpoint and str(plan.checkpoint.path))
+        before = before_eval.metrics
         if preemption.stopped_training:
             tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
             preemption.exit_for_requeue()

@@ -26,6 +26,7 @@ def build_dpo_args(
     precision: Precision,
     device: str,
     run_name: str | None = None,
+    eval_on_start: bool = False,
 ) -> trl.DPOConfig:
     """trl.DPOConfig from the ``dpo`` and ``train`` groups; precision and checkpointing are ours, not TRL's
     defaults (TRL turns on bf16 and gradient checkpointing everywhere, ~10x slower on CPUs without bf16)."""
@@ -63,6 +64,7 @@ def build_dpo_args(
         # schedule of logs, evals and checkpoints
         "logging_steps": train.logging_steps,
         "eval_strategy": "steps" if train.eval_steps > 0 else "no",
+        "eval_on_start": eval_on_start,  # the held-out metrics "before" (see resume.HeldOutBefore)
         "eval_steps": train.eval_steps if train.eval_steps > 0 else None,
         "save_strategy": "steps" if train.save_steps > 0 else "no",
         "save_steps": train.save_steps if train.save_steps > 0 else 500,
