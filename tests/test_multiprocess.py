@@ -17,7 +17,7 @@ import pytest
 
 from dpo_lab.checkpoints import latest_complete
 from dpo_lab.distributed import state_digest
-from tests.helpers import ROOT, cli_env
+from tests.helpers import ROOT, cli_env, run_cli
 from tests.long_runs import adapter, wandb_run_dirs
 
 pytestmark = pytest.mark.slow
@@ -69,3 +69,18 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
     # only the main process wrote the log file and W&B
     assert (run_dir / "run.log").read_text().count("data: 24 train / 8 held-out pairs") == 1
     assert len(wandb_run_dirs(run_dir)) == 1
+
+
+def test_submitit_job_with_two_tasks_trains_data_parallel(tmp_path: Path) -> None:
+    # hydra/launcher=local with tasks_per_node=2: submitit starts 2 processes for the job; dpo_lab derives
+    # RANK / WORLD_SIZE / MASTER_* from submitit's environment (the path SLURM jobs with several GPUs take)
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}",
+            *ARGS[:-2], "logger=none"]  # fmt: skip
+    proc = run_cli(args, tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    ranks = metrics["distributed"]
+    assert ranks["world_size"] == 2 and ranks["micro_batches_per_rank"] == [3, 3]
+    saved = state_digest(adapter(sweep / "0" / "adapter"))
+    assert ranks["adapter_sha256_per_rank"] == [saved, saved]
