@@ -129,6 +129,19 @@ def export_submitit_env() -> None:
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def drop_log_files_off_main() -> None:
+    """On processes other than the main one, stop writing log files (Hydra's run.log): stdout only.
+
+    ``rank_overrides`` does this before Hydra starts under torchrun / accelerate; the tasks of a submitit
+    job get their Hydra set-up from the launcher, so it is undone here, at the start of the job."""
+    if is_main_process():
+        return
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def rank_overrides() -> list[str]:
     """Hydra overrides for processes other than the main one: they write nothing into the run folder."""
     if is_main_process():

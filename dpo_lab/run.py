@@ -31,6 +31,7 @@ from dpo_lab.distributed import (
     BatchCounter,
     agree_on_launch_time,
     check_same_run_dir,
+    drop_log_files_off_main,
     export_submitit_env,
     is_main_process,
     rank_overrides,
@@ -294,6 +295,7 @@ def _num(value: float | None) -> str:
 def train(cfg: DictConfig) -> float | None:
     register_resolvers()  # a submitit job runs this in a fresh process
     export_submitit_env()
+    drop_log_files_off_main()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"

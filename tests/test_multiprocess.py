@@ -84,3 +84,4 @@ def test_submitit_job_with_two_tasks_trains_data_parallel(tmp_path: Path) -> Non
     assert ranks["world_size"] == 2 and ranks["micro_batches_per_rank"] == [3, 3]
     saved = state_digest(adapter(sweep / "0" / "adapter"))
     assert ranks["adapter_sha256_per_rank"] == [saved, saved]
+    assert (sweep / "0" / "run.log").read_text().count("data: 24 train / 8 held-out pairs") == 1
