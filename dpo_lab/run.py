@@ -165,11 +165,14 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
             preemption.exit_for_requeue()
         after = trainer.evaluate(metric_key_prefix="eval")
-        task = evaluate_task(
-            trainer.model, tokenizer, task_prompts, run_cfg.eval,
-            run_dir=run_dir, tracker=tracker, step=trainer.state.global_step, seed=run_cfg.seed,
-        )  # fmt: skip
         plain_ddp = not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+        # one process generates and writes the samples; sharded weights (FSDP, ZeRO) need every rank
+        task = {}
+        if is_main_process() or not plain_ddp:
+            task = evaluate_task(
+                trainer.model, tokenizer, task_prompts, run_cfg.eval,
+                run_dir=run_dir, tracker=tracker, step=trainer.state.global_step, seed=run_cfg.seed,
+            )  # fmt: skip
         ranks = rank_report(batches, adapter_state_dict(trainer.model) if plain_ddp else None)
 
         runtime = train_out.metrics["train_runtime"]

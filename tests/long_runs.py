@@ -25,6 +25,7 @@ TRAIN = [
     "data.max_train_samples=24",
     "data.max_eval_samples=8",
     "seed=7",
+    "eval=none",  # no generation after training: not what these tests are about
 ]
 # logged values that depend on the wall clock, not on the training
 TIME_KEYS = ("runtime", "per_second")

@@ -66,9 +66,12 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path) -> None:
     checkpoint = latest_complete(run_dir / "checkpoints")
     assert checkpoint.step == 3
     assert {p.name for p in checkpoint.path.glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
-    # only the main process wrote the log file and W&B
+    # only the main process wrote the log file, W&B and the task samples (whole JSON lines, not interleaved)
     assert (run_dir / "run.log").read_text().count("data: 24 train / 8 held-out pairs") == 1
     assert len(wandb_run_dirs(run_dir)) == 1
+    samples = (run_dir / "samples_after.jsonl").read_text().splitlines()
+    assert len(samples) == metrics["task"]["num_prompts"] > 0
+    assert all(json.loads(line)["prompt"] for line in samples)
 
 
 def test_submitit_job_with_two_tasks_trains_data_parallel(tmp_path: Path) -> None:
@@ -76,7 +79,7 @@ def test_submitit_job_with_two_tasks_trains_data_parallel(tmp_path: Path) -> Non
     # RANK / WORLD_SIZE / MASTER_* from submitit's environment (the path SLURM jobs with several GPUs take)
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}",
-            *ARGS[:-2], "logger=none"]  # fmt: skip
+            *ARGS[:-2], "logger=none", "eval=none"]  # fmt: skip
     proc = run_cli(args, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())
