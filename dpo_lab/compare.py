@@ -29,6 +29,7 @@ from dpo_lab.config import CompareConfig, ConfigError, Judge
 from dpo_lab.data import load_held_out_rows, load_preference_data
 from dpo_lab.generation import Messages, generate_answers
 from dpo_lab.model import adapter_disabled, load_adapter_model, load_tokenizer
+from dpo_lab.resolvers import CONF_DIR
 from dpo_lab.run_folder import RunFolder, read_run
 from dpo_lab.task_eval import TaskPrompt, get_checker, task_prompts, write_jsonl
 
@@ -194,7 +195,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 def _hydra_main(cfg: DictConfig) -> None:
     setup_logging()
     try:

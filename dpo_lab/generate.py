@@ -25,6 +25,7 @@ from dpo_lab.cli import exit_with_config_error, run_entry_point, setup_logging, 
 from dpo_lab.config import ConfigError, GenerateConfig
 from dpo_lab.generation import Messages, as_messages, generate_answers, stream_answer
 from dpo_lab.model import adapter_disabled, load_adapter_model, load_tokenizer
+from dpo_lab.resolvers import CONF_DIR
 from dpo_lab.run_folder import RunFolder, read_run
 
 log = logging.getLogger("dpo_lab.generate")
@@ -197,7 +198,7 @@ def generate(cfg: GenerateConfig, stdin: TextIO, stdout: TextIO) -> list[dict[st
     return records
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
     setup_logging()
     try:

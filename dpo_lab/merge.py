@@ -21,6 +21,7 @@ from dpo_lab.cli import exit_with_config_error, run_entry_point, setup_logging, 
 from dpo_lab.config import ConfigError, DType, MergeConfig
 from dpo_lab.generation import chat_inputs
 from dpo_lab.model import load_tokenizer, merge_adapter
+from dpo_lab.resolvers import CONF_DIR
 from dpo_lab.run_folder import read_run
 
 log = logging.getLogger("dpo_lab.merge")
@@ -63,7 +64,7 @@ def merge(cfg: MergeConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="merge")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="merge")
 def _hydra_main(cfg: DictConfig) -> None:
     setup_logging()
     try:

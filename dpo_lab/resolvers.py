@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 from dpo_lab.distributed import launch_time
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+# conf/ beside the package (editable installs); an absolute path also works for the console scripts
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def asset_path(name: str) -> str:

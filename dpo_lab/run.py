@@ -43,7 +43,7 @@ from dpo_lab.model import adapter_state_dict, build_lora_config, load_base_model
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.overrides import check_overrides
 from dpo_lab.preemption import Preemption
-from dpo_lab.resolvers import register_resolvers
+from dpo_lab.resolvers import CONF_DIR, register_resolvers
 from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
 from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
 from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
@@ -294,7 +294,7 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def train(cfg: DictConfig) -> float | None:
     register_resolvers()  # a submitit job runs this in a fresh process
     export_submitit_env()

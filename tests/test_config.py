@@ -224,3 +224,15 @@ def test_accelerate_config_folder_is_covered() -> None:
     assert sorted(p.stem for p in ACCELERATE.glob("*.yaml")) == [
         "ddp_cpu", "ddp_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp",
     ]  # fmt: skip
+
+
+def test_console_script_finds_the_config_from_any_directory(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("dpo-lab")
+    proc = subprocess.run([str(script), "dpo.beta=0.2", "--cfg", "job"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "beta: 0.2" in proc.stdout
