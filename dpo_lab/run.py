@@ -29,6 +29,7 @@ from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.overrides import check_overrides
 from dpo_lab.resolvers import register_resolvers
+from dpo_lab.throughput import StepClock, speed_metrics
 from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 
@@ -114,6 +115,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             device=device,
             run_name=name,
         )
+        clock = StepClock()
         trainer = build_trainer(
             model,
             tokenizer,
@@ -121,7 +123,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             data.train,
             data.eval,
             build_lora_config(run_cfg.lora),
-            callbacks=[MetricsCallback(tracker, peak_memory_mb)],
+            callbacks=[MetricsCallback(tracker, peak_memory_mb), clock],
         )
         before = trainer.evaluate(metric_key_prefix="eval") if run_cfg.train.eval_before_training else {}
         train_out = trainer.train()
@@ -145,6 +147,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "global_step": trainer.state.global_step,
             "precision": precision.value,
             "device": device,
+            **speed_metrics(trainer, clock, runtime, precision, device),
         }
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         card = render_model_card(
@@ -186,6 +189,7 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "train_runtime_s": metrics["train_runtime_s"],
         "global_step": metrics["global_step"],
         "status": metrics["status"],
+        **{key: metrics.get(key) for key in ("mfu", "seconds_per_step", "time_to_first_step_s")},
     }
 
 

@@ -8,9 +8,11 @@ from typing import Any
 import trl
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
+from torch.utils.data import Sampler, SequentialSampler
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from dpo_lab.batching import PAIR_ID_COLUMNS, dpo_length_sampler
 from dpo_lab.config import DPOConfig, Precision, TrainConfig
 
 
@@ -71,6 +73,30 @@ def build_dpo_args(
     return trl.DPOConfig(**kwargs)
 
 
+class DPOTrainer(trl.DPOTrainer):
+    """TRL's DPOTrainer whose ``group_by_length`` works on its tokenised pair columns (see batching.py).
+
+    Evaluation stays sequential, so held-out metrics come from the same batches with or without grouping.
+    """
+
+    def _groups_by_length(self, dataset: Dataset | None) -> bool:
+        return self.args.train_sampling_strategy == "group_by_length" and set(PAIR_ID_COLUMNS) <= set(
+            getattr(dataset, "column_names", None) or ()
+        )
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self._groups_by_length(dataset):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return dpo_length_sampler(dataset, self.args.per_device_train_batch_size, self.args.max_length, seed)
+
+    def _get_eval_sampler(self, eval_dataset: Dataset) -> Sampler | None:
+        if not self._groups_by_length(eval_dataset):
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+
 def build_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -79,10 +105,10 @@ def build_trainer(
     eval_dataset: Dataset | None,
     peft_config: PeftLoraConfig,
     callbacks: list[TrainerCallback] | None = None,
-) -> trl.DPOTrainer:
+) -> DPOTrainer:
     """DPOTrainer on the base model + a fresh LoRA adapter. With no ``ref_model``, TRL computes the
     reference log-probs with the adapter disabled: the base model is the reference, never a second copy."""
-    return trl.DPOTrainer(
+    return DPOTrainer(
         model=model,
         ref_model=None,
         args=args,
