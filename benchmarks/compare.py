@@ -144,16 +144,12 @@ def resolved_precision(requested: str) -> str:
 
 
 def make_sides(precision: str, variants: dict[str, list[str]], only: list[str] | None) -> list[Side]:
-    """The base sides plus dpo_lab variants, optionally restricted to ``only`` (dpo_lab always kept)."""
-    sides = [
-        Side("dpo_lab", "dpo_lab"),
-        Side("trl_defaults", "plain"),
-        Side("trl_tuned", "plain", tuned=True, bf16=precision == "bf16"),
-    ]
-    sides += [Side(name, "dpo_lab", overrides=over) for name, over in variants.items()]
+    """dpo_lab, the plain sides (only those in ``only``, when given) and the requested dpo_lab variants."""
+    plain = [Side("trl_defaults", "plain"), Side("trl_tuned", "plain", tuned=True, bf16=precision == "bf16")]
     if only:
-        sides = [s for s in sides if s.name in only or s.name == "dpo_lab"]
-    return sides
+        plain = [s for s in plain if s.name in only]
+    variants_ = [Side(name, "dpo_lab", overrides=over) for name, over in variants.items()]
+    return [Side("dpo_lab", "dpo_lab"), *plain, *variants_]
 
 
 def side_command(side: Side, workload: Workload, out_dir: Path) -> list[str]:
@@ -350,7 +346,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return f"{value:.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
     return str(value)
 
 
@@ -396,10 +392,12 @@ def _x(value: float | None) -> str:
 # --- the sweep benchmark ------------------------------------------------------------------------------
 
 
-def sweep_commands(workload: Workload, out_dir: Path, precision: str) -> tuple[list[str], list[list[str]]]:
-    """(one dpo_lab multirun over SWEEP_BETAS, the 4 plain tuned processes) for ``workload``."""
+def sweep_commands(
+    workload: Workload, out_dir: Path, precision: str, extra: list[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """(one dpo_lab multirun over SWEEP_BETAS with ``extra`` overrides, the 4 plain tuned processes)."""
     betas = ",".join(str(b) for b in SWEEP_BETAS)
-    overrides = [o for o in workload.dpo_lab_overrides() if not o.startswith("dpo.beta=")]
+    overrides = [o for o in workload.dpo_lab_overrides() if not o.startswith("dpo.beta=")] + list(extra or [])
     multirun = [sys.executable, "-m", "dpo_lab.run", "-m", f"dpo.beta={betas}", *overrides,
                 f"hydra.sweep.dir={out_dir / 'dpo_lab'}"]  # fmt: skip
     plain = []
@@ -413,10 +411,10 @@ def sweep_commands(workload: Workload, out_dir: Path, precision: str) -> tuple[l
 
 
 def run_sweep_round(workload: Workload, work: Path, env: dict, precision: str, order: list[str],
-                    timeout_s: float) -> list[dict]:  # fmt: skip
+                    timeout_s: float, extra: list[str] | None = None) -> list[dict]:  # fmt: skip
     """One round of the sweep benchmark: dpo_lab's multirun and the 4 plain processes, in ``order``."""
     out_dir = Path(tempfile.mkdtemp(prefix="sweep-", dir=work))
-    multirun, plain = sweep_commands(workload, out_dir, precision)
+    multirun, plain = sweep_commands(workload, out_dir, precision, extra)
     records = []
     for name in order:
         rec: dict[str, Any] = {"side": name, "load_before": os.getloadavg()}
@@ -534,7 +532,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="OMP/MKL threads for every process (default: torch's)"
     )
     p.add_argument(
-        "--sides", nargs="*", default=None, help=f"subset of {BASE_SIDES} + variants (dpo_lab always)"
+        "--sides", nargs="*", default=None, help="plain sides to run (trl_defaults, trl_tuned; default both)"
     )
     p.add_argument(
         "--variant",
@@ -548,14 +546,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-steps", type=int, default=16)
     p.add_argument("--sweep-train-samples", type=int, default=64)
     p.add_argument("--sweep-eval-samples", type=int, default=32)
+    p.add_argument("--sweep-overrides", type=shlex.split, default=[], help="extra overrides for the multirun")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per process before it is killed")
     p.add_argument("--name", default=None, help="results file name (default: compare-<time>)")
     p.add_argument("--keep", action="store_true", help="keep the run folders (printed at the end)")
+    p.add_argument("--table", type=Path, default=None, help="only print the tables of a results JSON")
     return p.parse_args(argv)
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    """The Markdown tables of a results report (comparison and sweep)."""
+    if "summary" in report:
+        print(markdown_table(report["summary"], report["ratios"]))
+    if "sweep" in report:
+        s = report["sweep"]["summary"]
+        walls = s["median_wall_s"]
+        print(f"\n| sweep of {len(SWEEP_BETAS)} jobs | median wall s |\n|---|---|")
+        for side, wall in walls.items():
+            print(f"| {side} | {_fmt(wall)} |")
+        print(f"\nspeed-up of the multirun: {_x(s['speedup'])}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.table:
+        print_tables(json.loads(args.table.read_text()))
+        return
     precision = resolved_precision(args.precision)
     workload = Workload(model=args.model, steps=args.steps, batch_size=args.batch_size,
                         max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
@@ -587,26 +603,24 @@ def main(argv: list[str] | None = None) -> None:
         sweep_records = []
         for rnd in range(args.repeats):
             order = rotation(["dpo_lab_multirun", "plain_processes"], rnd)
-            for rec in run_sweep_round(sweep_load, work, env, precision, order, args.timeout):
+            for rec in run_sweep_round(
+                sweep_load, work, env, precision, order, args.timeout, args.sweep_overrides
+            ):
                 rec["round"] = rnd
                 sweep_records.append(rec)
                 print(
                     f"sweep round {rnd} {rec['side']}: {rec['wall_s']:.1f} s {rec.get('error', '')}",
                     flush=True,
                 )
-        report["sweep"] = {"workload": asdict(sweep_load), "records": sweep_records,
+        report["sweep"] = {"workload": asdict(sweep_load), "overrides": args.sweep_overrides,
+                           "records": sweep_records,
                            "summary": sweep_summary(sweep_records)}  # fmt: skip
     report["environment"]["load_at_end"] = os.getloadavg()
     report["environment"]["uptime_at_end"] = _uptime()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{args.name or 'compare-' + time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    if "summary" in report:
-        print(markdown_table(report["summary"], report["ratios"]))
-    if "sweep" in report:
-        s = report["sweep"]["summary"]
-        walls = s["median_wall_s"]
-        print(f"\nsweep of {len(SWEEP_BETAS)} jobs, median wall s: {walls}, speed-up {_x(s['speedup'])}")
+    print_tables(report)
     print(f"\nresults: {path}")
     if args.keep:
         print(f"run folders: {work}")

@@ -103,6 +103,8 @@ def test_both_sides_get_the_same_configuration() -> None:
     assert cfg.data.max_train_samples == 32 and cfg.logger.backend.value == "none"
     sides = make_sides("bf16", {"nogroup": ["train.group_by_length=false"]}, None)
     assert [s.name for s in sides] == ["dpo_lab", "trl_defaults", "trl_tuned", "nogroup"]
+    only_tuned = make_sides("fp32", {"pre": ["dpo.precompute_ref_log_probs=true"]}, ["trl_tuned"])
+    assert [s.name for s in only_tuned] == ["dpo_lab", "trl_tuned", "pre"] and not only_tuned[1].bf16
     tuned = side_command(next(s for s in sides if s.name == "trl_tuned"), work, Path("/tmp/o"))
     argv = sys.argv
     try:
