@@ -263,8 +263,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     # gradient clipping norm; 0 disables clipping
     max_grad_norm: float = 1.0
-    # optimizer name as transformers knows it (adamw_torch, paged_adamw_8bit, ...)
-    optim: str = "adamw_torch"
+    # optimizer name as transformers knows it (adamw_torch_fused, adamw_torch, paged_adamw_8bit, ...)
+    optim: str = "adamw_torch_fused"
     # recompute activations in backward: less memory, ~20-30% slower; for long sequences / big models
     gradient_checkpointing: bool = False
     # auto | fp32 | bf16 | fp16: auto = bf16 where the device computes it natively, else fp32

@@ -46,6 +46,7 @@ from dpo_lab.preemption import Preemption
 from dpo_lab.resolvers import CONF_DIR, register_resolvers
 from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
 from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
+from dpo_lab.throughput import StepClock, speed_metrics
 from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 
@@ -142,6 +143,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             run_name=name,
             eval_on_start=before_eval.pending,
         )
+        clock = StepClock()
         trainer = build_trainer(
             model,
             tokenizer,
@@ -155,6 +157,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
                 guard,
                 preemption.callback(),
                 before_eval,
+                clock,
             ],
             micro_batch_observers=[guard.observe, batches.observe],
         )
@@ -194,6 +197,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "data": data.summary(),
             "resumed_from_step": plan.checkpoint.step if plan.checkpoint else None,
             "distributed": ranks,
+            **speed_metrics(trainer, clock, runtime, precision, device),
         }
         card = render_model_card(
             base_model=run_cfg.model.name_or_path,
@@ -237,6 +241,7 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "train_runtime_s": metrics["train_runtime_s"],
         "global_step": metrics["global_step"],
         "status": metrics["status"],
+        **{key: metrics.get(key) for key in ("mfu", "seconds_per_step", "time_to_first_step_s")},
     }
 
 

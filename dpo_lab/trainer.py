@@ -11,9 +11,11 @@ import torch
 import trl
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
+from torch.utils.data import Sampler, SequentialSampler
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from dpo_lab.batching import PAIR_ID_COLUMNS, dpo_length_sampler
 from dpo_lab.config import DPOConfig, Precision, TrainConfig
 
 
@@ -81,9 +83,11 @@ def build_dpo_args(
 MicroBatchObserver = Callable[[int, torch.Tensor, Mapping[str, Any]], None]
 
 
-class ObservedDPOTrainer(trl.DPOTrainer):
+class DPOTrainer(trl.DPOTrainer):
     """trl.DPOTrainer that shows every training micro-batch loss to observers (the non-finite guard, the
-    per-rank batch counter): TrainerCallbacks never see the loss of a step."""
+    per-rank batch counter: TrainerCallbacks never see the loss of a step), and whose ``group_by_length``
+    works on its tokenised pair columns (see batching.py). Evaluation stays sequential, so held-out
+    metrics come from the same batches with or without grouping."""
 
     def __init__(self, *args: Any, micro_batch_observers: Sequence[MicroBatchObserver] = (), **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -100,6 +104,23 @@ class ObservedDPOTrainer(trl.DPOTrainer):
         if resume_from_checkpoint:
             self._total_train_tokens = logged_train_tokens(Path(resume_from_checkpoint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _groups_by_length(self, dataset: Dataset | None) -> bool:
+        return self.args.train_sampling_strategy == "group_by_length" and set(PAIR_ID_COLUMNS) <= set(
+            getattr(dataset, "column_names", None) or ()
+        )
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self._groups_by_length(dataset):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return dpo_length_sampler(dataset, self.args.per_device_train_batch_size, self.args.max_length, seed)
+
+    def _get_eval_sampler(self, eval_dataset: Dataset) -> Sampler | None:
+        if not self._groups_by_length(eval_dataset):
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
 
 def logged_train_tokens(checkpoint: Path) -> int:
@@ -118,12 +139,12 @@ def build_trainer(
     peft_config: PeftLoraConfig,
     callbacks: list[TrainerCallback] | None = None,
     micro_batch_observers: Sequence[MicroBatchObserver] = (),
-) -> trl.DPOTrainer:
+) -> DPOTrainer:
     """DPOTrainer on the base model + a fresh LoRA adapter. With no ``ref_model``, TRL computes the
     reference log-probs with the adapter disabled: the base model is the reference, never a second copy.
     On resume the adapter is built fresh like this and ``train(resume_from_checkpoint=...)`` loads the
     checkpoint's adapter weights into it; the base weights are never touched."""
-    return ObservedDPOTrainer(
+    return DPOTrainer(
         model=model,
         ref_model=None,
         args=args,

@@ -1,0 +1,106 @@
+"""Speed of a run: step timestamps, time to first step, tokens/s and MFU for metrics.json and W&B.
+
+Definitions (the benchmark in ``benchmarks/`` measures the plain TRL script the same way):
+
+* ``first_step_at``: wall-clock (Unix) time at the end of optimizer step 1 (``on_step_end``).
+* ``time_to_first_step_s``: ``first_step_at`` minus the process's start time (Linux ``/proc``); it holds
+  imports, config, data, model load, tokenisation, any precompute and the evaluation before training.
+* ``seconds_per_step``: steady state, ``(last step end - first step end) / (steps - 1)``;
+  ``cpu_seconds_per_step`` the same in this process's CPU time, which other processes on a shared machine
+  barely change (with one thread per process it measures the work done, not the waiting).
+* ``tokens_per_second``: non-padding tokens trained on (Trainer's ``num_input_tokens_seen``) over
+  Trainer's ``train_runtime``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from dpo_lab.batching import pair_token_lengths
+from dpo_lab.config import Precision
+from dpo_lab.flops import flop_report, measure_peak_flops, model_shapes, token_ratios
+
+log = logging.getLogger(__name__)
+
+_PEAK_DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16, Precision.fp32: torch.float32}
+
+
+def process_started_at() -> float | None:
+    """Unix time at which this process started (Linux), else None."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    except (OSError, StopIteration):
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the ")" ending the name
+    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+
+
+class StepClock(TrainerCallback):
+    """Wall-clock and process CPU time at the end of the first and of the latest optimizer step."""
+
+    def __init__(self) -> None:
+        self.first_step_at: float | None = None
+        self.last_step_at: float | None = None
+        self.first_step_cpu = self.last_step_cpu = 0.0
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now, cpu = time.time(), time.process_time()
+        if self.first_step_at is None:
+            self.first_step_at, self.first_step_cpu = now, cpu
+        self.last_step_at, self.last_step_cpu = now, cpu
+        self.steps += 1
+
+
+def step_timing(clock: StepClock, started_at: float | None) -> dict[str, float | None]:
+    """``first_step_at``, ``time_to_first_step_s`` and steady-state (cpu_)``seconds_per_step``."""
+    first, last, n = clock.first_step_at, clock.last_step_at, clock.steps - 1
+    timed = first is not None and last is not None and n > 0
+    return {
+        "first_step_at": first,
+        "time_to_first_step_s": first - started_at if first is not None and started_at else None,
+        "seconds_per_step": (last - first) / n if timed else None,
+        "cpu_seconds_per_step": (clock.last_step_cpu - clock.first_step_cpu) / n if timed else None,
+    }
+
+
+def speed_metrics(
+    trainer: Any, clock: StepClock, runtime: float, precision: Precision, device: str
+) -> dict[str, Any]:
+    """tokens/s, step timing and the FLOP model's MFU of a trained TRL DPOTrainer (see flops.py).
+
+    ``runtime`` is Trainer's ``train_runtime`` (seconds); the device's peak is measured here, after
+    training, with a matmul in the dtype the training matmuls ran in.
+    """
+    tokens = trainer.state.num_input_tokens_seen
+    metrics: dict[str, Any] = {
+        "train_tokens": tokens,
+        "tokens_per_second": tokens / runtime if runtime else 0.0,
+        **step_timing(clock, process_started_at()),
+    }
+    peak = measure_peak_flops(device, _PEAK_DTYPES.get(precision, torch.float32))
+    ratios = token_ratios(pair_token_lengths(trainer.train_dataset), trainer.args.max_length)
+    flops = flop_report(
+        model_shapes(trainer.model),
+        ratios,
+        tokens=tokens,
+        seconds=runtime,
+        peak_flops_per_s=peak,
+        reference_forward=not trainer.args.precompute_ref_log_probs,
+    )
+    metrics["mfu"] = flops["mfu"]
+    metrics["flops"] = flops
+    log.info(
+        "%.0f tokens/s, %.3g model FLOP/s, peak %.3g FLOP/s (%s matmul), MFU %.2f%%",
+        metrics["tokens_per_second"], flops["achieved_flops_per_s"], peak, precision.value,
+        100 * flops["mfu"],
+    )  # fmt: skip
+    return metrics

@@ -1,0 +1,136 @@
+"""The benchmark harness's parsing, medians, ratios and commands (no timing is asserted here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.compare import (
+    ProcessResult,
+    Side,
+    Workload,
+    add_mfu,
+    make_sides,
+    markdown_table,
+    parse_dpo_lab,
+    parse_plain,
+    parse_variant,
+    ratios,
+    rotation,
+    side_command,
+    summarize,
+    sweep_commands,
+    sweep_summary,
+)
+from tests.helpers import compose_config
+
+PROC = ProcessResult(
+    returncode=0, started_at=1000.0, wall_s=30.0, max_rss_mb=900.0, cpu_s=25.0, log=Path("x.log")
+)
+EVAL = {"eval_loss": 0.5, "eval_rewards/accuracies": 0.9, "eval_rewards/margins": 0.7}
+
+
+def _dpo_lab_metrics(tokens_per_second: float) -> dict:
+    return {
+        "train_tokens": 1000, "train_runtime_s": 1000 / tokens_per_second,
+        "tokens_per_second": tokens_per_second,
+        "seconds_per_step": 0.5, "cpu_seconds_per_step": 0.4, "first_step_at": 1012.0, "global_step": 10,
+        "peak_memory_mb": 800.0,
+        "mfu": 0.1, "precision": "bf16", "eval": EVAL, "eval_before": EVAL,
+        "flops": {"reference_forward": True, "shapes": {"n_layers": 1, "d_attn": 2, "base_matmul_params": 10,
+                  "lm_head_params": 5, "lora_params": 1},
+                  "token_ratios": {"completion_per_token": 0.5, "sum_sq_per_token": 4.0}},
+    }  # fmt: skip
+
+
+def _plain_result(tokens_per_second: float) -> dict:
+    return {
+        "train_tokens": 1000, "train_runtime": 1000 / tokens_per_second,
+        "tokens_per_second": tokens_per_second,
+        "steps": 10, "first_step_at": 1020.0, "seconds_per_step": 1.0, "cpu_seconds_per_step": 0.8,
+        "peak_memory_mb": 850.0, "bf16": True,
+        "gradient_checkpointing": True, "eval": EVAL, "eval_before": EVAL,
+    }  # fmt: skip
+
+
+def test_parse_both_sides_the_same_way() -> None:
+    ours, plain = parse_dpo_lab(_dpo_lab_metrics(200.0), PROC), parse_plain(_plain_result(100.0), PROC)
+    assert ours["time_to_first_step_s"] == 12.0 and plain["time_to_first_step_s"] == 20.0
+    assert ours["eval"] == plain["eval"] == {"loss": 0.5, "rewards/accuracies": 0.9, "rewards/margins": 0.7}
+    assert plain["precision"] == "bf16" and plain["reference_forward"] is True
+
+
+def test_medians_ratios_and_table() -> None:
+    records = []
+    for rnd, (ours, theirs) in enumerate([(200.0, 100.0), (220.0, 90.0), (180.0, 110.0)]):
+        a = {"side": "dpo_lab", "round": rnd, "wall_s": 30.0, "peak_memory_mb": 800.0,
+             **parse_dpo_lab(_dpo_lab_metrics(ours), PROC)}  # fmt: skip
+        b = {"side": "trl_defaults", "round": rnd, "wall_s": 60.0, "peak_memory_mb": 1000.0,
+             **parse_plain(_plain_result(theirs), PROC)}  # fmt: skip
+        records += [a, b]
+    records.append({"side": "trl_defaults", "round": 3, "error": "boom"})
+    add_mfu(records, {0: 1e6, 1: 1e6, 2: 1e6})
+    summary = summarize(records)
+    assert (
+        summary["dpo_lab"]["tokens_per_second"] == 200.0
+        and summary["trl_defaults"]["tokens_per_second"] == 100.0
+    )
+    assert summary["trl_defaults"]["runs"] == 3 and summary["trl_defaults"]["failed"] == 1
+    r = ratios(summary)["trl_defaults"]
+    assert r["tokens_per_second"] == 2.0  # higher is better: ours / theirs
+    assert r["wall_s"] == 2.0 and r["seconds_per_step"] == 2.0  # lower is better: theirs / ours
+    assert r["cpu_seconds_per_step"] == 2.0
+    assert r["peak_memory_mb"] == 1000.0 / 800.0
+    assert r["mfu"] == pytest.approx(2.0)  # same FLOPs per token, twice the rate
+    table = markdown_table(summary, ratios(summary))
+    assert "| dpo_lab | 3 | 200 |" in table and "| trl_defaults | 2.00x | 2.00x | 2.00x |" in table
+
+
+def test_rotation_alternates_who_goes_first() -> None:
+    assert rotation(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert rotation(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert rotation(["a", "b"], 3) == ["b", "a"]
+
+
+def test_both_sides_get_the_same_configuration() -> None:
+    from benchmarks.plain_trl_dpo import parse_args
+
+    work = Workload(steps=7, batch_size=4, max_train_samples=32, max_eval_samples=8, beta=0.2)
+    cfg = compose_config(work.dpo_lab_overrides())  # every override is a real key
+    assert (cfg.train.max_steps, cfg.train.per_device_train_batch_size, cfg.dpo.beta) == (7, 4, 0.2)
+    assert cfg.data.max_train_samples == 32 and cfg.logger.backend.value == "none"
+    sides = make_sides("bf16", {"nogroup": ["train.group_by_length=false"]}, None)
+    assert [s.name for s in sides] == ["dpo_lab", "trl_defaults", "trl_tuned", "nogroup"]
+    only_tuned = make_sides("fp32", {"pre": ["dpo.precompute_ref_log_probs=true"]}, ["trl_tuned"])
+    assert [s.name for s in only_tuned] == ["dpo_lab", "trl_tuned", "pre"] and not only_tuned[1].bf16
+    tuned = side_command(next(s for s in sides if s.name == "trl_tuned"), work, Path("/tmp/o"))
+    argv = sys.argv
+    try:
+        sys.argv = ["plain", *tuned[2:]]
+        plain = parse_args()
+    finally:
+        sys.argv = argv
+    assert (plain.max_steps, plain.batch_size, plain.beta, plain.lr) == (7, 4, 0.2, cfg.train.learning_rate)
+    assert plain.max_train_samples == 32 and plain.tuned and plain.bf16
+    assert plain.max_length == cfg.dpo.max_length
+    defaults = side_command(Side("trl_defaults", "plain"), work, Path("/tmp/o"))
+    assert "--tuned" not in defaults and "--bf16" not in defaults
+
+
+def test_sweep_commands_and_summary() -> None:
+    multirun, plain = sweep_commands(Workload(), Path("/tmp/s"), "fp32")
+    assert "-m" in multirun and "dpo.beta=0.05,0.1,0.2,0.5" in multirun
+    assert len(plain) == 4 and all("--tuned" in cmd and "--bf16" not in cmd for cmd in plain)
+    records = [{"side": "dpo_lab_multirun", "wall_s": w} for w in (40.0, 60.0)]
+    records += [{"side": "plain_processes", "wall_s": w} for w in (80.0, 100.0)]
+    assert sweep_summary(records)["speedup"] == 90.0 / 50.0
+
+
+def test_variant_syntax() -> None:
+    assert parse_variant("nogroup=train.group_by_length=false dpo.beta=0.2") == (
+        "nogroup", ["train.group_by_length=false", "dpo.beta=0.2"],
+    )  # fmt: skip
+    with pytest.raises(Exception, match="NAME"):
+        parse_variant("dpo_lab=x=1")

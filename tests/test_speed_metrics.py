@@ -1,0 +1,34 @@
+"""A real run records its speed: step timing, the FLOP model's inputs and MFU, in metrics.json and W&B."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpo_lab.flops import ModelShapes, counts_from_ratios, dpo_step_flops
+from tests.helpers import run_cli, wandb_summary
+
+SMALL = ["train.max_steps=4", "train.logging_steps=1", "data.max_train_samples=32", "data.max_eval_samples=8",
+         "train.eval_before_training=false", "train.precision=fp32"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_metrics_json_and_wandb_hold_mfu_and_step_timing(tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = run_cli([*SMALL, "logger.mode=offline", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    flops = metrics["flops"]
+    assert flops["reference_forward"] is True and flops["shapes"]["lora_params"] > 0
+    # the MFU in metrics.json is the FLOP model over the recorded tokens, runtime and measured peak
+    counts = counts_from_ratios(metrics["train_tokens"], flops["token_ratios"])
+    total = dpo_step_flops(ModelShapes(**flops["shapes"]), counts, reference_forward=True)["total"]
+    assert flops["train_flops"]["total"] == pytest.approx(total)
+    assert metrics["mfu"] == pytest.approx(total / metrics["train_runtime_s"] / flops["peak_flops_per_s"])
+    assert 0 < metrics["mfu"] < 1
+    assert 0 < metrics["time_to_first_step_s"] < metrics["total_runtime_s"]
+    assert metrics["seconds_per_step"] > 0 and metrics["cpu_seconds_per_step"] > 0
+    summary = wandb_summary(run)["summary"]
+    assert summary["mfu"] == pytest.approx(metrics["mfu"])
+    assert summary["seconds_per_step"] == pytest.approx(metrics["seconds_per_step"])
