@@ -67,6 +67,13 @@ class OnInvalid(str, Enum):
     drop = "drop"
 
 
+class Direction(str, Enum):
+    """Which way is better for a sweep's objective metric."""
+
+    maximize = "maximize"
+    minimize = "minimize"
+
+
 class LoggerBackend(str, Enum):
     none = "none"
     wandb = "wandb"
@@ -355,6 +362,31 @@ class LoggerConfig:
             yield "project", "must name a W&B project"
 
 
+# Held-out metrics TRL's DPOTrainer reports (``eval_<name>``) that a sweep can rank jobs by.
+OBJECTIVE_METRICS = (
+    "loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+    "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy",
+)  # fmt: skip
+
+
+@dataclass
+class ObjectiveConfig:
+    # held-out metric that ranks a sweep's jobs and that Optuna optimises (TRL's eval name without "eval_")
+    metric: str = "rewards/accuracies"
+    # maximize | minimize: which way is better for the metric (loss: minimize)
+    direction: Direction = Direction.maximize
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.metric not in OBJECTIVE_METRICS:
+            allowed = ", ".join(OBJECTIVE_METRICS)
+            yield "metric", f"unknown held-out metric {self.metric!r}; allowed: {allowed}"
+        if self.metric == "loss" and self.direction is Direction.maximize:
+            yield (
+                "direction",
+                "a loss is minimised: use objective.direction=minimize with objective.metric=loss",
+            )
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -363,12 +395,16 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    # in a same-process multirun, hand the next job the loaded base model (adapter removed), the tokenised
+    # data and the reference log-probs when they would come out identical; false reloads them for every job
+    reuse: bool = True
     # seeds Python, NumPy, torch, the adapter init, data shuffling and the held-out split
     seed: int = 42
 
 
 GROUPS = {"model": ModelConfig, "lora": LoraConfig, "dpo": DPOConfig, "data": DataConfig,
-          "train": TrainConfig, "logger": LoggerConfig}  # fmt: skip
+          "train": TrainConfig, "logger": LoggerConfig, "objective": ObjectiveConfig}  # fmt: skip
 
 
 def register_configs() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -105,3 +106,18 @@ def build_lora_config(cfg: LoraConfig) -> PeftLoraConfig:
         use_dora=cfg.use_dora,
         task_type="CAUSAL_LM",
     )
+
+
+def strip_adapters(model: PreTrainedModel) -> int:
+    """Put every PEFT-wrapped layer of ``model`` back to its original base layer, in place, without merging.
+
+    Works on the base model a PeftModel wrapped (PEFT injects its layers into it), also when the job that
+    attached the adapter failed before any PeftModel was returned. Returns how many layers were unwrapped.
+    """
+    wrapped = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    outermost = [(n, m) for n, m in wrapped if not any(n.startswith(o + ".") for o, _ in wrapped if o != n)]
+    for name, module in outermost:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.get_base_layer())
+    return len(outermost)

@@ -23,12 +23,14 @@ from transformers import set_seed
 
 from dpo_lab.card import framework_versions, render_model_card
 from dpo_lab.config import ConfigError, RunConfig, register_configs, validate
-from dpo_lab.data import load_preference_data
 from dpo_lab.hardware import describe, device_type, resolve_precision
-from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.history import HISTORY_FILE, LogHistoryCallback
+from dpo_lab.model import build_lora_config, load_tokenizer
 from dpo_lab.naming import run_group, run_name
+from dpo_lab.objective import check_finite, objective_value
 from dpo_lab.overrides import check_overrides
 from dpo_lab.resolvers import register_resolvers
+from dpo_lab.reuse import job_cache
 from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 
@@ -61,9 +63,14 @@ def run_identity(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
         defaults, default_choices = None, {}
     derived = run_name(list(hydra_cfg.overrides.task), cfg, defaults, choices, default_choices)
     name = cfg.logger.name or derived or choices.get("experiment") or "default"
-    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
-    group = cfg.logger.group or run_group(hydra_cfg.sweep.dir if multirun else None, name, run_dir)
+    group = cfg.logger.group or run_group(hydra_cfg.sweep.dir if in_multirun() else None, name, run_dir)
     return name, group
+
+
+def in_multirun() -> bool:
+    """True inside a job of ``-m`` (any sweeper or launcher)."""
+    mode = HydraConfig.get().mode
+    return mode is not None and mode.name == "MULTIRUN"
 
 
 def peak_memory_mb() -> float:
@@ -83,7 +90,8 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
 
     tokenizer = load_tokenizer(run_cfg.model)
-    data = load_preference_data(run_cfg.data, run_cfg.seed)
+    cache = job_cache(run_cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
+    data = cache.preference_data(run_cfg.data, run_cfg.seed)
     log.info("data: %d train / %d held-out pairs from %s", len(data.train), len(data.eval), data.source)
 
     name, group = run_identity(cfg, run_dir)
@@ -104,7 +112,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         group=group,
     )
     try:
-        model = load_base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
+        model = cache.base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
         args = build_dpo_args(
             run_cfg.dpo,
             run_cfg.train,
@@ -121,11 +129,13 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             data.train,
             data.eval,
             build_lora_config(run_cfg.lora),
-            callbacks=[MetricsCallback(tracker, peak_memory_mb)],
+            callbacks=[MetricsCallback(tracker, peak_memory_mb), LogHistoryCallback(run_dir / HISTORY_FILE)],
+            prepared=cache.prepared_datasets(run_cfg, precision),
         )
         before = trainer.evaluate(metric_key_prefix="eval") if run_cfg.train.eval_before_training else {}
         train_out = trainer.train()
         after = trainer.evaluate(metric_key_prefix="eval")
+        check_finite(train_out.metrics, after)  # a diverged job is a failed job
 
         adapter_dir = run_dir / "adapter"
         trainer.save_model(str(adapter_dir))
@@ -145,6 +155,12 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "global_step": trainer.state.global_step,
             "precision": precision.value,
             "device": device,
+            "objective": {
+                "metric": run_cfg.objective.metric,
+                "direction": run_cfg.objective.direction.value,
+                "value": objective_value(after, run_cfg.objective),
+            },  # fmt: skip
+            "reused": dict(cache.last_job),
         }
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         card = render_model_card(
@@ -170,6 +186,8 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     except BaseException as err:
         record_failure(run_dir, err, tracker)
         raise
+    finally:
+        cache.end_job()
     tracker.finish(exit_code=0)
     print_summary(run_dir, before, after, metrics)
     return metrics
@@ -241,7 +259,7 @@ def _num(value: float | None) -> str:
 def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    in_sweep = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    in_sweep = in_multirun()
     try:
         metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
     except ConfigError as err:  # also raised late, e.g. a tokenizer without a chat template
@@ -255,8 +273,8 @@ def train(cfg: DictConfig) -> float | None:
         # one failed job (bad value, NaN, out of memory) must not stop the rest of the sweep
         log.exception("job %s failed; the sweep goes on", hydra_cfg.job.num)
         _record_failed_job(run_dir, err)
-        return None
-    return metrics["eval"].get("eval_loss")
+        return None  # Optuna's sweeper records a trial without a number as failed and goes on
+    return metrics["objective"]["value"]
 
 
 def _record_failed_job(run_dir: Path, err: BaseException) -> None:

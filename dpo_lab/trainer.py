@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,46 @@ def build_dpo_args(
     return trl.DPOConfig(**kwargs)
 
 
+@dataclass
+class PreparedDatasets:
+    """Datasets DPOTrainer prepared in an earlier job of a sweep, by split name (``train``, ``eval``).
+
+    ``tokenized``: the output of TRL's dataset preparation (chat template, tokenisation, length filter).
+    ``with_ref_log_probs``: the same plus TRL's precomputed ``ref_chosen_logps`` / ``ref_rejected_logps``.
+    The owner (dpo_lab.reuse) hands a job only the slots whose cache key matches that job exactly; an empty
+    slot is filled by this job for the next one. ``computed`` counts what this job had to compute itself.
+    """
+
+    tokenized: dict[str, Dataset] = field(default_factory=dict)
+    with_ref_log_probs: dict[str, Dataset] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=lambda: {"tokenized": 0, "ref_log_probs": 0})
+
+
+class ReusingDPOTrainer(trl.DPOTrainer):
+    """TRL's DPOTrainer that takes its prepared datasets (tokenised, with reference log-probs) from
+    :class:`PreparedDatasets` when an earlier job with the same inputs already made them."""
+
+    def __init__(self, *args: Any, prepared: PreparedDatasets, **kwargs: Any):
+        self._prepared = prepared  # set before super().__init__, which prepares the datasets
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        cached = self._prepared.tokenized.get(dataset_name)
+        if cached is None:
+            cached = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            self._prepared.tokenized[dataset_name] = cached
+            self._prepared.computed["tokenized"] += 1
+        return cached
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        cached = self._prepared.with_ref_log_probs.get(name)
+        if cached is None:
+            cached = super()._precompute_ref_logps(dataset, name, batch_size)
+            self._prepared.with_ref_log_probs[name] = cached
+            self._prepared.computed["ref_log_probs"] += 1
+        return cached
+
+
 def build_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -79,9 +120,23 @@ def build_trainer(
     eval_dataset: Dataset | None,
     peft_config: PeftLoraConfig,
     callbacks: list[TrainerCallback] | None = None,
+    prepared: PreparedDatasets | None = None,
 ) -> trl.DPOTrainer:
     """DPOTrainer on the base model + a fresh LoRA adapter. With no ``ref_model``, TRL computes the
-    reference log-probs with the adapter disabled: the base model is the reference, never a second copy."""
+    reference log-probs with the adapter disabled: the base model is the reference, never a second copy.
+    ``prepared`` lends datasets an earlier job of the same sweep prepared (see :class:`PreparedDatasets`)."""
+    if prepared is not None:
+        return ReusingDPOTrainer(
+            model=model,
+            ref_model=None,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+            prepared=prepared,
+        )
     return trl.DPOTrainer(
         model=model,
         ref_model=None,
