@@ -24,14 +24,14 @@ from transformers import set_seed
 from dpo_lab.card import framework_versions, render_model_card
 from dpo_lab.config import ConfigError, RunConfig, register_configs, validate
 from dpo_lab.hardware import describe, device_type, resolve_precision
-from dpo_lab.history import HISTORY_FILE, LogHistoryCallback
+from dpo_lab.history import HISTORY_FILE
 from dpo_lab.model import build_lora_config, load_tokenizer
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.objective import check_finite, objective_value
 from dpo_lab.overrides import check_overrides
 from dpo_lab.resolvers import register_resolvers
 from dpo_lab.reuse import job_cache
-from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
+from dpo_lab.tracking import LogHistoryCallback, MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 
 log = logging.getLogger("dpo_lab")
