@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dpo_lab.history import series
 from dpo_lab.report import short_value
@@ -141,6 +142,7 @@ def plot_curves(sweep: Sweep, out_dir: Path) -> Path:
     eval_ax.set_ylabel(f"eval {metric}")
     for ax in (train_ax, eval_ax):
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if not ax.get_lines():
             ax.text(0.5, 0.5, "no per-step logs", ha="center", va="center", transform=ax.transAxes)

@@ -14,7 +14,7 @@ from dpo_lab.overrides import check_overrides
 from dpo_lab.run import to_run_config
 from tests.helpers import CONF, compose_config, run_cli
 
-GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "experiment"]
+GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "experiment", "sweep"]
 
 
 def _options(group: str) -> list[str]:
