@@ -159,7 +159,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
                 "metric": run_cfg.objective.metric,
                 "direction": run_cfg.objective.direction.value,
                 "value": objective_value(after, run_cfg.objective),
-            },  # fmt: skip
+            },
             "reused": dict(cache.last_job),
         }
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -23,7 +23,15 @@ from dpo_lab.config import (
 )  # fmt: skip
 from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.resolvers import asset_path
-from dpo_lab.reuse import ModelSnapshot, SweepCache, job_cache, model_key, ref_log_probs_key, tokenized_key
+from dpo_lab.reuse import (
+    ModelSnapshot,
+    SweepCache,
+    clear_process_cache,
+    job_cache,
+    model_key,
+    ref_log_probs_key,
+    tokenized_key,
+)
 from dpo_lab.trainer import build_dpo_args, build_trainer
 from tests.helpers import ROOT
 
@@ -169,3 +177,6 @@ def test_cache_is_per_process_and_off_outside_sweeps() -> None:
     code = "from dpo_lab import reuse; print(reuse._process_cache is None)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+    clear_process_cache()
+    assert job_cache(reuse=True, in_sweep=True) is not shared
+    clear_process_cache()

@@ -125,3 +125,10 @@ def test_objective_value_and_divergence() -> None:
         check_finite({"train_loss": 0.5}, {"eval_loss": float("inf")})
     assert better(0.8, 0.7, Direction.maximize) and better(0.3, 0.4, Direction.minimize)
     assert not better(0.7, 0.7, Direction.maximize)
+
+
+def test_sweep_and_job_folders_never_collide() -> None:
+    hydra_cfg = OmegaConf.to_container(compose_with_hydra([]).hydra, resolve=False)
+    assert hydra_cfg["sweep"]["dir"].endswith("${now:%H-%M-%S-%f}")  # microseconds: same-second sweeps differ
+    assert hydra_cfg["sweep"]["subdir"] == "${hydra.job.num}"  # one folder per job inside a sweep
+    assert hydra_cfg["callbacks"]["sweep_report"]["_target_"] == "dpo_lab.report.SweepReportCallback"
