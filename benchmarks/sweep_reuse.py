@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,8 @@ def common_overrides(steps: int, train: int, eval_: int) -> list[str]:
     ]
 
 
-def run(argv: list[str], cache_dir: Path) -> float:
+def run(argv: list[str], cache_dir: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and its children) of one ``python -m dpo_lab.run``."""
     env = {
         **os.environ,
         "HF_DATASETS_CACHE": str(cache_dir),
@@ -51,6 +53,7 @@ def run(argv: list[str], cache_dir: Path) -> float:
         "WANDB_MODE": "disabled",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    cpu_before = _children_cpu()
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "dpo_lab.run", *argv], cwd=ROOT, env=env, capture_output=True, text=True
@@ -58,7 +61,12 @@ def run(argv: list[str], cache_dir: Path) -> float:
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-3000:]}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def job_results(folder: Path) -> dict[str, dict]:
@@ -70,36 +78,27 @@ def job_results(folder: Path) -> dict[str, dict]:
         out[f"beta={config['dpo']['beta']:g},r={config['lora']['r']}"] = {
             "eval_loss": metrics["eval"]["eval_loss"],
             "eval_rewards/accuracies": metrics["eval"]["eval_rewards/accuracies"],
+            "job_seconds": round(metrics["total_runtime_s"], 1),
             "reused": metrics.get("reused"),
         }
     return out
 
 
-def measure(work: Path, overrides: list[str]) -> dict:
-    modes: dict[str, dict] = {}
+def measure(work: Path, overrides: list[str], order: list[str]) -> dict:
+    """Run each mode (in ``order``) on an empty datasets cache; wall and CPU seconds, load, job results."""
 
-    def timed(name: str, action) -> None:
-        load_before = os.getloadavg()
-        seconds = action(work / name)
-        modes[name] = {
-            "seconds": round(seconds, 1),
-            "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in os.getloadavg()],
-            "jobs": job_results(work / name / "runs"),
-        }
-        print(f"{name}: {seconds:.1f} s (load {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f})", flush=True)
-
-    def separate(folder: Path) -> float:
-        return sum(
+    def separate(folder: Path) -> tuple[float, float]:
+        times = [
             run(
                 [*overrides, f"dpo.beta={b}", f"lora.r={r}", f"hydra.run.dir={folder / 'runs' / str(i)}"],
                 folder / "hf-cache",
             )
             for i, (b, r) in enumerate(GRID)
-        )
+        ]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
 
     def multirun(reuse: bool):
-        def action(folder: Path) -> float:
+        def action(folder: Path) -> tuple[float, float]:
             return run(
                 ["-m", *overrides, f"reuse={str(reuse).lower()}", f"hydra.sweep.dir={folder / 'runs'}"],
                 folder / "hf-cache",
@@ -107,9 +106,21 @@ def measure(work: Path, overrides: list[str]) -> dict:
 
         return action
 
-    timed("separate", separate)
-    timed("multirun_no_reuse", multirun(False))
-    timed("multirun", multirun(True))
+    actions = {"separate": separate, "multirun_no_reuse": multirun(False), "multirun": multirun(True)}
+    modes: dict[str, dict] = {}
+    for name in order:
+        load_before = os.getloadavg()
+        wall, cpu = actions[name](work / name)
+        load_after = os.getloadavg()
+        modes[name] = {
+            "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "load_before": [round(x, 2) for x in load_before],
+            "load_after": [round(x, 2) for x in load_after],
+            "jobs": job_results(work / name / "runs"),
+        }
+        load = f"load {load_before[0]:.2f} -> {load_after[0]:.2f}"
+        print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU ({load})", flush=True)
     return modes
 
 
@@ -133,37 +144,44 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="train.max_steps of every job")
     parser.add_argument("--train", type=int, default=32, help="data.max_train_samples")
     parser.add_argument("--eval", type=int, default=16, help="data.max_eval_samples")
+    parser.add_argument("--order", default="separate,multirun_no_reuse,multirun", help="modes, in run order")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_reuse.json")
     args = parser.parse_args()
     overrides = common_overrides(args.steps, args.train, args.eval)
     with tempfile.TemporaryDirectory(prefix="sweep-reuse-") as tmp:
-        modes = measure(Path(tmp), overrides)
+        modes = measure(Path(tmp), overrides, args.order.split(","))
     problems = check_same_results(modes)
-    separate, reuse, no_reuse = (modes[m]["seconds"] for m in ("separate", "multirun", "multirun_no_reuse"))
+
+    def ratio(slow: str, fast: str, unit: str) -> float:
+        return round(modes[slow][unit] / modes[fast][unit], 2)
+
     result = {
         "command": " ".join(["python", "benchmarks/sweep_reuse.py", *sys.argv[1:]]),
         "job_overrides": overrides,
         "grid": [f"dpo.beta={b} lora.r={r}" for b, r in GRID],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "modes": modes,
-        "ratio_separate_over_multirun": round(separate / reuse, 2),
-        "ratio_separate_over_multirun_no_reuse": round(separate / no_reuse, 2),
-        "ratio_multirun_no_reuse_over_multirun": round(no_reuse / reuse, 2),
+        "ratios": {
+            f"{slow}/{fast} ({unit})": ratio(slow, fast, unit)
+            for slow, fast in (
+                ("separate", "multirun"),
+                ("separate", "multirun_no_reuse"),
+                ("multirun_no_reuse", "multirun"),
+            )
+            for unit in ("wall_s", "cpu_s")
+        },  # fmt: skip
         "same_results": not problems,
         "differences": problems,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    for key, value in result["ratios"].items():
+        print(f"{key}: {value}")
     print(
-        f"separate processes {separate:.1f} s, one process without reuse {no_reuse:.1f} s, "
-        f"one process with reuse {reuse:.1f} s: {separate / reuse:.2f}x faster than separate processes"
-    )
-    verdict = (
         "DIFFERENT RESULTS:\n" + "\n".join(problems)
         if problems
         else "held-out metrics identical across modes"
     )
-    print(verdict)
     print(f"written {args.out}")
 
 
