@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,8 +85,9 @@ def job_results(folder: Path) -> dict[str, dict]:
     return out
 
 
-def measure(work: Path, overrides: list[str], order: list[str]) -> dict:
-    """Run each mode (in ``order``) on an empty datasets cache; wall and CPU seconds, load, job results."""
+def measure(work: Path, overrides: list[str], order: list[str], repeats: int) -> dict:
+    """Run each mode ``repeats`` times, each run on an empty datasets cache: wall and CPU seconds (min and
+    median over the repeats), the load average around each run, the jobs' results."""
 
     def separate(folder: Path) -> tuple[float, float]:
         times = [
@@ -107,35 +109,43 @@ def measure(work: Path, overrides: list[str], order: list[str]) -> dict:
         return action
 
     actions = {"separate": separate, "multirun_no_reuse": multirun(False), "multirun": multirun(True)}
-    modes: dict[str, dict] = {}
-    for name in order:
-        load_before = os.getloadavg()
-        wall, cpu = actions[name](work / name)
-        load_after = os.getloadavg()
-        modes[name] = {
-            "wall_s": round(wall, 1),
-            "cpu_s": round(cpu, 1),
-            "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in load_after],
-            "jobs": job_results(work / name / "runs"),
-        }
-        load = f"load {load_before[0]:.2f} -> {load_after[0]:.2f}"
-        print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU ({load})", flush=True)
+    modes: dict[str, dict] = {name: {"runs": []} for name in order}
+    for rep in range(repeats):  # interleaved, so a burst of load elsewhere hits every mode alike
+        for name in order:
+            load_before = os.getloadavg()
+            wall, cpu = actions[name](work / f"{name}-{rep}")
+            load_after = os.getloadavg()
+            modes[name]["runs"].append(
+                {
+                    "wall_s": round(wall, 1),
+                    "cpu_s": round(cpu, 1),
+                    "load_before": [round(x, 2) for x in load_before],
+                    "load_after": [round(x, 2) for x in load_after],
+                    "jobs": job_results(work / f"{name}-{rep}" / "runs"),
+                }
+            )
+            load = f"load {load_before[0]:.2f} -> {load_after[0]:.2f}"
+            print(f"{name} #{rep}: {wall:.1f} s wall, {cpu:.1f} s CPU ({load})", flush=True)
+    for mode in modes.values():
+        for unit in ("wall_s", "cpu_s"):
+            values = [run[unit] for run in mode["runs"]]
+            mode[unit] = {"min": min(values), "median": statistics.median(values)}
     return modes
 
 
 def check_same_results(modes: dict[str, dict]) -> list[str]:
-    """Differences in held-out metrics between modes (empty: reuse changed nothing)."""
+    """Differences in held-out metrics between modes and repeats (empty: reuse changed nothing)."""
     problems = []
-    reference = modes["separate"]["jobs"]
+    reference = modes["separate"]["runs"][0]["jobs"]
     for name, mode in modes.items():
-        if set(mode["jobs"]) != set(reference):
-            problems.append(f"{name}: jobs {sorted(mode['jobs'])} != {sorted(reference)}")
-            continue
-        for job, values in mode["jobs"].items():
-            for key in ("eval_loss", "eval_rewards/accuracies"):
-                if abs(values[key] - reference[job][key]) > 1e-4:
-                    problems.append(f"{name} {job} {key}: {values[key]} vs separate {reference[job][key]}")
+        for rep, run_ in enumerate(mode["runs"]):
+            if set(run_["jobs"]) != set(reference):
+                problems.append(f"{name} #{rep}: jobs {sorted(run_['jobs'])} != {sorted(reference)}")
+                continue
+            for job, values in run_["jobs"].items():
+                for key in ("eval_loss", "eval_rewards/accuracies"):
+                    if abs(values[key] - reference[job][key]) > 1e-4:
+                        problems.append(f"{name} #{rep} {job} {key}: {values[key]} vs {reference[job][key]}")
     return problems
 
 
@@ -145,15 +155,16 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=32, help="data.max_train_samples")
     parser.add_argument("--eval", type=int, default=16, help="data.max_eval_samples")
     parser.add_argument("--order", default="separate,multirun_no_reuse,multirun", help="modes, in run order")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each mode (min and median reported)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_reuse.json")
     args = parser.parse_args()
     overrides = common_overrides(args.steps, args.train, args.eval)
     with tempfile.TemporaryDirectory(prefix="sweep-reuse-") as tmp:
-        modes = measure(Path(tmp), overrides, args.order.split(","))
+        modes = measure(Path(tmp), overrides, args.order.split(","), args.repeats)
     problems = check_same_results(modes)
 
-    def ratio(slow: str, fast: str, unit: str) -> float:
-        return round(modes[slow][unit] / modes[fast][unit], 2)
+    def ratio(slow: str, fast: str, unit: str, stat: str) -> float:
+        return round(modes[slow][unit][stat] / modes[fast][unit][stat], 2)
 
     result = {
         "command": " ".join(["python", "benchmarks/sweep_reuse.py", *sys.argv[1:]]),
@@ -169,7 +180,7 @@ def main() -> None:
                 ("multirun_no_reuse", "multirun"),
             )
             for unit in ("wall_s", "cpu_s")
-        },  # fmt: skip
+        },
         "same_results": not problems,
         "differences": problems,
     }
