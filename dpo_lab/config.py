@@ -67,6 +67,13 @@ class OnInvalid(str, Enum):
     drop = "drop"
 
 
+class Direction(str, Enum):
+    """Which way is better for a sweep's objective metric."""
+
+    maximize = "maximize"
+    minimize = "minimize"
+
+
 class LoggerBackend(str, Enum):
     none = "none"
     wandb = "wandb"
@@ -452,6 +459,31 @@ def _nested(prefix: str, problems: Iterator[tuple[str, str]]) -> Iterator[tuple[
         yield f"{prefix}.{key}", message
 
 
+# Held-out metrics TRL's DPOTrainer reports (``eval_<name>``) that a sweep can rank jobs by.
+OBJECTIVE_METRICS = (
+    "loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+    "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy",
+)  # fmt: skip
+
+
+@dataclass
+class ObjectiveConfig:
+    # held-out metric that ranks a sweep's jobs and that Optuna optimises (TRL's eval name without "eval_")
+    metric: str = "rewards/accuracies"
+    # maximize | minimize: which way is better for the metric (loss: minimize)
+    direction: Direction = Direction.maximize
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.metric not in OBJECTIVE_METRICS:
+            allowed = ", ".join(OBJECTIVE_METRICS)
+            yield "metric", f"unknown held-out metric {self.metric!r}; allowed: {allowed}"
+        if self.metric == "loss" and self.direction is Direction.maximize:
+            yield (
+                "direction",
+                "a loss is minimised: use objective.direction=minimize with objective.metric=loss",
+            )
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -461,6 +493,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    # in a same-process multirun, hand the next job the loaded base model (adapter removed), the tokenised
+    # data and the reference log-probs when they would come out identical; false reloads them for every job
+    reuse: bool = True
     # seeds Python, NumPy, torch, the adapter init, data shuffling and the held-out split
     seed: int = 42
     # a run folder to continue from its newest complete checkpoint, with the overrides it was started with;
@@ -469,7 +505,8 @@ class RunConfig:
 
 
 GROUPS = {"model": ModelConfig, "lora": LoraConfig, "dpo": DPOConfig, "data": DataConfig,
-          "train": TrainConfig, "logger": LoggerConfig, "eval": TaskEvalConfig}  # fmt: skip
+          "train": TrainConfig, "logger": LoggerConfig, "eval": TaskEvalConfig,
+          "objective": ObjectiveConfig}  # fmt: skip
 
 
 def register_configs() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model_state_dict, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -198,3 +199,18 @@ def _logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
 def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights as PEFT saves them (same names as in ``adapter_model.safetensors``)."""
     return get_peft_model_state_dict(model)
+
+
+def strip_adapters(model: PreTrainedModel) -> int:
+    """Put every PEFT-wrapped layer of ``model`` back to its original base layer, in place, without merging.
+
+    Works on the base model a PeftModel wrapped (PEFT injects its layers into it), also when the job that
+    attached the adapter failed before any PeftModel was returned. Returns how many layers were unwrapped.
+    """
+    wrapped = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    outermost = [(n, m) for n, m in wrapped if not any(n.startswith(o + ".") for o, _ in wrapped if o != n)]
+    for name, module in outermost:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.get_base_layer())
+    return len(outermost)

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dpo_lab.config import GROUPS, ConfigError, RunConfig
 
-_OTHER_GROUPS = {"experiment", "hydra"}
+_OTHER_GROUPS = {"experiment", "sweep", "hydra"}
 _PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 

@@ -24,7 +24,6 @@ from dpo_lab.artifacts import atomic_write_json, write_final_artifacts
 from dpo_lab.card import framework_versions, render_model_card
 from dpo_lab.checkpoints import CheckpointCallback
 from dpo_lab.config import ConfigError, RunConfig, register_configs, validate
-from dpo_lab.data import load_preference_data
 from dpo_lab.data_checks import DataError
 from dpo_lab.data_report import format_report
 from dpo_lab.distributed import (
@@ -39,15 +38,18 @@ from dpo_lab.distributed import (
 )
 from dpo_lab.guards import NonFiniteError, NonFiniteGuard
 from dpo_lab.hardware import describe, device_type, resolve_precision
-from dpo_lab.model import adapter_state_dict, build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.history import HISTORY_FILE
+from dpo_lab.model import adapter_state_dict, build_lora_config, load_tokenizer
 from dpo_lab.naming import run_group, run_name
+from dpo_lab.objective import check_finite, objective_value
 from dpo_lab.overrides import check_overrides
 from dpo_lab.preemption import Preemption
 from dpo_lab.resolvers import CONF_DIR, register_resolvers
 from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
+from dpo_lab.reuse import job_cache
 from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
 from dpo_lab.throughput import StepClock, speed_metrics
-from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
+from dpo_lab.tracking import LogHistoryCallback, MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 
 log = logging.getLogger("dpo_lab")
@@ -79,9 +81,14 @@ def run_identity(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
         defaults, default_choices = None, {}
     derived = run_name(list(hydra_cfg.overrides.task), cfg, defaults, choices, default_choices)
     name = cfg.logger.name or derived or choices.get("experiment") or "default"
-    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
-    group = cfg.logger.group or run_group(hydra_cfg.sweep.dir if multirun else None, name, run_dir)
+    group = cfg.logger.group or run_group(hydra_cfg.sweep.dir if in_multirun() else None, name, run_dir)
     return name, group
+
+
+def in_multirun() -> bool:
+    """True inside a job of ``-m`` (any sweeper or launcher)."""
+    mode = HydraConfig.get().mode
+    return mode is not None and mode.name == "MULTIRUN"
 
 
 def peak_memory_mb() -> float:
@@ -106,7 +113,8 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
 
     tokenizer = load_tokenizer(run_cfg.model)
-    data = load_preference_data(run_cfg.data, run_cfg.seed, tokenizer, max_length=run_cfg.dpo.max_length)
+    cache = job_cache(run_cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
+    data = cache.preference_data(run_cfg.data, run_cfg.seed, tokenizer, run_cfg.dpo.max_length, run_cfg.model)
     log.info("%s", format_report(data.summary()))
     task_prompts = load_task_prompts(run_cfg.eval, run_cfg.data, data.eval)
 
@@ -132,7 +140,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         run_dir, run_cfg.train.eval_before_training, resuming=plan.checkpoint is not None
     )
     try:
-        model = load_base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
+        model = cache.base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
         args = build_dpo_args(
             run_cfg.dpo,
             run_cfg.train,
@@ -158,8 +166,10 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
                 preemption.callback(),
                 before_eval,
                 clock,
+                LogHistoryCallback(run_dir / HISTORY_FILE),
             ],
             micro_batch_observers=[guard.observe, batches.observe],
+            prepared=cache.prepared_datasets(run_cfg, precision),
         )
         with preemption.armed():
             train_out = trainer.train(resume_from_checkpoint=plan.checkpoint and str(plan.checkpoint.path))
@@ -168,6 +178,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
             preemption.exit_for_requeue()
         after = trainer.evaluate(metric_key_prefix="eval")
+        check_finite(train_out.metrics, after)  # a diverged job is a failed job
         plain_ddp = not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
         # one process generates and writes the samples; sharded weights (FSDP, ZeRO) need every rank
         task = {}
@@ -198,6 +209,12 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "resumed_from_step": plan.checkpoint.step if plan.checkpoint else None,
             "distributed": ranks,
             **speed_metrics(trainer, clock, runtime, precision, device),
+            "objective": {
+                "metric": run_cfg.objective.metric,
+                "direction": run_cfg.objective.direction.value,
+                "value": objective_value(after, run_cfg.objective),
+            },
+            "reused": dict(cache.last_job),
         }
         card = render_model_card(
             base_model=run_cfg.model.name_or_path,
@@ -223,6 +240,8 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         if not preemption.stopped_training:  # a preempted run exits on purpose, its checkpoint saved
             record_failure(run_dir, err, tracker)
         raise
+    finally:
+        cache.end_job()
     tracker.finish(exit_code=0)
     if is_main_process():
         print_summary(run_dir, before, after, metrics)
@@ -306,7 +325,7 @@ def train(cfg: DictConfig) -> float | None:
     drop_log_files_off_main()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    in_sweep = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    in_sweep = in_multirun()
     try:
         metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
     except ConfigError as err:  # also raised late, e.g. a tokenizer without a chat template
@@ -323,8 +342,8 @@ def train(cfg: DictConfig) -> float | None:
         # one failed job (bad value, NaN, out of memory) must not stop the rest of the sweep
         log.exception("job %s failed; the sweep goes on", hydra_cfg.job.num)
         _record_failed_job(run_dir, err)
-        return None
-    return metrics["eval"].get("eval_loss")
+        return None  # Optuna's sweeper records a trial without a number as failed and goes on
+    return metrics["objective"]["value"]
 
 
 def _record_failed_job(run_dir: Path, err: BaseException) -> None:

@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from dpo_lab.artifacts import atomic_write_json
 from dpo_lab.config import LoggerBackend, LoggerConfig, WandbMode
 from dpo_lab.distributed import is_main_process
+from dpo_lab.history import append_record
 
 log = logging.getLogger(__name__)
 
@@ -225,3 +226,15 @@ class MetricsCallback(TrainerCallback):
         if not any(key.startswith("eval_") for key in logs):
             metrics["train/peak_memory_mb"] = self.peak_memory_mb()
         self.tracker.log(metrics, step=state.global_step)
+
+
+class LogHistoryCallback(TrainerCallback):
+    """Append every Trainer log (step logs, evaluations) to the run folder's ``log_history.jsonl``, which
+    the sweep report reads for its curves (works with any logger, W&B or none)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            append_record(self.path, state.global_step, logs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,21 @@ def build_dpo_args(
     return trl.DPOConfig(**kwargs)
 
 
+@dataclass
+class PreparedDatasets:
+    """Datasets DPOTrainer prepared in an earlier job of a sweep, by split name (``train``, ``eval``).
+
+    ``tokenized``: the output of TRL's dataset preparation (chat template, tokenisation, length filter).
+    ``with_ref_log_probs``: the same plus TRL's precomputed ``ref_chosen_logps`` / ``ref_rejected_logps``.
+    The owner (dpo_lab.reuse) hands a job only the slots whose cache key matches that job exactly; an empty
+    slot is filled by this job for the next one. ``computed`` counts what this job had to compute itself.
+    """
+
+    tokenized: dict[str, Dataset] = field(default_factory=dict)
+    with_ref_log_probs: dict[str, Dataset] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=lambda: {"tokenized": 0, "ref_log_probs": 0})
+
+
 # Called with (optimizer step being computed, micro-batch loss, micro-batch inputs) after each backward.
 MicroBatchObserver = Callable[[int, torch.Tensor, Mapping[str, Any]], None]
 
@@ -87,11 +103,41 @@ class DPOTrainer(trl.DPOTrainer):
     """trl.DPOTrainer that shows every training micro-batch loss to observers (the non-finite guard, the
     per-rank batch counter: TrainerCallbacks never see the loss of a step), and whose ``group_by_length``
     works on its tokenised pair columns (see batching.py). Evaluation stays sequential, so held-out
-    metrics come from the same batches with or without grouping."""
+    metrics come from the same batches with or without grouping. ``prepared`` lends it the datasets
+    an earlier job of the same sweep prepared (see :class:`PreparedDatasets`)."""
 
-    def __init__(self, *args: Any, micro_batch_observers: Sequence[MicroBatchObserver] = (), **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        micro_batch_observers: Sequence[MicroBatchObserver] = (),
+        prepared: PreparedDatasets | None = None,
+        **kwargs: Any,
+    ):
+        self._prepared = prepared  # set before super().__init__, which prepares the datasets
         super().__init__(*args, **kwargs)
         self.micro_batch_observers = list(micro_batch_observers)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """TRL's preparation (chat template, tokenisation), or the one an earlier sweep job made."""
+        if self._prepared is None:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        cached = self._prepared.tokenized.get(dataset_name)
+        if cached is None:
+            cached = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            self._prepared.tokenized[dataset_name] = cached
+            self._prepared.computed["tokenized"] += 1
+        return cached
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """TRL's reference log-probs, or the ones an earlier sweep job computed on the same inputs."""
+        if self._prepared is None:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        cached = self._prepared.with_ref_log_probs.get(name)
+        if cached is None:
+            cached = super()._precompute_ref_logps(dataset, name, batch_size)
+            self._prepared.with_ref_log_probs[name] = cached
+            self._prepared.computed["ref_log_probs"] += 1
+        return cached
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -139,11 +185,13 @@ def build_trainer(
     peft_config: PeftLoraConfig,
     callbacks: list[TrainerCallback] | None = None,
     micro_batch_observers: Sequence[MicroBatchObserver] = (),
+    prepared: PreparedDatasets | None = None,
 ) -> DPOTrainer:
     """DPOTrainer on the base model + a fresh LoRA adapter. With no ``ref_model``, TRL computes the
     reference log-probs with the adapter disabled: the base model is the reference, never a second copy.
     On resume the adapter is built fresh like this and ``train(resume_from_checkpoint=...)`` loads the
-    checkpoint's adapter weights into it; the base weights are never touched."""
+    checkpoint's adapter weights into it; the base weights are never touched. ``prepared`` lends datasets
+    an earlier job of the same sweep prepared."""
     return DPOTrainer(
         model=model,
         ref_model=None,
@@ -154,4 +202,5 @@ def build_trainer(
         peft_config=peft_config,
         callbacks=callbacks,
         micro_batch_observers=micro_batch_observers,
+        prepared=prepared,
     )

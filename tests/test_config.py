@@ -16,7 +16,7 @@ from dpo_lab.resolvers import register_resolvers
 from dpo_lab.run import to_run_config
 from tests.helpers import CONF, compose_config, run_cli
 
-GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "eval", "experiment"]
+GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "eval", "experiment", "sweep"]
 
 
 def _options(group: str) -> list[str]:
