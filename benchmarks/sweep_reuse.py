@@ -85,7 +85,7 @@ def job_results(folder: Path) -> dict[str, dict]:
     return out
 
 
-def measure(work: Path, overrides: list[str], order: list[str], repeats: int) -> dict:
+def measure(work: Path, overrides: list[str], order: list[str], repeats: int, partial: Path) -> dict:
     """Run each mode ``repeats`` times, each run on an empty datasets cache: wall and CPU seconds (min and
     median over the repeats), the load average around each run, the jobs' results."""
 
@@ -126,6 +126,7 @@ def measure(work: Path, overrides: list[str], order: list[str], repeats: int) ->
             )
             load = f"load {load_before[0]:.2f} -> {load_after[0]:.2f}"
             print(f"{name} #{rep}: {wall:.1f} s wall, {cpu:.1f} s CPU ({load})", flush=True)
+            partial.write_text(json.dumps(modes, indent=2))  # kept if a later run fails
     for mode in modes.values():
         for unit in ("wall_s", "cpu_s"):
             values = [run[unit] for run in mode["runs"]]
@@ -149,6 +150,30 @@ def check_same_results(modes: dict[str, dict]) -> list[str]:
     return problems
 
 
+def summarize(modes: dict[str, dict], overrides: list[str], problems: list[str]) -> dict:
+    """The JSON result: command, machine, every run, and the ratios of min and median times."""
+
+    def ratio(slow: str, fast: str, unit: str, stat: str) -> float:
+        return round(modes[slow][unit][stat] / modes[fast][unit][stat], 2)
+
+    pairs = (("separate", "multirun"), ("separate", "multirun_no_reuse"), ("multirun_no_reuse", "multirun"))
+    return {
+        "command": " ".join(["python", "benchmarks/sweep_reuse.py", *sys.argv[1:]]),
+        "job_overrides": overrides,
+        "grid": [f"dpo.beta={b} lora.r={r}" for b, r in GRID],
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "modes": modes,
+        "ratios": {
+            f"{slow}/{fast} ({unit} {stat})": ratio(slow, fast, unit, stat)
+            for slow, fast in pairs
+            for unit in ("wall_s", "cpu_s")
+            for stat in ("min", "median")
+        },
+        "same_results": not problems,
+        "differences": problems,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="train.max_steps of every job")
@@ -159,33 +184,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_reuse.json")
     args = parser.parse_args()
     overrides = common_overrides(args.steps, args.train, args.eval)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial.json")
     with tempfile.TemporaryDirectory(prefix="sweep-reuse-") as tmp:
-        modes = measure(Path(tmp), overrides, args.order.split(","), args.repeats)
+        modes = measure(Path(tmp), overrides, args.order.split(","), args.repeats, partial)
     problems = check_same_results(modes)
 
-    def ratio(slow: str, fast: str, unit: str, stat: str) -> float:
-        return round(modes[slow][unit][stat] / modes[fast][unit][stat], 2)
-
-    result = {
-        "command": " ".join(["python", "benchmarks/sweep_reuse.py", *sys.argv[1:]]),
-        "job_overrides": overrides,
-        "grid": [f"dpo.beta={b} lora.r={r}" for b, r in GRID],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "modes": modes,
-        "ratios": {
-            f"{slow}/{fast} ({unit})": ratio(slow, fast, unit)
-            for slow, fast in (
-                ("separate", "multirun"),
-                ("separate", "multirun_no_reuse"),
-                ("multirun_no_reuse", "multirun"),
-            )
-            for unit in ("wall_s", "cpu_s")
-        },
-        "same_results": not problems,
-        "differences": problems,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = summarize(modes, overrides, problems)
     args.out.write_text(json.dumps(result, indent=2))
+    partial.unlink()
     for key, value in result["ratios"].items():
         print(f"{key}: {value}")
     print(

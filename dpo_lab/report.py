@@ -293,7 +293,10 @@ class Report:
 
 def write_report(sweep_dir: Path | str, metric: str | None = None, direction: str | None = None) -> Report:
     """Tables, plots and report.json for a sweep folder; returns what it wrote."""
-    from dpo_lab.sweep_plots import plot_curves, plot_metric_vs_params
+    try:
+        from dpo_lab.sweep_plots import plot_curves, plot_metric_vs_params
+    except ImportError as err:  # matplotlib is in the `report` extra
+        raise ReportError(f"the sweep plots need matplotlib ({err}): pip install 'dpo_lab[report]'") from None
 
     sweep = load_sweep(sweep_dir, metric, direction)
     table = rows(sweep)

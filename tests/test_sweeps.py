@@ -214,3 +214,17 @@ def test_objective_metric_names_match_what_trl_reports(grid) -> None:
     reported = {k[5:] for k in _metrics(sweep / "0")["eval"] if k.startswith("eval_")}
     assert set(OBJECTIVE_METRICS) <= reported
     assert math.isfinite(_metrics(sweep / "0")["objective"]["value"])
+
+
+@pytest.mark.slow
+def test_submitit_jobs_run_in_their_own_processes_and_share_nothing(tmp_path_factory) -> None:
+    """submitit_local (the SLURM code path, locally): one process per job, so nothing is reused, and the
+    report is still written at the end by the launching process."""
+    args = ["hydra/launcher=submitit_local", "dpo.beta=0.1,0.5", "logger=none"]
+    sweep, output = _sweep(tmp_path_factory, "submitit", args)
+    for job in ("0", "1"):
+        metrics = _metrics(sweep / job)
+        assert metrics["status"] == "completed"
+        assert not any(metrics["reused"].values()), metrics["reused"]
+    assert [r["status"] for r in _csv(sweep)] == ["completed", "completed"]
+    assert "2 jobs, 2 completed" in output
