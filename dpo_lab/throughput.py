@@ -3,8 +3,11 @@
 Definitions (the benchmark in ``benchmarks/`` measures the plain TRL script the same way):
 
 * ``first_step_at``: wall-clock (Unix) time at the end of optimizer step 1 (``on_step_end``).
-* ``time_to_first_step_s``: ``first_step_at`` minus the process's start time (Linux ``/proc``); it holds
-  imports, config, data, model load, tokenisation, any precompute and the evaluation before training.
+* ``job_started_at``: when the job began. For a process's first job that is the process's start (Linux
+  ``/proc``), so imports and Hydra count; a later job of a same-process sweep starts when its
+  ``run_experiment`` does. ``total_runtime_s`` in metrics.json is measured from the same origin.
+* ``time_to_first_step_s``: ``first_step_at`` minus ``job_started_at``; it holds imports (first job),
+  config, data, model load, tokenisation, any precompute and the evaluation before training.
 * ``seconds_per_step``: steady state, ``(last step end - first step end) / (steps - 1)``;
   ``cpu_seconds_per_step`` the same in this process's CPU time, which other processes on a shared machine
   barely change (with one thread per process it measures the work done, not the waiting).
@@ -43,6 +46,24 @@ def process_started_at() -> float | None:
     return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
 
 
+_first_job_started = False
+
+
+def job_started_at() -> float:
+    """Unix time at which this job began: the process's start for the process's first job, now otherwise.
+
+    Call once per job, at its start. Without ``/proc`` (not Linux) it is the time of the call.
+    """
+    global _first_job_started
+    now = time.time()
+    if not _first_job_started:
+        _first_job_started = True
+        started = process_started_at()
+        if started is not None and started <= now:
+            return started
+    return now
+
+
 class StepClock(TrainerCallback):
     """Wall-clock and process CPU time at the end of the first and of the latest optimizer step."""
 
@@ -73,18 +94,19 @@ def step_timing(clock: StepClock, started_at: float | None) -> dict[str, float |
 
 
 def speed_metrics(
-    trainer: Any, clock: StepClock, runtime: float, precision: Precision, device: str
+    trainer: Any, clock: StepClock, runtime: float, precision: Precision, device: str, started_at: float
 ) -> dict[str, Any]:
     """tokens/s, step timing and the FLOP model's MFU of a trained TRL DPOTrainer (see flops.py).
 
-    ``runtime`` is Trainer's ``train_runtime`` (seconds); the device's peak is measured here, after
+    ``runtime`` is Trainer's ``train_runtime`` (seconds), ``started_at`` the job's start
+    (:func:`job_started_at`); the device's peak is measured here, after
     training, with a matmul in the dtype the training matmuls ran in.
     """
     tokens = trainer.state.num_input_tokens_seen
     metrics: dict[str, Any] = {
         "train_tokens": tokens,
         "tokens_per_second": tokens / runtime if runtime else 0.0,
-        **step_timing(clock, process_started_at()),
+        **step_timing(clock, started_at),
     }
     peak = measure_peak_flops(device, _PEAK_DTYPES.get(precision, torch.float32))
     ratios = token_ratios(pair_token_lengths(trainer.train_dataset), trainer.args.max_length)

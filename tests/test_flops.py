@@ -108,3 +108,14 @@ def test_step_timing_and_process_start() -> None:
     if started is None:
         pytest.skip("no /proc on this platform")
     assert time.time() - 24 * 3600 < started <= time.time()
+
+
+def test_first_job_starts_at_process_start_and_later_jobs_at_their_call(monkeypatch) -> None:
+    import dpo_lab.throughput as throughput
+
+    monkeypatch.setattr(throughput, "_first_job_started", False)
+    monkeypatch.setattr(throughput, "process_started_at", lambda: time.time() - 50.0)
+    first = throughput.job_started_at()
+    assert time.time() - 51.0 < first < time.time() - 49.0  # imports and Hydra count for the first job
+    second = throughput.job_started_at()
+    assert time.time() - 1.0 < second <= time.time()  # a later job of a same-process sweep: its own start

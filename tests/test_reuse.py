@@ -58,12 +58,13 @@ def _cfg(**changes) -> RunConfig:
 def _job(cache: SweepCache, cfg: RunConfig, out) -> tuple[torch.nn.Module, object]:
     """One job as run.py runs it: model and data from the cache, a fresh adapter, train, end the job."""
     cache.start_job()
-    data = cache.preference_data(cfg.data, cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    data = cache.preference_data(cfg.data, cfg.seed, tokenizer, cfg.dpo.max_length, cfg.model)
     model = cache.base_model(cfg.model, Precision.fp32, False)
     args = build_dpo_args(cfg.dpo, cfg.train, output_dir=out, seed=cfg.seed, precision=Precision.fp32,
                           device="cpu")  # fmt: skip
     prepared = cache.prepared_datasets(cfg, Precision.fp32)
-    trainer = build_trainer(model, load_tokenizer(cfg.model), args, data.train, data.eval,
+    trainer = build_trainer(model, tokenizer, args, data.train, data.eval,
                             build_lora_config(cfg.lora), prepared=prepared)  # fmt: skip
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     trainer.train()
