@@ -51,7 +51,7 @@ class Precision(str, Enum):
 
 
 class DataFormat(str, Enum):
-    """Shape of the preference rows; ``auto`` detects it from the first row."""
+    """Shape of the preference rows; ``auto`` detects it from the first row that fits one."""
 
     auto = "auto"
     standard = "standard"  # prompt / chosen / rejected strings
@@ -65,6 +65,13 @@ class OnInvalid(str, Enum):
 
     error = "error"
     drop = "drop"
+
+
+class Direction(str, Enum):
+    """Which way is better for a sweep's objective metric."""
+
+    maximize = "maximize"
+    minimize = "minimize"
 
 
 class LoggerBackend(str, Enum):
@@ -195,6 +202,8 @@ class DataColumns:
 class DataConfig:
     # a local file (jsonl, json, parquet, csv, jsonl.gz), a folder (saved dataset or files), or a hub id
     path: str = MISSING
+    # sub-folder of a hub dataset (or local folder), e.g. harmless-base of Anthropic/hh-rlhf; null = all
+    data_dir: str | None = None
     # split (or file) to train on
     split: str = "train"
     # held-out split to evaluate on; null = carve test_size off the train split
@@ -205,7 +214,7 @@ class DataConfig:
     format: DataFormat = DataFormat.auto
     # source column names, for data whose columns are not prompt / chosen / rejected
     columns: DataColumns = field(default_factory=DataColumns)
-    # error | drop: stop at the first bad row (default), or drop bad rows and report counts
+    # error | drop: stop before training on invalid rows (default), or drop them and report counts per reason
     on_invalid: OnInvalid = OnInvalid.error
     # use only the first N training rows (quick experiments); null = all
     max_train_samples: int | None = None
@@ -219,6 +228,8 @@ class DataConfig:
             yield "path", "must name a file, a folder or a hub dataset id"
         if self.test_split is None and self.test_size is None:
             yield "test_size", "set data.test_split to a held-out split, or data.test_size to carve one off"
+        if self.test_split is not None and self.test_size is not None:
+            yield "test_size", "set data.test_split=null to carve test_size off data.split, or test_size=null"
         if self.test_size is not None and self.test_size <= 0:
             yield "test_size", f"must be a fraction in (0, 1) or a row count >= 1, got {self.test_size}"
         if self.test_size is not None and self.test_size >= 1 and self.test_size != int(self.test_size):
@@ -299,6 +310,14 @@ class TrainConfig:
                 yield key, f"must be >= 0, got {getattr(self, key)}"
         if self.save_total_limit < 1:
             yield "save_total_limit", f"must be >= 1, got {self.save_total_limit}"
+        if self.save_steps > 0 and self.logging_steps >= 1 and self.save_steps % self.logging_steps:
+            yield (
+                "save_steps",
+                f"must be a multiple of train.logging_steps ({self.logging_steps}) so that a resumed run "
+                f"logs the same averages as an uninterrupted one; got {self.save_steps}",
+            )
+        if self.extra.get("save_only_model"):
+            yield "extra.save_only_model", "a checkpoint needs optimizer, scheduler and RNG state to resume"
         owned = {f.name for f in fields(self) if f.name != "extra"} | _TRAINER_OWNED_KEYS
         for key in self.extra:
             if key in owned:
@@ -312,7 +331,7 @@ class TrainConfig:
 _TRAINER_OWNED_KEYS = {
     "output_dir", "bf16", "fp16", "seed", "beta", "loss_type", "loss_weights", "max_length",
     "precompute_ref_log_probs", "label_smoothing", "report_to", "run_name", "eval_strategy", "save_strategy",
-    "use_cpu", "train_sampling_strategy",
+    "use_cpu", "train_sampling_strategy", "eval_on_start",
 }  # fmt: skip
 
 
@@ -321,7 +340,7 @@ def _owner(key: str) -> str:
         "bf16": "train.precision", "fp16": "train.precision", "seed": "seed", "report_to": "logger",
         "run_name": "logger.name", "output_dir": "hydra.run.dir", "eval_strategy": "train.eval_steps",
         "save_strategy": "train.save_steps", "use_cpu": "the detected device",
-        "train_sampling_strategy": "train.group_by_length",
+        "train_sampling_strategy": "train.group_by_length", "eval_on_start": "train.eval_before_training",
     }.get(key, f"dpo.{key}" if key in {f.name for f in fields(DPOConfig)} else f"train.{key}")  # fmt: skip
 
 
@@ -355,6 +374,116 @@ class LoggerConfig:
             yield "project", "must name a W&B project"
 
 
+class Judge(str, Enum):
+    """Who decides which of two answers is better in ``python -m dpo_lab.compare``."""
+
+    checker = "checker"  # the task checker against the held-out ground truth (eval.checker)
+    reward_model = "reward_model"  # a sequence-classification model with one score output
+
+
+@dataclass
+class GenerationConfig:
+    # new tokens per answer; the embedded finance answers need ~80-120 with the tiny tokenizer
+    max_new_tokens: int = 128
+    # false = greedy decoding (deterministic); true = sample with temperature / top_p / top_k
+    do_sample: bool = False
+    # sampling temperature (only with do_sample): lower = closer to greedy
+    temperature: float = 0.7
+    # nucleus sampling mass (only with do_sample); 1.0 disables it
+    top_p: float = 0.9
+    # sample among the k most likely tokens (only with do_sample); 0 disables it
+    top_k: int = 50
+    # > 1 discourages repeating tokens; 1.0 = off
+    repetition_penalty: float = 1.0
+    # prompts generated together (left-padded); larger is faster until memory runs out
+    batch_size: int = 16
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.max_new_tokens < 1:
+            yield "max_new_tokens", f"must be an integer >= 1, got {self.max_new_tokens}"
+        if self.temperature <= 0:
+            yield "temperature", f"must be > 0, got {self.temperature}"
+        if not 0.0 < self.top_p <= 1.0:
+            yield "top_p", f"must be in (0, 1], got {self.top_p}"
+        if self.top_k < 0:
+            yield "top_k", f"must be >= 0, got {self.top_k}"
+        if self.repetition_penalty <= 0:
+            yield "repetition_penalty", f"must be > 0, got {self.repetition_penalty}"
+        if self.batch_size < 1:
+            yield "batch_size", f"must be an integer >= 1, got {self.batch_size}"
+
+
+@dataclass
+class CheckerConfig:
+    # a checker registered in dpo_lab.task_eval (finance_number, exact_match) or "package.module:function";
+    # null = no accuracy, sample generations only (data without ground truth)
+    name: str | None = "finance_number"
+    # held-out column holding the ground truth the checker compares the answer with
+    answer_column: str = "answer"
+    # numeric match: |answer - truth| <= max(abs_tol, rel_tol * |truth|); 0.001 = within 0.1%
+    rel_tol: float = 0.001
+    # numeric match floor in the answer's unit; 0.01 forgives rounding to the cent
+    abs_tol: float = 0.01
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.name is not None and not self.name.strip():
+            yield "name", "must name a checker (finance_number, exact_match, or module:function) or be null"
+        if not self.answer_column.strip():
+            yield "answer_column", "must name the held-out column with the ground truth"
+        if self.rel_tol < 0:
+            yield "rel_tol", f"must be >= 0, got {self.rel_tol}"
+        if self.abs_tol < 0:
+            yield "abs_tol", f"must be >= 0, got {self.abs_tol}"
+
+
+@dataclass
+class TaskEvalConfig:
+    # generate answers to held-out prompts with the base (before) and the trained adapter (after)
+    enabled: bool = True
+    # held-out prompts answered (the first N of the held-out split): more = steadier accuracy, slower
+    num_prompts: int = 16
+    # how answers are scored against the ground truth
+    checker: CheckerConfig = field(default_factory=CheckerConfig)
+    # decoding settings of these answers (greedy by default, so before/after differ only by training)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.num_prompts < 1:
+            yield "num_prompts", f"must be an integer >= 1, got {self.num_prompts}"
+        yield from _nested("checker", self.checker.problems())
+        yield from _nested("generation", self.generation.problems())
+
+
+def _nested(prefix: str, problems: Iterator[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    for key, message in problems:
+        yield f"{prefix}.{key}", message
+
+
+# Held-out metrics TRL's DPOTrainer reports (``eval_<name>``) that a sweep can rank jobs by.
+OBJECTIVE_METRICS = (
+    "loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+    "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy",
+)  # fmt: skip
+
+
+@dataclass
+class ObjectiveConfig:
+    # held-out metric that ranks a sweep's jobs and that Optuna optimises (TRL's eval name without "eval_")
+    metric: str = "rewards/accuracies"
+    # maximize | minimize: which way is better for the metric (loss: minimize)
+    direction: Direction = Direction.maximize
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.metric not in OBJECTIVE_METRICS:
+            allowed = ", ".join(OBJECTIVE_METRICS)
+            yield "metric", f"unknown held-out metric {self.metric!r}; allowed: {allowed}"
+        if self.metric == "loss" and self.direction is Direction.maximize:
+            yield (
+                "direction",
+                "a loss is minimised: use objective.direction=minimize with objective.metric=loss",
+            )
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -363,12 +492,21 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    # in a same-process multirun, hand the next job the loaded base model (adapter removed), the tokenised
+    # data and the reference log-probs when they would come out identical; false reloads them for every job
+    reuse: bool = True
     # seeds Python, NumPy, torch, the adapter init, data shuffling and the held-out split
     seed: int = 42
+    # a run folder to continue from its newest complete checkpoint, with the overrides it was started with;
+    # null = a new run (re-running with the same hydra.run.dir resumes too)
+    resume: str | None = None
 
 
 GROUPS = {"model": ModelConfig, "lora": LoraConfig, "dpo": DPOConfig, "data": DataConfig,
-          "train": TrainConfig, "logger": LoggerConfig}  # fmt: skip
+          "train": TrainConfig, "logger": LoggerConfig, "eval": TaskEvalConfig,
+          "objective": ObjectiveConfig}  # fmt: skip
 
 
 def register_configs() -> None:
@@ -377,6 +515,8 @@ def register_configs() -> None:
     cs.store(name="base_config", node=RunConfig)
     for group, schema in GROUPS.items():
         cs.store(group=group, name=f"base_{group}", node=schema)
+    for name, schema in ENTRY_POINTS.items():
+        cs.store(name=f"base_{name}", node=schema)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -395,3 +535,91 @@ def iter_problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
             yield f"{group}.{key}", message
     if cfg.dpo.precompute_ref_log_probs and cfg.train.extra.get("sync_ref_model"):
         yield "dpo.precompute_ref_log_probs", "cannot be combined with train.extra.sync_ref_model"
+
+
+# Schemas of the entry points that work on a finished run folder (conf/<name>.yaml each).
+
+
+@dataclass
+class GenerateConfig:
+    # run folder written by python -m dpo_lab.run (holds config.yaml and adapter/)
+    run: str = MISSING
+    # one prompt to answer
+    prompt: str | None = None
+    # prompts to answer: .txt (one per line, blank lines skipped) or .jsonl (a prompt field per line)
+    prompts_file: str | None = None
+    # field of each .jsonl line holding the prompt (a string, or a list of {role, content} messages)
+    prompt_field: str = "prompt"
+    # interactive multi-turn chat reading stdin (piped input works too); /reset clears, /exit ends
+    chat: bool = False
+    # system message of every conversation; null = the run's data.system_prompt
+    system_prompt: str | None = None
+    # answer with the adapter disabled (the untrained base model), to see what training changed
+    base_only: bool = False
+    # also write {prompt, answer} lines to this jsonl file
+    output: str | None = None
+    # print tokens as they are generated (one prompt at a time); false = batched, printed per answer
+    stream: bool = True
+    # null = the run's model.quantization; e.g. nf4 to chat with a big base on a small GPU
+    quantization: Quantization | None = None
+    # seeds sampling (do_sample=true); greedy decoding is deterministic anyway
+    seed: int = 42
+    # decoding settings
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        sources = [k for k in ("prompt", "prompts_file") if getattr(self, k) is not None]
+        sources += ["chat"] if self.chat else []
+        if len(sources) != 1:
+            found = ", ".join(sources) or "none"
+            yield "prompt", f"give exactly one of prompt=..., prompts_file=... or chat=true (got {found})"
+        if self.prompt is not None and not self.prompt.strip():
+            yield "prompt", "must not be empty"
+        yield from _nested("generation", self.generation.problems())
+
+
+@dataclass
+class MergeConfig:
+    # run folder written by python -m dpo_lab.run (holds config.yaml and adapter/)
+    run: str = MISSING
+    # folder for the standalone merged model; null = <run>/merged
+    out: str | None = None
+    # auto | float32 | bfloat16 | float16: dtype of the merged weights; auto = the run's base dtype
+    dtype: DType = DType.auto
+    # replace the out folder if it already holds files
+    overwrite: bool = False
+
+
+@dataclass
+class CompareConfig:
+    # run folder of model A (its held-out split supplies the prompts)
+    a: str = MISSING
+    # run folder of model B, or "base" for A's base model with the adapter disabled
+    b: str = "base"
+    # checker | reward_model: score against the ground truth, or by a reward model's score
+    judge: Judge = Judge.checker
+    # folder of a sequence-classification model with one output (judge=reward_model)
+    reward_model: str | None = None
+    # held-out prompts compared (the first N of A's held-out split)
+    num_prompts: int = 32
+    # answers scored against the ground truth (judge=checker)
+    checker: CheckerConfig = field(default_factory=CheckerConfig)
+    # decoding settings of both models' answers
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # per-prompt results (jsonl) and a summary next to it (.json); null = <a>/compare/vs-<b>.jsonl
+    out: str | None = None
+    # seeds sampling (do_sample=true); greedy decoding is deterministic anyway
+    seed: int = 42
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.num_prompts < 1:
+            yield "num_prompts", f"must be an integer >= 1, got {self.num_prompts}"
+        if self.judge is Judge.reward_model and not self.reward_model:
+            yield "reward_model", "judge=reward_model needs reward_model=<folder of the reward model>"
+        if self.judge is Judge.checker and self.checker.name is None:
+            yield "checker.name", "judge=checker needs a checker name (finance_number, exact_match, ...)"
+        yield from _nested("checker", self.checker.problems())
+        yield from _nested("generation", self.generation.problems())
+
+
+ENTRY_POINTS = {"generate": GenerateConfig, "merge": MergeConfig, "compare": CompareConfig}

@@ -6,11 +6,15 @@ The only module that imports peft and configures bitsandbytes, so their API chur
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import prepare_model_for_kbit_training
+from peft import PeftModel, get_peft_model_state_dict, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -68,8 +72,8 @@ def bnb_config(quantization: Quantization, precision: Precision) -> BitsAndBytes
     return None
 
 
-def load_base_model(cfg: ModelConfig, precision: Precision, gradient_checkpointing: bool) -> PreTrainedModel:
-    """Load the frozen base model in the dtype / quantization the config asks for."""
+def base_model_kwargs(cfg: ModelConfig, precision: Precision) -> dict:
+    """``from_pretrained`` arguments of the base: dtype, revision, attention kernel, quantization."""
     device = device_type()
     kwargs: dict = {
         "dtype": resolve_dtype(cfg.dtype, precision, device),
@@ -83,9 +87,15 @@ def load_base_model(cfg: ModelConfig, precision: Precision, gradient_checkpointi
         kwargs["quantization_config"] = quant
         if device == "cuda":
             kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return kwargs
+
+
+def load_base_model(cfg: ModelConfig, precision: Precision, gradient_checkpointing: bool) -> PreTrainedModel:
+    """Load the frozen base model in the dtype / quantization the config asks for."""
+    kwargs = base_model_kwargs(cfg, precision)
     log.info("loading %s (%s, quantization=%s)", cfg.name_or_path, kwargs["dtype"], cfg.quantization.value)
     model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
-    if quant is not None:
+    if "quantization_config" in kwargs:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
 
@@ -105,3 +115,102 @@ def build_lora_config(cfg: LoraConfig) -> PeftLoraConfig:
         use_dora=cfg.use_dora,
         task_type="CAUSAL_LM",
     )
+
+
+def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, precision: Precision) -> PeftModel:
+    """The run's base model (its dtype and quantization) with the trained adapter attached, for inference."""
+    kwargs = base_model_kwargs(cfg, precision)
+    log.info("loading %s (%s, quantization=%s)", cfg.name_or_path, kwargs["dtype"], cfg.quantization.value)
+    base = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    if "device_map" not in kwargs and device_type() == "cuda":
+        base = base.to("cuda")
+    return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+
+@contextmanager
+def adapter_disabled(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """Inside the block the model answers as its base: the PEFT adapter is switched off."""
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"expected a model with a PEFT adapter, got {type(model).__name__}")
+    with model.disable_adapter():
+        yield model
+
+
+@dataclass
+class MergedModel:
+    """A base model with the adapter folded into its weights, and how it was made."""
+
+    model: PreTrainedModel
+    dtype: torch.dtype
+    # the base's bitsandbytes storage ("nf4", "int8") it was dequantized from; None = not quantized
+    dequantized_from: str | None
+    # largest |logit difference| between the adapter model and the merged model on the probe input
+    max_logit_diff: float
+
+
+def merge_adapter(
+    cfg: ModelConfig,
+    adapter_dir: Path,
+    precision: Precision,
+    dtype: torch.dtype | None,
+    probe_ids: torch.Tensor,
+) -> MergedModel:
+    """Fold the LoRA adapter into the base weights. A 4-bit / 8-bit base is dequantized to ``dtype``
+    first (merging into quantized weights would round the update away); ``dtype`` None = the run's base
+    dtype. The adapter model's logits on ``probe_ids`` (shape [1, seq]) are compared with the result's.
+
+    The quantized base is dequantized straight after loading: on CPUs with AVX512-BF16, bitsandbytes
+    repacks 4-bit weights into a CPU layout at the first forward in eval mode, and dequantizing a
+    repacked weight gives wrong values. So the reference logits come from a separate load."""
+    kwargs = base_model_kwargs(cfg, precision)
+    quantized = "quantization_config" in kwargs
+    if dtype is not None and not quantized:
+        kwargs["dtype"] = dtype
+    target = dtype or kwargs["dtype"]
+    adapter_model = _with_adapter(
+        AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs), adapter_dir
+    )
+    reference = _logits(adapter_model, probe_ids)
+    if quantized:
+        del adapter_model
+        log.info("dequantizing the %s base to %s before merging", cfg.quantization.value, target)
+        base = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs).dequantize(dtype=target)
+        adapter_model = _with_adapter(base, adapter_dir)
+    merged = adapter_model.merge_and_unload(safe_merge=True).to(target)
+    diff = (_logits(merged, probe_ids) - reference).abs().max().item()
+    log.info("merged; max |logit difference| to the adapter model on the probe: %.3g", diff)
+    return MergedModel(
+        model=merged,
+        dtype=target,
+        dequantized_from=cfg.quantization.value if quantized else None,
+        max_logit_diff=diff,
+    )
+
+
+def _with_adapter(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
+    return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+
+def _logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=input_ids.to(model.device)).logits.float().cpu()
+
+
+def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights as PEFT saves them (same names as in ``adapter_model.safetensors``)."""
+    return get_peft_model_state_dict(model)
+
+
+def strip_adapters(model: PreTrainedModel) -> int:
+    """Put every PEFT-wrapped layer of ``model`` back to its original base layer, in place, without merging.
+
+    Works on the base model a PeftModel wrapped (PEFT injects its layers into it), also when the job that
+    attached the adapter failed before any PeftModel was returned. Returns how many layers were unwrapped.
+    """
+    wrapped = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+    outermost = [(n, m) for n, m in wrapped if not any(n.startswith(o + ".") for o, _ in wrapped if o != n)]
+    for name, module in outermost:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.get_base_layer())
+    return len(outermost)

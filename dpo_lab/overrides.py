@@ -21,40 +21,42 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dpo_lab.config import GROUPS, ConfigError, RunConfig
 
-_OTHER_GROUPS = {"experiment", "hydra"}
+_OTHER_GROUPS = {"experiment", "sweep", "hydra"}
 _PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 
-def check_overrides(args: list[str]) -> None:
-    """Raise ConfigError for the first override naming an unknown key or a value of the wrong type."""
+def check_overrides(args: list[str], root: type = RunConfig) -> None:
+    """Raise ConfigError for the first override naming an unknown key or a value of the wrong type.
+
+    ``root`` is the schema of the entry point (RunConfig for ``dpo_lab.run``, GenerateConfig, ...)."""
     candidates = [a for a in args if "=" in a and not a.startswith("-")]
     try:
         overrides = OverridesParser.create().parse_overrides(candidates)
     except HydraException:
         return  # a syntax error: Hydra's own message says where
     for override in overrides:
-        if _is_checked(override):
-            _check_one(override)
+        if _is_checked(override, root):
+            _check_one(override, root)
 
 
-def _is_checked(override: Override) -> bool:
+def _is_checked(override: Override, root: type = RunConfig) -> bool:
     key = override.key_or_group
     if override.type is not OverrideType.CHANGE or override.package is not None:
         return False
-    root = key.split(".", 1)[0]
-    return "/" not in key and root not in _OTHER_GROUPS and key not in GROUPS
+    groups = GROUPS if root is RunConfig else {}
+    return "/" not in key and key.split(".", 1)[0] not in _OTHER_GROUPS and key not in groups
 
 
-def _check_one(override: Override) -> None:
+def _check_one(override: Override, root: type = RunConfig) -> None:
     key = override.key_or_group
-    field_type = field_type_at(key)
+    field_type = field_type_at(key, root)
     if override.is_sweep_override():
         if not override.is_discrete_sweep():
             return
         values = list(override.sweep_iterator())
     else:
         values = [override.value()]
-    schema = OmegaConf.structured(RunConfig)
+    schema = OmegaConf.structured(root)
     for value in values:
         try:
             OmegaConf.update(schema, key, value, merge=False)
@@ -62,9 +64,9 @@ def _check_one(override: Override) -> None:
             raise ConfigError(key, f"{describe_type(field_type)}; got {value!r}") from err
 
 
-def field_type_at(key: str) -> Any:
-    """The declared type of a dotted key in RunConfig; ConfigError naming the allowed keys if unknown."""
-    node: Any = RunConfig
+def field_type_at(key: str, root: type = RunConfig) -> Any:
+    """The declared type of a dotted key in ``root``; ConfigError naming the allowed keys if unknown."""
+    node: Any = root
     parts = key.split(".")
     for depth, part in enumerate(parts):
         if not (isinstance(node, type) and dataclasses.is_dataclass(node)):

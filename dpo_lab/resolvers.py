@@ -6,7 +6,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dpo_lab.distributed import launch_time
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+# conf/ beside the package (editable installs); an absolute path also works for the console scripts
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def asset_path(name: str) -> str:
@@ -17,6 +21,14 @@ def asset_path(name: str) -> str:
     return str(path)
 
 
+def launch_time_text(pattern: str) -> str:
+    """``${dpo_lab_launch_time:%H-%M-%S}`` -> the launch's start time, the same in every process of a
+    multi-process launch (Hydra's ``${now:...}`` is resolved by each process on its own)."""
+    return launch_time().strftime(pattern)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("dpo_lab_asset"):
         OmegaConf.register_new_resolver("dpo_lab_asset", asset_path)
+    if not OmegaConf.has_resolver("dpo_lab_launch_time"):
+        OmegaConf.register_new_resolver("dpo_lab_launch_time", launch_time_text)

@@ -6,7 +6,6 @@ the logic lives in the modules named after what they build.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import sys
@@ -21,16 +20,36 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
+from dpo_lab.artifacts import atomic_write_json, write_final_artifacts
 from dpo_lab.card import framework_versions, render_model_card
+from dpo_lab.checkpoints import CheckpointCallback
 from dpo_lab.config import ConfigError, RunConfig, register_configs, validate
-from dpo_lab.data import load_preference_data
+from dpo_lab.data_checks import DataError
+from dpo_lab.data_report import format_report
+from dpo_lab.distributed import (
+    BatchCounter,
+    agree_on_launch_time,
+    check_same_run_dir,
+    drop_log_files_off_main,
+    export_submitit_env,
+    is_main_process,
+    rank_overrides,
+    rank_report,
+)
+from dpo_lab.guards import NonFiniteError, NonFiniteGuard
 from dpo_lab.hardware import describe, device_type, resolve_precision
-from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.history import HISTORY_FILE
+from dpo_lab.model import adapter_state_dict, build_lora_config, load_tokenizer
 from dpo_lab.naming import run_group, run_name
+from dpo_lab.objective import check_finite, objective_value
 from dpo_lab.overrides import check_overrides
-from dpo_lab.resolvers import register_resolvers
+from dpo_lab.preemption import Preemption
+from dpo_lab.resolvers import CONF_DIR, register_resolvers
+from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
+from dpo_lab.reuse import job_cache
+from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
 from dpo_lab.throughput import StepClock, speed_metrics
-from dpo_lab.tracking import MetricsCallback, Tracker, git_state, start_run
+from dpo_lab.tracking import LogHistoryCallback, MetricsCallback, Tracker, git_state, start_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 
 log = logging.getLogger("dpo_lab")
@@ -62,9 +81,14 @@ def run_identity(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
         defaults, default_choices = None, {}
     derived = run_name(list(hydra_cfg.overrides.task), cfg, defaults, choices, default_choices)
     name = cfg.logger.name or derived or choices.get("experiment") or "default"
-    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
-    group = cfg.logger.group or run_group(hydra_cfg.sweep.dir if multirun else None, name, run_dir)
+    group = cfg.logger.group or run_group(hydra_cfg.sweep.dir if in_multirun() else None, name, run_dir)
     return name, group
+
+
+def in_multirun() -> bool:
+    """True inside a job of ``-m`` (any sweeper or launcher)."""
+    mode = HydraConfig.get().mode
+    return mode is not None and mode.name == "MULTIRUN"
 
 
 def peak_memory_mb() -> float:
@@ -80,12 +104,19 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     device = device_type()
     precision = resolve_precision(run_cfg.train.precision, device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    check_same_run_dir(str(run_dir))
+    plan = plan_resume(run_dir, resolved)
+    if plan.completed is not None:
+        return plan.completed
+    if is_main_process():
+        save_run_config(run_dir, resolved, list(HydraConfig.get().overrides.task))
     log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
 
     tokenizer = load_tokenizer(run_cfg.model)
-    data = load_preference_data(run_cfg.data, run_cfg.seed)
-    log.info("data: %d train / %d held-out pairs from %s", len(data.train), len(data.eval), data.source)
+    cache = job_cache(run_cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
+    data = cache.preference_data(run_cfg.data, run_cfg.seed, tokenizer, run_cfg.dpo.max_length, run_cfg.model)
+    log.info("%s", format_report(data.summary()))
+    task_prompts = load_task_prompts(run_cfg.eval, run_cfg.data, data.eval)
 
     name, group = run_identity(cfg, run_dir)
     tracker = start_run(
@@ -104,8 +135,12 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         name=name,
         group=group,
     )
+    guard, preemption, batches = NonFiniteGuard(run_dir / "checkpoints"), Preemption(), BatchCounter()
+    before_eval = HeldOutBefore(
+        run_dir, run_cfg.train.eval_before_training, resuming=plan.checkpoint is not None
+    )
     try:
-        model = load_base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
+        model = cache.base_model(run_cfg.model, precision, run_cfg.train.gradient_checkpointing)
         args = build_dpo_args(
             run_cfg.dpo,
             run_cfg.train,
@@ -114,6 +149,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             precision=precision,
             device=device,
             run_name=name,
+            eval_on_start=before_eval.pending,
         )
         clock = StepClock()
         trainer = build_trainer(
@@ -123,15 +159,36 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             data.train,
             data.eval,
             build_lora_config(run_cfg.lora),
-            callbacks=[MetricsCallback(tracker, peak_memory_mb), clock],
+            callbacks=[
+                MetricsCallback(tracker, peak_memory_mb),
+                CheckpointCallback(run_cfg.train.save_total_limit),
+                guard,
+                preemption.callback(),
+                before_eval,
+                clock,
+                LogHistoryCallback(run_dir / HISTORY_FILE),
+            ],
+            micro_batch_observers=[guard.observe, batches.observe],
+            prepared=cache.prepared_datasets(run_cfg, precision),
         )
-        before = trainer.evaluate(metric_key_prefix="eval") if run_cfg.train.eval_before_training else {}
-        train_out = trainer.train()
+        with preemption.armed():
+            train_out = trainer.train(resume_from_checkpoint=plan.checkpoint and str(plan.checkpoint.path))
+        before = before_eval.metrics
+        if preemption.stopped_training:
+            tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
+            preemption.exit_for_requeue()
         after = trainer.evaluate(metric_key_prefix="eval")
+        check_finite(train_out.metrics, after)  # a diverged job is a failed job
+        plain_ddp = not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+        # one process generates and writes the samples; sharded weights (FSDP, ZeRO) need every rank
+        task = {}
+        if is_main_process() or not plain_ddp:
+            task = evaluate_task(
+                trainer.model, tokenizer, task_prompts, run_cfg.eval,
+                run_dir=run_dir, tracker=tracker, step=trainer.state.global_step, seed=run_cfg.seed,
+            )  # fmt: skip
+        ranks = rank_report(batches, adapter_state_dict(trainer.model) if plain_ddp else None)
 
-        adapter_dir = run_dir / "adapter"
-        trainer.save_model(str(adapter_dir))
-        tokenizer.save_pretrained(str(adapter_dir))
         runtime = train_out.metrics["train_runtime"]
         tokens = trainer.state.num_input_tokens_seen
         metrics = {
@@ -139,6 +196,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "train": train_out.metrics,
             "eval_before": before,
             "eval": after,
+            "task": task,
             "train_tokens": tokens,
             "tokens_per_second": tokens / runtime if runtime else 0.0,
             "train_runtime_s": runtime,
@@ -147,9 +205,17 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "global_step": trainer.state.global_step,
             "precision": precision.value,
             "device": device,
+            "data": data.summary(),
+            "resumed_from_step": plan.checkpoint.step if plan.checkpoint else None,
+            "distributed": ranks,
             **speed_metrics(trainer, clock, runtime, precision, device),
+            "objective": {
+                "metric": run_cfg.objective.metric,
+                "direction": run_cfg.objective.direction.value,
+                "value": objective_value(after, run_cfg.objective),
+            },
+            "reused": dict(cache.last_job),
         }
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         card = render_model_card(
             base_model=run_cfg.model.name_or_path,
             dataset=run_cfg.data.path,
@@ -158,23 +224,27 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
                 **held_out(before, "eval_before/"),
                 **held_out(after, "eval/"),
                 "train/loss": train_out.metrics.get("train_loss"),
+                **task_metrics(task),
                 "tokens_per_second": metrics["tokens_per_second"],
             },
             quantization=run_cfg.model.quantization.value,
         )
-        for card_path in (adapter_dir / "README.md", run_dir / "README.md"):
-            card_path.write_text(card)
-        summary = run_summary(metrics)
+        write_final_artifacts(trainer, tokenizer, run_dir, card, metrics)
+        summary = {**run_summary(metrics), **data.wandb_summary()}
         tracker.summarize(summary)
         if run_cfg.logger.log_model and tracker.active:
             tracker.log_artifact(
-                adapter_dir, name=f"adapter-{tracker.run.id}", kind="model", metadata=summary
+                run_dir / "adapter", name=f"adapter-{tracker.run.id}", kind="model", metadata=summary
             )
     except BaseException as err:
-        record_failure(run_dir, err, tracker)
+        if not preemption.stopped_training:  # a preempted run exits on purpose, its checkpoint saved
+            record_failure(run_dir, err, tracker)
         raise
+    finally:
+        cache.end_job()
     tracker.finish(exit_code=0)
-    print_summary(run_dir, before, after, metrics)
+    if is_main_process():
+        print_summary(run_dir, before, after, metrics)
     return metrics
 
 
@@ -184,6 +254,7 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         **held_out(metrics["eval_before"], "eval_before/"),
         **held_out(metrics["eval"], "eval/"),
         "train/mean_loss": metrics["train"].get("train_loss"),
+        **task_metrics(metrics.get("task", {})),
         "tokens_per_second": metrics["tokens_per_second"],
         "peak_memory_mb": metrics["peak_memory_mb"],
         "train_runtime_s": metrics["train_runtime_s"],
@@ -198,7 +269,8 @@ def record_failure(run_dir: Path, err: BaseException, tracker: Tracker) -> None:
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
     error = f"{type(err).__name__}: {err}".strip()
     log.error("run %s: %s", status, error)
-    (run_dir / "metrics.json").write_text(json.dumps({"status": status, "error": error}, indent=2))
+    if is_main_process():
+        atomic_write_json(run_dir / "metrics.json", {"status": status, "error": error})
     tracker.summarize({"status": status, "error": error[:2000]})
     tracker.finish(exit_code=1)
 
@@ -229,6 +301,11 @@ def print_summary(run_dir: Path, before: dict, after: dict, metrics: dict) -> No
     for key in SUMMARY_KEYS:
         b, a = before.get(f"eval_{key}"), after.get(f"eval_{key}")
         rows.append(f"{key:<22}{_num(b):>10}{_num(a):>10}")
+    task = metrics.get("task", {})
+    if "accuracy_after" in task:
+        rows.append(
+            f"{'task accuracy':<22}{_num(task['accuracy_before']):>10}{_num(task['accuracy_after']):>10}"
+        )
     rows.append(
         f"steps {metrics['global_step']}, {metrics['train_runtime_s']:.1f} s training, "
         f"{metrics['tokens_per_second']:.0f} tokens/s, precision {metrics['precision']}"
@@ -241,11 +318,14 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def train(cfg: DictConfig) -> float | None:
+    register_resolvers()  # a submitit job runs this in a fresh process
+    export_submitit_env()
+    drop_log_files_off_main()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    in_sweep = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    in_sweep = in_multirun()
     try:
         metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
     except ConfigError as err:  # also raised late, e.g. a tokenizer without a chat template
@@ -254,24 +334,35 @@ def train(cfg: DictConfig) -> float | None:
         _record_failed_job(run_dir, err)
         return None
     except Exception as err:
+        if not in_sweep and isinstance(err, NonFiniteError):
+            print(f"dpo_lab: training stopped: {err}", file=sys.stderr)
+            sys.exit(1)
         if not in_sweep:
             raise
         # one failed job (bad value, NaN, out of memory) must not stop the rest of the sweep
         log.exception("job %s failed; the sweep goes on", hydra_cfg.job.num)
         _record_failed_job(run_dir, err)
-        return None
-    return metrics["eval"].get("eval_loss")
+        return None  # Optuna's sweeper records a trial without a number as failed and goes on
+    return metrics["objective"]["value"]
 
 
 def _record_failed_job(run_dir: Path, err: BaseException) -> None:
     path = run_dir / "metrics.json"
-    if not path.exists():  # errors before training started: nothing recorded yet
-        path.write_text(json.dumps({"status": "failed", "error": f"{type(err).__name__}: {err}"}, indent=2))
+    if not path.exists() and is_main_process():  # errors before training started: nothing recorded yet
+        atomic_write_json(path, {"status": "failed", "error": f"{type(err).__name__}: {err}"})
 
 
 def exit_with_config_error(err: ConfigError) -> None:
-    print(f"dpo_lab: invalid config: {err}", file=sys.stderr)
+    kind = "invalid data" if isinstance(err, DataError) else "invalid config"
+    print(f"dpo_lab: {kind}: {err}", file=sys.stderr)
     sys.exit(2)
+
+
+def launch_args(args: list[str]) -> list[str]:
+    """``resume=<folder>`` expanded; one launch time for all processes; no Hydra files from other ranks."""
+    args = resume_overrides(args)
+    agree_on_launch_time(args)
+    return [*args, *rank_overrides()]
 
 
 def main() -> None:
@@ -279,6 +370,7 @@ def main() -> None:
     register_configs()
     register_resolvers()
     try:
+        sys.argv[1:] = launch_args(sys.argv[1:])
         check_overrides(sys.argv[1:])
     except ConfigError as err:
         exit_with_config_error(err)

@@ -20,7 +20,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from dpo_lab.artifacts import atomic_write_json
 from dpo_lab.config import LoggerBackend, LoggerConfig, WandbMode
+from dpo_lab.distributed import is_main_process
+from dpo_lab.history import append_record
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,13 @@ class Tracker:
             artifact.add_dir(str(folder))
             self.run.log_artifact(artifact)
 
+    def finish_preempted(self, step: int, exit_code: int) -> None:
+        """Finish as preempted: a ``preempting`` record, the step it stopped at, a non-zero exit code."""
+        if self.run is not None:
+            self.summarize({"status": "preempted", "preempted_at_step": step})
+            self.run.mark_preempting()
+            self.finish(exit_code=exit_code)
+
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             offline = self.run.settings.mode == "offline"
@@ -129,12 +139,20 @@ class Tracker:
                 log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
 
 
+def stored_run_id(run_dir: Path) -> str | None:
+    """The W&B run id an earlier attempt in this run folder stored, if any."""
+    path = run_dir / RUN_ID_FILE
+    return json.loads(path.read_text())["id"] if path.is_file() else None
+
+
 def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name: str, group: str) -> Tracker:
-    """Create the run for this experiment (its id is stored in the run folder for resume)."""
-    if cfg.backend is LoggerBackend.none or cfg.mode is WandbMode.disabled:
+    """Create the run for this experiment (its id is stored in the run folder), or continue the stored one
+    when the run folder was started before (resume). Only the main process of a multi-process run logs."""
+    if cfg.backend is LoggerBackend.none or cfg.mode is WandbMode.disabled or not is_main_process():
         return Tracker()
     import wandb
 
+    run_id = stored_run_id(run_dir)
     mode = resolve_mode(cfg.mode)
     wandb_dir = Path(cfg.dir).expanduser() if cfg.dir else run_dir
     wandb_dir.mkdir(parents=True, exist_ok=True)
@@ -150,14 +168,16 @@ def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name:
         dir=str(wandb_dir),
         mode=mode,
         reinit="finish_previous",
+        id=run_id,
+        resume="allow" if run_id else None,
         settings=wandb.Settings(init_timeout=60, console="off"),
     )
     run.define_metric("train/global_step")
     run.define_metric("*", step_metric="train/global_step", step_sync=True)
-    (run_dir / RUN_ID_FILE).write_text(
-        json.dumps({"id": run.id, "project": cfg.project, "entity": cfg.entity, "mode": mode}, indent=2)
+    atomic_write_json(
+        run_dir / RUN_ID_FILE, {"id": run.id, "project": cfg.project, "entity": cfg.entity, "mode": mode}
     )
-    log.info("W&B run %s (%s, %s)", run.id, name, mode)
+    log.info("W&B run %s (%s, %s%s)", run.id, name, mode, ", resumed" if run_id else "")
     return Tracker(run)
 
 
@@ -206,3 +226,15 @@ class MetricsCallback(TrainerCallback):
         if not any(key.startswith("eval_") for key in logs):
             metrics["train/peak_memory_mb"] = self.peak_memory_mb()
         self.tracker.log(metrics, step=state.global_step)
+
+
+class LogHistoryCallback(TrainerCallback):
+    """Append every Trainer log (step logs, evaluations) to the run folder's ``log_history.jsonl``, which
+    the sweep report reads for its curves (works with any logger, W&B or none)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            append_record(self.path, state.global_step, logs)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import trl
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
@@ -25,6 +29,7 @@ def build_dpo_args(
     precision: Precision,
     device: str,
     run_name: str | None = None,
+    eval_on_start: bool = False,
 ) -> trl.DPOConfig:
     """trl.DPOConfig from the ``dpo`` and ``train`` groups; precision and checkpointing are ours, not TRL's
     defaults (TRL turns on bf16 and gradient checkpointing everywhere, ~10x slower on CPUs without bf16)."""
@@ -62,10 +67,12 @@ def build_dpo_args(
         # schedule of logs, evals and checkpoints
         "logging_steps": train.logging_steps,
         "eval_strategy": "steps" if train.eval_steps > 0 else "no",
+        "eval_on_start": eval_on_start,  # the held-out metrics "before" (see resume.HeldOutBefore)
         "eval_steps": train.eval_steps if train.eval_steps > 0 else None,
         "save_strategy": "steps" if train.save_steps > 0 else "no",
         "save_steps": train.save_steps if train.save_steps > 0 else 500,
-        "save_total_limit": train.save_total_limit,
+        # dpo_lab.checkpoints rotates (train.save_total_limit) once a checkpoint is known to be complete
+        "save_total_limit": None,
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": True,
     }
@@ -73,11 +80,76 @@ def build_dpo_args(
     return trl.DPOConfig(**kwargs)
 
 
-class DPOTrainer(trl.DPOTrainer):
-    """TRL's DPOTrainer whose ``group_by_length`` works on its tokenised pair columns (see batching.py).
+@dataclass
+class PreparedDatasets:
+    """Datasets DPOTrainer prepared in an earlier job of a sweep, by split name (``train``, ``eval``).
 
-    Evaluation stays sequential, so held-out metrics come from the same batches with or without grouping.
+    ``tokenized``: the output of TRL's dataset preparation (chat template, tokenisation, length filter).
+    ``with_ref_log_probs``: the same plus TRL's precomputed ``ref_chosen_logps`` / ``ref_rejected_logps``.
+    The owner (dpo_lab.reuse) hands a job only the slots whose cache key matches that job exactly; an empty
+    slot is filled by this job for the next one. ``computed`` counts what this job had to compute itself.
     """
+
+    tokenized: dict[str, Dataset] = field(default_factory=dict)
+    with_ref_log_probs: dict[str, Dataset] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=lambda: {"tokenized": 0, "ref_log_probs": 0})
+
+
+# Called with (optimizer step being computed, micro-batch loss, micro-batch inputs) after each backward.
+MicroBatchObserver = Callable[[int, torch.Tensor, Mapping[str, Any]], None]
+
+
+class DPOTrainer(trl.DPOTrainer):
+    """trl.DPOTrainer that shows every training micro-batch loss to observers (the non-finite guard, the
+    per-rank batch counter: TrainerCallbacks never see the loss of a step), and whose ``group_by_length``
+    works on its tokenised pair columns (see batching.py). Evaluation stays sequential, so held-out
+    metrics come from the same batches with or without grouping. ``prepared`` lends it the datasets
+    an earlier job of the same sweep prepared (see :class:`PreparedDatasets`)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        micro_batch_observers: Sequence[MicroBatchObserver] = (),
+        prepared: PreparedDatasets | None = None,
+        **kwargs: Any,
+    ):
+        self._prepared = prepared  # set before super().__init__, which prepares the datasets
+        super().__init__(*args, **kwargs)
+        self.micro_batch_observers = list(micro_batch_observers)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """TRL's preparation (chat template, tokenisation), or the one an earlier sweep job made."""
+        if self._prepared is None:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        cached = self._prepared.tokenized.get(dataset_name)
+        if cached is None:
+            cached = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            self._prepared.tokenized[dataset_name] = cached
+            self._prepared.computed["tokenized"] += 1
+        return cached
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """TRL's reference log-probs, or the ones an earlier sweep job computed on the same inputs."""
+        if self._prepared is None:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        cached = self._prepared.with_ref_log_probs.get(name)
+        if cached is None:
+            cached = super()._precompute_ref_logps(dataset, name, batch_size)
+            self._prepared.with_ref_log_probs[name] = cached
+            self._prepared.computed["ref_log_probs"] += 1
+        return cached
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        for observe in self.micro_batch_observers:
+            observe(self.state.global_step + 1, loss, inputs)
+        return loss
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
+        # TRL counts the logged `num_tokens` in the trainer, not in the checkpointed state: carry it over
+        if resume_from_checkpoint:
+            self._total_train_tokens = logged_train_tokens(Path(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _groups_by_length(self, dataset: Dataset | None) -> bool:
         return self.args.train_sampling_strategy == "group_by_length" and set(PAIR_ID_COLUMNS) <= set(
@@ -97,6 +169,13 @@ class DPOTrainer(trl.DPOTrainer):
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
 
+def logged_train_tokens(checkpoint: Path) -> int:
+    """The last training ``num_tokens`` logged before ``checkpoint`` was saved (0 if none was logged)."""
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    logged = [entry["num_tokens"] for entry in history if "num_tokens" in entry]
+    return int(logged[-1]) if logged else 0
+
+
 def build_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -105,9 +184,14 @@ def build_trainer(
     eval_dataset: Dataset | None,
     peft_config: PeftLoraConfig,
     callbacks: list[TrainerCallback] | None = None,
+    micro_batch_observers: Sequence[MicroBatchObserver] = (),
+    prepared: PreparedDatasets | None = None,
 ) -> DPOTrainer:
     """DPOTrainer on the base model + a fresh LoRA adapter. With no ``ref_model``, TRL computes the
-    reference log-probs with the adapter disabled: the base model is the reference, never a second copy."""
+    reference log-probs with the adapter disabled: the base model is the reference, never a second copy.
+    On resume the adapter is built fresh like this and ``train(resume_from_checkpoint=...)`` loads the
+    checkpoint's adapter weights into it; the base weights are never touched. ``prepared`` lends datasets
+    an earlier job of the same sweep prepared."""
     return DPOTrainer(
         model=model,
         ref_model=None,
@@ -117,4 +201,6 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
+        micro_batch_observers=micro_batch_observers,
+        prepared=prepared,
     )

@@ -52,25 +52,25 @@ def run_cli(
     )
 
 
-def wandb_records(run_folder: Path) -> list[dict]:
-    """Every record of the single offline W&B run under ``run_folder/wandb``, via `wandb leet inspect`."""
-    import json
-
+def _leet(run_folder: Path, *flags: str) -> str:
+    """`wandb leet inspect <flags>` on the single offline W&B run under ``run_folder/wandb``."""
     runs = sorted((run_folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     wandb_cli = Path(sys.executable).with_name("wandb")
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(runs[0])],
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", *flags, "--json", str(runs[0])],
                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return out.stdout
+
+
+def wandb_records(run_folder: Path) -> list[dict]:
+    """Every record of the offline W&B run of ``run_folder``."""
+    import json
+
+    return [json.loads(line) for line in _leet(run_folder).splitlines() if line.strip()]
 
 
 def wandb_summary(run_folder: Path) -> dict:
-    """`wandb leet inspect --summary --json` of the run under ``run_folder/wandb``."""
+    """State, config, latest metrics and summary of the offline W&B run of ``run_folder``."""
     import json
 
-    runs = sorted((run_folder / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, runs
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(runs[0])],
-                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
-    return json.loads(out.stdout)
+    return json.loads(_leet(run_folder, "--summary"))

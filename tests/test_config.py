@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 import trl
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dpo_lab.config import DPO_LOSS_TYPES, ConfigError, Precision, RunConfig, validate
+from dpo_lab.config import DPO_LOSS_TYPES, ConfigError, Precision, RunConfig, register_configs, validate
 from dpo_lab.overrides import check_overrides
+from dpo_lab.resolvers import register_resolvers
 from dpo_lab.run import to_run_config
 from tests.helpers import CONF, compose_config, run_cli
 
-GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "experiment"]
+GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "eval", "experiment", "sweep"]
 
 
 def _options(group: str) -> list[str]:
@@ -150,3 +152,87 @@ def test_sweep_values_are_checked_each() -> None:
 def test_unknown_key_suggests_the_close_one() -> None:
     with pytest.raises(ConfigError, match=r"did you mean dpo.beta\?"):
         check_overrides(["dpo.betta=0.1"])
+
+
+LAUNCHERS = sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
+
+
+def _launcher(option: str, *overrides: str):
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", [f"hydra/launcher={option}", *overrides], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+@pytest.mark.parametrize("option", LAUNCHERS)
+def test_every_launcher_preset_composes(option: str) -> None:
+    launcher = _launcher(option, "hydra.launcher.partition=gpu" if option == "slurm" else "seed=1")
+    assert launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher.")
+    assert OmegaConf.select(launcher, "timeout_min") > 0
+
+
+def test_launcher_presets_are_slurm_and_local() -> None:
+    assert LAUNCHERS == ["local", "slurm"]
+    assert _launcher("local")._target_.endswith("LocalLauncher")
+
+
+def test_slurm_preset_becomes_an_sbatch_script_that_requeues(tmp_path) -> None:
+    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
+
+    launcher = _launcher("slurm", "hydra.launcher.partition=gpu")
+    params = {k: launcher[k] for k in launcher if k not in ("_target_", "submitit_folder", "name")}
+    assert params.pop("max_num_timeout") == 20  # requeues after time-outs; preemptions always requeue
+    renames = SlurmExecutor._equivalence_dict()
+    sbatch_args = {renames.get(k, k): OmegaConf.to_object(v) if OmegaConf.is_config(v) else v
+                   for k, v in params.items()}  # fmt: skip
+    sbatch_args["mem"] = f"{sbatch_args['mem']}GB"
+    script = _make_sbatch_string(command="python -m submitit.core._submit x", folder=tmp_path, **sbatch_args)
+    for line in ("--partition=gpu", "--gpus-per-node=1", "--time=240", "--signal=USR2@300", "--requeue"):
+        assert f"#SBATCH {line}" in script, line
+
+
+def test_slurm_preset_defaults_to_the_clusters_partition() -> None:
+    assert _launcher("slurm").partition is None
+
+
+ACCELERATE = Path(__file__).resolve().parents[1] / "accelerate_configs"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("ddp_cpu", "multi_gpu"), ("ddp_gpu", "multi_gpu"), ("fsdp", "use_fsdp"),
+     ("deepspeed_zero2", "use_deepspeed"), ("deepspeed_zero3", "use_deepspeed")],
+)  # fmt: skip
+def test_accelerate_configs_pass_accelerates_own_checks(name: str, kind: str) -> None:
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    path = ACCELERATE / f"{name}.yaml"
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith(f"# accelerate launch --config_file accelerate_configs/{name}.yaml")
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "dpo_lab.run"])
+    args, defaults, _ = _validate_launch_command(args)
+    assert getattr(args, kind) is True
+    assert sum(bool(getattr(args, k)) for k in ("multi_gpu", "use_fsdp", "use_deepspeed")) == 1
+    if name == "fsdp":
+        assert args.fsdp_version == 2 and args.fsdp_transformer_layer_cls_to_wrap == "LlamaDecoderLayer"
+    if name.startswith("deepspeed"):
+        assert defaults.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_accelerate_config_folder_is_covered() -> None:
+    assert sorted(p.stem for p in ACCELERATE.glob("*.yaml")) == [
+        "ddp_cpu", "ddp_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp",
+    ]  # fmt: skip
+
+
+def test_console_script_finds_the_config_from_any_directory(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("dpo-lab")
+    proc = subprocess.run([str(script), "dpo.beta=0.2", "--cfg", "job"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "beta: 0.2" in proc.stdout

@@ -1,0 +1,222 @@
+"""Checkpoint completeness, rotation, atomic writes and resume planning (no training)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dpo_lab.artifacts import atomic_write_text, partial_path, replace_dir
+from dpo_lab.checkpoints import (
+    MARKER,
+    Checkpoint,
+    incompleteness,
+    latest_complete,
+    list_checkpoints,
+    mark_complete,
+    remove_incomplete,
+    rotate,
+)
+from dpo_lab.config import ConfigError
+from dpo_lab.resume import (
+    check_same_config,
+    first_difference,
+    plan_resume,
+    resume_overrides,
+    save_run_config,
+)
+from dpo_lab.run import to_run_config
+from tests.helpers import compose_config
+
+PARTS = {
+    "trainer_state.json": '{"global_step": 1}',
+    "adapter_model.safetensors": "w" * 64,
+    "optimizer.pt": "o" * 128,
+    "scheduler.pt": "s",
+    "rng_state.pth": "r" * 16,
+    "adapter_config.json": "{}",
+}
+
+
+def fake_checkpoint(folder: Path, step: int, complete: bool = True, skip: str | None = None) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    for name, text in PARTS.items():
+        if name != skip:
+            (path / name).write_text(text)
+    if complete:
+        mark_complete(path, step)
+    return path
+
+
+def test_marked_checkpoint_is_complete(tmp_path: Path) -> None:
+    path = fake_checkpoint(tmp_path, 4)
+    assert incompleteness(Checkpoint(4, path)) is None
+    record = json.loads((path / MARKER).read_text())
+    assert record["step"] == 4 and record["files"]["optimizer.pt"] == 128
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: (p / MARKER).unlink(), "no dpo_lab_checkpoint.json"),
+        (lambda p: (p / MARKER).write_text('{"step": 4, "fil'), "unreadable"),
+        (lambda p: (p / "optimizer.pt").write_text("o" * 10), "optimizer.pt has 10 bytes, 128 were written"),
+        (lambda p: (p / "rng_state.pth").unlink(), "rng_state.pth is missing"),
+        (lambda p: os.replace(p, p.with_name("checkpoint-5")), "is for step 4, not 5"),
+    ],
+)
+def test_damaged_checkpoint_is_incomplete(tmp_path: Path, damage, reason: str) -> None:
+    path = fake_checkpoint(tmp_path, 4)
+    damage(path)
+    [checkpoint] = list_checkpoints(tmp_path)
+    found = incompleteness(checkpoint)
+    assert found is not None and reason in found
+
+
+def test_marker_refused_without_optimizer_state(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="without optimizer state"):
+        fake_checkpoint(tmp_path, 2, skip="optimizer.pt")
+    assert not (tmp_path / "checkpoint-2" / MARKER).exists()
+
+
+def test_latest_complete_skips_half_written_newer_ones(tmp_path: Path) -> None:
+    fake_checkpoint(tmp_path, 2)
+    fake_checkpoint(tmp_path, 10)
+    fake_checkpoint(tmp_path, 12, complete=False)  # killed while saving
+    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 10, 12]  # numeric order, not text order
+    assert latest_complete(tmp_path) == Checkpoint(10, tmp_path / "checkpoint-10")
+    assert remove_incomplete(tmp_path) == [tmp_path / "checkpoint-12"]
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 10]
+
+
+def test_no_checkpoint_means_fresh_start(tmp_path: Path) -> None:
+    assert latest_complete(tmp_path / "checkpoints") is None
+    fake_checkpoint(tmp_path / "checkpoints", 3, complete=False)
+    assert latest_complete(tmp_path / "checkpoints") is None
+
+
+def test_rotation_counts_only_complete_checkpoints(tmp_path: Path) -> None:
+    for step in (2, 4, 6):
+        fake_checkpoint(tmp_path, step)
+    fake_checkpoint(tmp_path, 5, complete=False)
+    deleted = rotate(tmp_path, keep=1, protect=str(tmp_path / "checkpoint-2"))
+    assert sorted(deleted) == [tmp_path / "checkpoint-4", tmp_path / "checkpoint-5"]
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 6]
+
+
+def test_rotation_never_deletes_the_newest_complete_one(tmp_path: Path) -> None:
+    fake_checkpoint(tmp_path, 2)
+    fake_checkpoint(tmp_path, 4, complete=False)  # being written: newer than the newest complete one
+    assert rotate(tmp_path, keep=1) == []
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 4]
+
+
+def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_replace_dir_swaps_whole_folders(tmp_path: Path) -> None:
+    dest = tmp_path / "adapter"
+    dest.mkdir()
+    (dest / "stale.bin").write_text("old")
+    tmp = partial_path(dest)
+    tmp.mkdir()
+    (tmp / "adapter_model.safetensors").write_text("new")
+    replace_dir(tmp, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def _run_folder(tmp_path: Path, overrides: list[str]) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_run_config(folder, {"seed": 1}, overrides)
+    save_run_config(folder, {"seed": 1}, ["lora.r=4"])  # a later launch does not change the record
+    return folder
+
+
+def test_resume_option_reuses_the_folder_and_its_overrides(tmp_path: Path) -> None:
+    folder = _run_folder(tmp_path, ["train.max_steps=12", "logger=none", f"resume={tmp_path}/older"])
+    args = resume_overrides([f"resume={folder}", "hydra.job.chdir=false"])
+    assert args == [
+        "train.max_steps=12",
+        "logger=none",
+        "hydra.job.chdir=false",
+        f"hydra.run.dir={folder}",
+        f"resume={folder}",
+    ]
+    assert resume_overrides(["lora.r=8"]) == ["lora.r=8"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-m"], "cannot be combined with --multirun"),
+        (["hydra.run.dir=/elsewhere"], "hydra.run.dir names another folder"),
+    ],
+)
+def test_resume_option_conflicts(tmp_path: Path, extra: list[str], message: str) -> None:
+    folder = _run_folder(tmp_path, [])
+    with pytest.raises(ConfigError, match=message) as info:
+        resume_overrides([f"resume={folder}", *extra])
+    assert info.value.key == "resume"
+
+
+def test_resume_option_needs_a_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a dpo_lab run folder"):
+        resume_overrides([f"resume={tmp_path}"])
+
+
+def test_first_difference_names_the_key() -> None:
+    old = {"train": {"max_steps": 8, "extra": {}}, "seed": 1, "resume": None}
+    assert first_difference(old, {**old, "resume": "/x"}) is None
+    assert first_difference(old, {**old, "train": {"max_steps": 9, "extra": {}}}) == "train.max_steps"
+    assert first_difference(old, {**old, "lora": {}}) == "lora"
+
+
+def test_resumed_config_must_match_the_stored_one(tmp_path: Path) -> None:
+    cfg = compose_config(["train.max_steps=8"])
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    check_same_config(tmp_path, resolved)  # same config: fine
+    changed = OmegaConf.to_container(compose_config(["train.max_steps=9"]), resolve=True)
+    with pytest.raises(ConfigError, match="differs from the config") as info:
+        check_same_config(tmp_path, changed)
+    assert info.value.key == "train.max_steps"
+
+
+def test_completed_run_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "completed", "eval": {}}))
+    fake_checkpoint(tmp_path / "checkpoints", 4)
+    plan = plan_resume(tmp_path, {"seed": 1})
+    assert plan.completed == {"status": "completed", "eval": {}} and plan.checkpoint is None
+
+
+def test_plan_resumes_from_newest_complete_and_clears_the_rest(tmp_path: Path) -> None:
+    fake_checkpoint(tmp_path / "checkpoints", 4)
+    fake_checkpoint(tmp_path / "checkpoints", 8, complete=False)
+    plan = plan_resume(tmp_path, {"seed": 1})
+    assert plan.checkpoint == Checkpoint(4, tmp_path / "checkpoints" / "checkpoint-4")
+    assert not (tmp_path / "checkpoints" / "checkpoint-8").exists()
+
+
+def test_save_steps_must_be_a_multiple_of_logging_steps() -> None:
+    with pytest.raises(ConfigError) as info:
+        to_run_config(compose_config(["train.save_steps=25", "train.logging_steps=10"]))
+    assert info.value.key == "train.save_steps" and "multiple of train.logging_steps (10)" in str(info.value)
+    to_run_config(compose_config(["train.save_steps=20", "train.logging_steps=10"]))
+
+
+def test_resume_key_defaults_to_a_new_run() -> None:
+    assert to_run_config(compose_config()).resume is None

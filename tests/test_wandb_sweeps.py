@@ -1,0 +1,113 @@
+"""W&B sweep specs in sweeps/: the command line a W&B agent builds composes into a valid config.
+
+The agent's command line is built with wandb's own code (wandb.sdk.launch.sweeps.utils, as wandb_agent.py
+calls it): the spec's ``command`` list with its macros filled, ``${args_no_hyphens}`` -> ``key=value``.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+from dpo_lab.overrides import check_overrides
+from dpo_lab.run import to_run_config
+from tests.helpers import ROOT, compose_config
+
+SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def agent_command(spec: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """The argv wandb's agent runs for one set of parameter values (mirrors Agent._command_run)."""
+    command = {"args": {k: {"value": v} for k, v in values.items()}, "program": spec.get("program")}
+    sweep_command = sweep_utils.create_sweep_command(list(spec["command"]))
+    sweep_vars = sweep_utils.create_sweep_command_args(command)
+    sweep_vars["interpreter"] = ["python"]
+    sweep_vars["program"] = [command["program"]]
+    if platform.system() != "Windows":
+        sweep_vars["env"] = ["/usr/bin/env"]
+    argv: list[str] = []
+    for chunk in map(str, sweep_command):
+        if chunk.startswith("${") and chunk.endswith("}"):
+            argv += sweep_vars.get(chunk[2:-1]) or []
+        else:
+            argv.append(chunk)
+    return argv
+
+
+def candidate_values(name: str, param: dict[str, Any]) -> list[Any]:
+    """Every value of a parameter, or for a distribution its bounds and a point inside."""
+    if "values" in param:
+        return list(param["values"])
+    if "value" in param:
+        return [param["value"]]
+    kind, low, high = param.get("distribution"), param.get("min"), param.get("max")
+    if kind in ("log_uniform_values", "q_log_uniform_values"):
+        return [low, math.sqrt(low * high), high]
+    if kind in ("uniform", "q_uniform", "normal"):
+        return [low, (low + high) / 2, high]
+    if kind == "int_uniform":
+        return [low, (low + high) // 2, high]
+    raise AssertionError(f"{name}: teach this test the distribution {kind!r}")
+
+
+def spec_cases(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """One set of values per value of each parameter, the others at their first value."""
+    candidates = {name: candidate_values(name, p) for name, p in spec["parameters"].items()}
+    first = {name: values[0] for name, values in candidates.items()}
+    return [first | {name: v} for name, values in candidates.items() for v in values]
+
+
+def test_there_are_specs() -> None:
+    assert {p.name for p in SPECS} >= {"beta_rank_lr.yaml", "bayes_beta_rank_lr.yaml"}
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_agent_command_line_composes_for_every_parameter_value(path: Path) -> None:
+    spec = yaml.safe_load(path.read_text())
+    assert "${args_no_hyphens}" in spec["command"]
+    cases = spec_cases(spec)
+    assert len(cases) >= len(spec["parameters"])
+    for values in cases:
+        argv = agent_command(spec, values)
+        assert argv[:4] == ["/usr/bin/env", "python", "-m", "dpo_lab.run"], argv
+        overrides = argv[4:]
+        assert len(overrides) == len(values) and all("=" in a and not a.startswith("-") for a in overrides)
+        check_overrides(overrides)  # the CLI's own first check
+        cfg = compose_config(overrides)
+        run_cfg = to_run_config(cfg)  # types and ranges, as a job checks them
+        for key, value in values.items():
+            got = OmegaConf.select(cfg, key)
+            got = getattr(got, "value", got)
+            if isinstance(value, float):
+                assert got == pytest.approx(value, rel=1e-12), (path.name, key)
+            else:
+                assert got == value, (path.name, key)
+        # W&B ranks by the summary key dpo_lab writes for the job's own objective
+        assert spec["metric"]["name"] == f"eval/{run_cfg.objective.metric}", path.name
+        assert spec["metric"]["goal"] == run_cfg.objective.direction.value, path.name
+
+
+@pytest.mark.slow  # starts the CLI (imports torch, trl): seconds, not milliseconds
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_agent_command_runs_the_entry_point(path: Path) -> None:
+    """The real entry point accepts the agent's argv (composition only: --cfg job prints, trains nothing)."""
+    spec = yaml.safe_load(path.read_text())
+    values = spec_cases(spec)[-1]
+    argv = agent_command(spec, values)
+    proc = subprocess.run([sys.executable, *argv[2:], "--cfg", "job"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = yaml.safe_load(proc.stdout)
+    for key, value in values.items():
+        group, name = key.split(".")
+        expected = pytest.approx(value, rel=1e-12) if isinstance(value, float) else value
+        assert printed[group][name] == expected, (path.name, key)
