@@ -11,7 +11,8 @@ ARGS="..."``) runs one configuration as separate processes, in rotating order ea
 
 Measured the same way for every side (see dpo_lab/throughput.py for the definitions):
 
-* training tokens/s: non-padding tokens trained on (Trainer's ``num_input_tokens_seen``) / ``train_runtime``;
+* training tokens/s: non-padding tokens trained on (Trainer's ``num_input_tokens_seen``) over the training
+  time (``train_runtime`` without evaluations run inside ``train()``, such as dpo_lab's step-0 one);
 * seconds per optimizer step: steady state between the end of step 1 and the end of the last step, in
   wall-clock time and in the process's CPU time (robust to other users of a shared machine);
 * time to first step: from just before this harness starts the process to the end of optimizer step 1
@@ -91,6 +92,7 @@ class Workload:
             f"model.quantization={self.quantization}",
             f"seed={self.seed}",
             "logger=none",
+            "eval=none",  # no generation after training: the plain script has none
         ]
         if self.model:
             over.append(f"model.name_or_path={self.model}")
@@ -219,6 +221,7 @@ def parse_dpo_lab(metrics: dict[str, Any], proc: ProcessResult) -> dict[str, Any
     return {
         "tokens": metrics["train_tokens"],
         "train_runtime_s": metrics["train_runtime_s"],
+        "training_s": metrics.get("training_seconds", metrics["train_runtime_s"]),
         "tokens_per_second": metrics["tokens_per_second"],
         "seconds_per_step": metrics.get("seconds_per_step"),
         "cpu_seconds_per_step": metrics.get("cpu_seconds_per_step"),
@@ -239,6 +242,7 @@ def parse_plain(result: dict[str, Any], proc: ProcessResult) -> dict[str, Any]:
     return {
         "tokens": result["train_tokens"],
         "train_runtime_s": result["train_runtime"],
+        "training_s": result["train_runtime"],  # it evaluates before and after train(), never inside
         "tokens_per_second": result["tokens_per_second"],
         "seconds_per_step": result.get("seconds_per_step"),
         "cpu_seconds_per_step": result.get("cpu_seconds_per_step"),
@@ -301,7 +305,8 @@ def add_mfu(records: list[dict], peak_by_round: dict[int, float]) -> None:
         counts = counts_from_ratios(rec["tokens"], inputs["token_ratios"])
         flops = dpo_step_flops(shapes, counts, reference_forward=rec["reference_forward"])["total"]
         rec["train_flops"] = flops
-        rec["mfu"] = mfu(flops, rec["train_runtime_s"], peak_by_round.get(rec["round"], 0.0))
+        seconds = rec.get("training_s", rec["train_runtime_s"])
+        rec["mfu"] = mfu(flops, seconds, peak_by_round.get(rec["round"], 0.0))
 
 
 def _median(values: list[float | None]) -> float | None:
