@@ -11,7 +11,8 @@ ARGS="..."``) runs one configuration as separate processes, in rotating order ea
 
 Measured the same way for every side (see dpo_lab/throughput.py for the definitions):
 
-* training tokens/s: non-padding tokens trained on (Trainer's ``num_input_tokens_seen``) / ``train_runtime``;
+* training tokens/s: non-padding tokens trained on (Trainer's ``num_input_tokens_seen``) over the training
+  time (``train_runtime`` without evaluations run inside ``train()``, such as dpo_lab's step-0 one);
 * seconds per optimizer step: steady state between the end of step 1 and the end of the last step, in
   wall-clock time and in the process's CPU time (robust to other users of a shared machine);
 * time to first step: from just before this harness starts the process to the end of optimizer step 1
@@ -56,6 +57,7 @@ COMPARED = {
     "cpu_seconds_per_step": "lower",
     "time_to_first_step_s": "lower",
     "wall_s": "lower",
+    "cpu_s": "lower",
     "peak_memory_mb": "lower",
     "mfu": "higher",
 }
@@ -90,6 +92,7 @@ class Workload:
             f"model.quantization={self.quantization}",
             f"seed={self.seed}",
             "logger=none",
+            "eval=none",  # no generation after training: the plain script has none
         ]
         if self.model:
             over.append(f"model.name_or_path={self.model}")
@@ -218,6 +221,7 @@ def parse_dpo_lab(metrics: dict[str, Any], proc: ProcessResult) -> dict[str, Any
     return {
         "tokens": metrics["train_tokens"],
         "train_runtime_s": metrics["train_runtime_s"],
+        "training_s": metrics.get("training_seconds", metrics["train_runtime_s"]),
         "tokens_per_second": metrics["tokens_per_second"],
         "seconds_per_step": metrics.get("seconds_per_step"),
         "cpu_seconds_per_step": metrics.get("cpu_seconds_per_step"),
@@ -238,6 +242,7 @@ def parse_plain(result: dict[str, Any], proc: ProcessResult) -> dict[str, Any]:
     return {
         "tokens": result["train_tokens"],
         "train_runtime_s": result["train_runtime"],
+        "training_s": result["train_runtime"],  # it evaluates before and after train(), never inside
         "tokens_per_second": result["tokens_per_second"],
         "seconds_per_step": result.get("seconds_per_step"),
         "cpu_seconds_per_step": result.get("cpu_seconds_per_step"),
@@ -300,7 +305,8 @@ def add_mfu(records: list[dict], peak_by_round: dict[int, float]) -> None:
         counts = counts_from_ratios(rec["tokens"], inputs["token_ratios"])
         flops = dpo_step_flops(shapes, counts, reference_forward=rec["reference_forward"])["total"]
         rec["train_flops"] = flops
-        rec["mfu"] = mfu(flops, rec["train_runtime_s"], peak_by_round.get(rec["round"], 0.0))
+        seconds = rec.get("training_s", rec["train_runtime_s"])
+        rec["mfu"] = mfu(flops, seconds, peak_by_round.get(rec["round"], 0.0))
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -353,12 +359,14 @@ def _fmt(value: Any, digits: int = 3) -> str:
 SUMMARY_COLUMNS = {
     "runs": "runs", "tokens_per_second": "tokens/s", "seconds_per_step": "s/step",
     "cpu_seconds_per_step": "CPU s/step", "time_to_first_step_s": "first step s", "wall_s": "wall s",
+    "cpu_s": "process CPU s",
     "peak_memory_mb": "peak MB", "mfu": "MFU", "eval_loss": "eval loss",
     "eval_rewards/accuracies": "eval acc", "eval_rewards/margins": "eval margin",
 }  # fmt: skip
 RATIO_COLUMNS = {
     "tokens_per_second": "tokens/s", "seconds_per_step": "s/step", "cpu_seconds_per_step": "CPU s/step",
-    "time_to_first_step_s": "first step", "wall_s": "wall", "peak_memory_mb": "memory ours/theirs",
+    "time_to_first_step_s": "first step", "wall_s": "wall", "cpu_s": "process CPU",
+    "peak_memory_mb": "memory ours/theirs",
     "mfu": "MFU",
 }  # fmt: skip
 
@@ -367,12 +375,14 @@ def markdown_table(summary: dict[str, dict[str, Any]], ratio: dict[str, dict[str
     """Medians per side, and dpo_lab's advantage (x) over each other side (memory: ours / theirs)."""
     lines = [_row(["side", *SUMMARY_COLUMNS.values()]), "|" + "---|" * (len(SUMMARY_COLUMNS) + 1)]
     for side, row in summary.items():
-        cells = [_pct(row[k]) if k == "mfu" else row[k] for k in SUMMARY_COLUMNS]
+        cells = [_pct(row.get(k)) if k == "mfu" else row.get(k) for k in SUMMARY_COLUMNS]
         lines.append(_row([side, *(_fmt(c) for c in cells)]))
     if ratio:
         lines += ["", _row(["dpo_lab vs", *RATIO_COLUMNS.values()]), "|" + "---|" * (len(RATIO_COLUMNS) + 1)]
         for side, r in ratio.items():
-            cells = [r[k] if k != "peak_memory_mb" or r[k] is None else 1 / r[k] for k in RATIO_COLUMNS]
+            cells = [
+                r.get(k) if k != "peak_memory_mb" or r.get(k) is None else 1 / r[k] for k in RATIO_COLUMNS
+            ]
             lines.append(_row([side, *(_x(c) for c in cells)]))
     return "\n".join(lines)
 
@@ -421,7 +431,7 @@ def run_sweep_round(workload: Workload, work: Path, env: dict, precision: str, o
         start = time.perf_counter()
         if name == "dpo_lab_multirun":
             proc = run_process(multirun, env, out_dir / "dpo_lab.log", timeout_s)
-            rec["returncode"], rec["max_rss_mb"] = proc.returncode, proc.max_rss_mb
+            rec["returncode"], rec["max_rss_mb"], rec["cpu_s"] = proc.returncode, proc.max_rss_mb, proc.cpu_s
             jobs = sorted((out_dir / "dpo_lab").glob("[0-9]*/metrics.json"))
             rec["jobs"] = [_job_summary(json.loads(p.read_text())) for p in jobs]
         else:
@@ -430,6 +440,7 @@ def run_sweep_round(workload: Workload, work: Path, env: dict, precision: str, o
             ]
             rec["returncode"] = max(p.returncode for p in procs)
             rec["max_rss_mb"] = max(p.max_rss_mb for p in procs)
+            rec["cpu_s"] = sum(p.cpu_s for p in procs)
             results = [out_dir / "plain" / str(i) / "result.json" for i in range(len(plain))]
             rec["jobs"] = [_job_summary(json.loads(p.read_text())) for p in results if p.exists()]
         rec["wall_s"] = time.perf_counter() - start
@@ -447,12 +458,15 @@ def _job_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def sweep_summary(records: list[dict]) -> dict[str, Any]:
-    """Median end-to-end wall time per side and the speed-up of the multirun."""
-    walls = {side: _median([r["wall_s"] for r in records if r["side"] == side and "error" not in r])
-             for side in ("dpo_lab_multirun", "plain_processes")}  # fmt: skip
-    a, b = walls["dpo_lab_multirun"], walls["plain_processes"]
-    return {"median_wall_s": walls, "speedup": b / a if a and b else None,
-            "failed": sum("error" in r for r in records)}  # fmt: skip
+    """Median end-to-end wall and CPU time per side, and the multirun's speed-up in each."""
+    out: dict[str, Any] = {"failed": sum("error" in r for r in records)}
+    for metric, name in (("wall_s", "speedup"), ("cpu_s", "cpu_speedup")):
+        medians = {side: _median([r.get(metric) for r in records if r["side"] == side and "error" not in r])
+                   for side in ("dpo_lab_multirun", "plain_processes")}  # fmt: skip
+        a, b = medians["dpo_lab_multirun"], medians["plain_processes"]
+        out[f"median_{metric}"] = medians
+        out[name] = b / a if a and b else None
+    return out
 
 
 # --- the command line --------------------------------------------------------------------------------
@@ -556,15 +570,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def print_tables(report: dict[str, Any]) -> None:
     """The Markdown tables of a results report (comparison and sweep)."""
-    if "summary" in report:
-        print(markdown_table(report["summary"], report["ratios"]))
+    if report.get("records"):  # recomputed, so that files written before a column was added print too
+        summary = summarize(report["records"])
+        print(markdown_table(summary, ratios(summary)))
     if "sweep" in report:
-        s = report["sweep"]["summary"]
-        walls = s["median_wall_s"]
-        print(f"\n| sweep of {len(SWEEP_BETAS)} jobs | median wall s |\n|---|---|")
-        for side, wall in walls.items():
-            print(f"| {side} | {_fmt(wall)} |")
-        print(f"\nspeed-up of the multirun: {_x(s['speedup'])}")
+        s = sweep_summary(report["sweep"]["records"])
+        print(f"\n| sweep of {len(SWEEP_BETAS)} jobs | median wall s | median CPU s |\n|---|---|---|")
+        for side, wall in s["median_wall_s"].items():
+            print(f"| {side} | {_fmt(wall)} | {_fmt(s.get('median_cpu_s', {}).get(side))} |")
+        print(f"| multirun speed-up | {_x(s['speedup'])} | {_x(s.get('cpu_speedup'))} |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -278,7 +278,7 @@ class TrainConfig:
     precision: Precision = Precision.auto
     # evaluate on the held-out split before the first step (the "before" of before/after)
     eval_before_training: bool = True
-    # sort-by-length bucketing of training batches: less padding per batch
+    # batches of similar-length pairs: less padding, but less varied batches where length follows content
     group_by_length: bool = False
     # worker processes for the data loader
     dataloader_num_workers: int = 0

@@ -11,8 +11,10 @@ Definitions (the benchmark in ``benchmarks/`` measures the plain TRL script the 
 * ``seconds_per_step``: steady state, ``(last step end - first step end) / (steps - 1)``;
   ``cpu_seconds_per_step`` the same in this process's CPU time, which other processes on a shared machine
   barely change (with one thread per process it measures the work done, not the waiting).
+* ``training_seconds``: Trainer's ``train_runtime`` minus the evaluations that ran inside ``train()``
+  (the held-out "before" evaluation at step 0, ``train.eval_steps``), by their ``eval_runtime``;
 * ``tokens_per_second``: non-padding tokens trained on (Trainer's ``num_input_tokens_seen``) over
-  Trainer's ``train_runtime``.
+  ``training_seconds``; MFU is over ``training_seconds`` too.
 """
 
 from __future__ import annotations
@@ -36,14 +38,18 @@ _PEAK_DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16, P
 
 
 def process_started_at() -> float | None:
-    """Unix time at which this process started (Linux), else None."""
+    """Unix time at which this process started (Linux, to the clock tick), else None.
+
+    ``/proc/self/stat`` gives the start in clock ticks since boot and ``/proc/uptime`` the seconds since
+    boot now, so the process's age needs neither the (whole-second) boot time nor an unchanged clock.
+    """
     try:
         stat = Path("/proc/self/stat").read_text()
-        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-    except (OSError, StopIteration):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
         return None
     ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the ")" ending the name
-    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 _first_job_started = False
@@ -65,13 +71,26 @@ def job_started_at() -> float:
 
 
 class StepClock(TrainerCallback):
-    """Wall-clock and process CPU time at the end of the first and of the latest optimizer step."""
+    """Wall-clock and process CPU time at the end of the first and of the latest optimizer step, and the
+    time spent in evaluations during ``train()``."""
 
     def __init__(self) -> None:
         self.first_step_at: float | None = None
         self.last_step_at: float | None = None
         self.first_step_cpu = self.last_step_cpu = 0.0
         self.steps = 0
+        self.training = False
+        self.eval_seconds_in_train = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.training:
+            self.eval_seconds_in_train += sum(v for k, v in (metrics or {}).items() if k.endswith("_runtime"))
 
     def on_step_end(self, args, state, control, **kwargs):
         now, cpu = time.time(), time.process_time()
@@ -98,14 +117,17 @@ def speed_metrics(
 ) -> dict[str, Any]:
     """tokens/s, step timing and the FLOP model's MFU of a trained TRL DPOTrainer (see flops.py).
 
-    ``runtime`` is Trainer's ``train_runtime`` (seconds), ``started_at`` the job's start
-    (:func:`job_started_at`); the device's peak is measured here, after
-    training, with a matmul in the dtype the training matmuls ran in.
+    ``runtime`` is Trainer's ``train_runtime`` (seconds), evaluations inside it are taken out (see the
+    module docstring); ``started_at`` is the job's start (:func:`job_started_at`); the device's peak is
+    measured here, after training, with a matmul in the dtype the training matmuls ran in.
     """
     tokens = trainer.state.num_input_tokens_seen
+    seconds = max(runtime - clock.eval_seconds_in_train, 0.0)
     metrics: dict[str, Any] = {
         "train_tokens": tokens,
-        "tokens_per_second": tokens / runtime if runtime else 0.0,
+        "training_seconds": seconds,
+        "eval_seconds_in_train": clock.eval_seconds_in_train,
+        "tokens_per_second": tokens / seconds if seconds else 0.0,
         **step_timing(clock, started_at),
     }
     peak = measure_peak_flops(device, _PEAK_DTYPES.get(precision, torch.float32))
@@ -114,7 +136,7 @@ def speed_metrics(
         model_shapes(trainer.model),
         ratios,
         tokens=tokens,
-        seconds=runtime,
+        seconds=seconds,
         peak_flops_per_s=peak,
         reference_forward=not trainer.args.precompute_ref_log_probs,
     )

@@ -123,9 +123,12 @@ def test_sweep_commands_and_summary() -> None:
     multirun, plain = sweep_commands(Workload(), Path("/tmp/s"), "fp32")
     assert "-m" in multirun and "dpo.beta=0.05,0.1,0.2,0.5" in multirun
     assert len(plain) == 4 and all("--tuned" in cmd and "--bf16" not in cmd for cmd in plain)
-    records = [{"side": "dpo_lab_multirun", "wall_s": w} for w in (40.0, 60.0)]
-    records += [{"side": "plain_processes", "wall_s": w} for w in (80.0, 100.0)]
-    assert sweep_summary(records)["speedup"] == 90.0 / 50.0
+    records = [{"side": "dpo_lab_multirun", "wall_s": w, "cpu_s": w / 2} for w in (40.0, 60.0)]
+    records += [{"side": "plain_processes", "wall_s": w, "cpu_s": w} for w in (80.0, 100.0)]
+    records.append({"side": "plain_processes", "wall_s": 1.0, "error": "returncode 1"})
+    summary = sweep_summary(records)
+    assert summary["speedup"] == 90.0 / 50.0 and summary["cpu_speedup"] == 90.0 / 25.0
+    assert summary["failed"] == 1
 
 
 def test_variant_syntax() -> None:

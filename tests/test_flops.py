@@ -104,6 +104,12 @@ def test_step_timing_and_process_start() -> None:
         "seconds_per_step": 2.0, "cpu_seconds_per_step": 0.5,
     }  # fmt: skip
     assert step_timing(StepClock(), started_at=90.0)["seconds_per_step"] is None
+    clock.on_evaluate(None, None, None, metrics={"eval_runtime": 9.0})  # before training: not counted
+    clock.on_train_begin(None, None, None)
+    clock.on_evaluate(None, None, None, metrics={"eval_runtime": 2.0, "eval_loss": 0.7})
+    clock.on_train_end(None, None, None)
+    clock.on_evaluate(None, None, None, metrics={"eval_runtime": 5.0})  # after training: not counted
+    assert clock.eval_seconds_in_train == 2.0
     started = process_started_at()
     if started is None:
         pytest.skip("no /proc on this platform")
