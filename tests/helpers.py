@@ -15,7 +15,24 @@ from dpo_lab.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-HH_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+# the real HH-RLHF harmless-base test split, kept beside the repository (../shared/data/), not in it;
+# DPO_LAB_HH_DATA points the tests at another copy
+HH_DATA = Path(
+    os.environ.get("DPO_LAB_HH_DATA")
+    or ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+)
+
+
+def require_hh_data() -> Path:
+    """The HH-RLHF file, or a failed test saying where it was looked for (never a silent skip)."""
+    import pytest
+
+    if not HH_DATA.is_file():
+        pytest.fail(
+            f"the HH-RLHF harmless-base test file is not at {HH_DATA}: put it there (../shared/data/ beside "
+            "the repository) or set DPO_LAB_HH_DATA to its path"
+        )
+    return HH_DATA
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

@@ -14,9 +14,13 @@ from dpo_lab.data import load_preference_data
 from dpo_lab.data_checks import DataError
 from dpo_lab.data_formats import Pair, Reason, RowProblem, normalise_record
 from dpo_lab.run import to_run_config
-from tests.helpers import HH_DATA, compose_config
+from tests.helpers import HH_DATA, compose_config, require_hh_data
 
-pytestmark = pytest.mark.skipif(not HH_DATA.is_file(), reason=f"the shared HH-RLHF file is not at {HH_DATA}")
+
+@pytest.fixture(autouse=True)
+def _hh_file() -> None:
+    require_hh_data()
+
 
 HH_ROWS = 2312
 # rows whose chosen transcript ends with an empty "Assistant:" turn: parsed, then refused as empty responses

@@ -23,7 +23,7 @@ from dpo_lab.hardware import device_type, resolve_precision
 from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.run import to_run_config
 from dpo_lab.trainer import build_dpo_args, build_trainer
-from tests.helpers import HH_DATA, cli_env, compose_config, run_cli, wandb_summary
+from tests.helpers import cli_env, compose_config, require_hh_data, run_cli, wandb_summary
 
 TRAIN_OVERRIDES = [
     "logger=none", "train.max_steps=2", "data.max_train_samples=8", "data.max_eval_samples=8",
@@ -81,7 +81,7 @@ def write_implicit(folder: Path) -> list[str]:
 
 def short_hh_rows(n: int) -> list[dict[str, str]]:
     """The ``n`` shortest valid rows of the real HH file (keeps the CPU runs short)."""
-    with gzip.open(HH_DATA, "rt", encoding="utf-8") as f:
+    with gzip.open(require_hh_data(), "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     valid = [r for r in rows if not r["chosen"].rstrip().endswith("Assistant:")]  # 4 have an empty response
     return sorted(valid, key=lambda r: len(r["chosen"]) + len(r["rejected"]))[:n]
