@@ -168,6 +168,22 @@ def side_command(side: Side, workload: Workload, out_dir: Path) -> list[str]:
     return [sys.executable, str(PLAIN_SCRIPT), *flags]
 
 
+# --cpu-isa NAME -> the environment that holds oneDNN and ATen to that instruction set
+CPU_ISA_LIMITS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+
+
+def limit_cpu_isa(name: str | None, argv: list[str]) -> None:
+    """Re-run this harness with the ISA limit in its environment (it must be set before torch starts), so
+    the resolved precision, the peak matmul and every child process see the same, limited CPU."""
+    if not name:
+        return
+    limit = CPU_ISA_LIMITS[name]
+    if all(os.environ.get(k) == v for k, v in limit.items()):
+        return
+    env = {**os.environ, **limit}
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.compare", *argv], env)
+
+
 def bench_env(threads: int | None) -> dict[str, str]:
     """The same environment for every side: offline, quiet, and optionally a fixed number of CPU threads."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -485,6 +501,7 @@ def environment(threads: int | None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": threads or "torch default",
         "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_isa_limit": {k: os.environ[k] for k in CPU_ISA_LIMITS["avx2"] if k in os.environ},
         "load_at_start": os.getloadavg(),
         "uptime": _uptime(),
     }
@@ -555,6 +572,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="NAME='overrides': an extra dpo_lab side, e.g. nogroup='train.group_by_length=false'",
     )
+    p.add_argument(
+        "--cpu-isa",
+        choices=sorted(CPU_ISA_LIMITS),
+        default=None,
+        help="hold torch's CPU kernels to an older instruction set for every process (ONEDNN_MAX_CPU_ISA, "
+        "ATEN_CPU_CAPABILITY): avx2 measures what an AVX2-only CPU sees, where bf16 is emulated",
+    )
     p.add_argument("--no-compare", action="store_true", help="skip the one-configuration comparison")
     p.add_argument("--sweep", action="store_true", help="also run the 4-job sweep benchmark")
     p.add_argument("--sweep-steps", type=int, default=16)
@@ -583,6 +607,7 @@ def print_tables(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    limit_cpu_isa(args.cpu_isa, sys.argv[1:] if argv is None else argv)
     if args.table:
         print_tables(json.loads(args.table.read_text()))
         return

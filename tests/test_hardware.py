@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 
 from dpo_lab.config import DType, Precision
@@ -9,9 +13,23 @@ from dpo_lab.hardware import cpu_has_native_bf16, resolve_dtype, resolve_precisi
 
 
 def test_cpu_bf16_needs_avx512_bf16_or_amx() -> None:
-    assert not cpu_has_native_bf16(frozenset({"avx2", "fma"}))
-    assert cpu_has_native_bf16(frozenset({"avx2", "avx512_bf16"}))
-    assert cpu_has_native_bf16(frozenset({"amx_bf16"}))
+    assert not cpu_has_native_bf16(frozenset({"avx2", "fma"}), onednn=True)
+    assert cpu_has_native_bf16(frozenset({"avx2", "avx512_bf16"}), onednn=True)
+    assert cpu_has_native_bf16(frozenset({"amx_bf16"}), onednn=True)
+    # the instructions are there but torch's oneDNN may not use them
+    assert not cpu_has_native_bf16(frozenset({"avx512_bf16"}), onednn=False)
+
+
+def test_auto_precision_follows_a_onednn_isa_limit() -> None:
+    """With oneDNN held to AVX2, bf16 is a slow reference loop even on a bf16 CPU: auto picks fp32."""
+    code = (
+        "from dpo_lab.config import Precision\n"
+        "from dpo_lab.hardware import onednn_bf16_enabled, resolve_precision\n"
+        "print(onednn_bf16_enabled(), resolve_precision(Precision.auto, 'cpu').value)"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "fp32"]
 
 
 def test_explicit_precision_is_kept() -> None:
