@@ -259,6 +259,8 @@ class SweepCache:
         gc.collect()
 
     def drop_model(self) -> None:
+        if self.model is None:
+            return  # nothing held: skip the collection (0.4 s on CPU at start-up)
         self.model, self.model_key, self.snapshot = None, None, None
         gc.collect()
         if torch.cuda.is_available():

@@ -137,3 +137,23 @@ def test_variant_syntax() -> None:
     )  # fmt: skip
     with pytest.raises(Exception, match="NAME"):
         parse_variant("dpo_lab=x=1")
+
+
+def test_cpu_isa_limit_reruns_the_harness_with_the_limit_in_its_environment(monkeypatch) -> None:
+    import benchmarks.compare as compare
+
+    calls = []
+    monkeypatch.setattr(compare.os, "execve", lambda exe, argv, env: calls.append((exe, argv, env)))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    compare.limit_cpu_isa(None, ["--steps", "3"])
+    assert calls == []  # no limit asked for: runs as it is
+    compare.limit_cpu_isa("avx2", ["--cpu-isa", "avx2", "--steps", "3"])
+    ((exe, argv, env),) = calls
+    assert argv == [sys.executable, "-m", "benchmarks.compare", "--cpu-isa", "avx2", "--steps", "3"]
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["ATEN_CPU_CAPABILITY"] == "avx2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    compare.limit_cpu_isa("avx2", ["--cpu-isa", "avx2"])
+    assert len(calls) == 1  # already limited (the re-run itself): no second exec
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--cpu-isa", "sse"])  # only the limits it knows
