@@ -202,15 +202,12 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         ranks = rank_report(batches, adapter_state_dict(trainer.model) if plain_ddp else None)
 
         runtime = train_out.metrics["train_runtime"]
-        tokens = trainer.state.num_input_tokens_seen
         metrics = {
             "status": "completed",
             "train": train_out.metrics,
             "eval_before": before,
             "eval": after,
             "task": task,
-            "train_tokens": tokens,
-            "tokens_per_second": tokens / runtime if runtime else 0.0,
             "train_runtime_s": runtime,
             "total_runtime_s": time.time() - started,
             "peak_memory_mb": peak_memory_mb(),
