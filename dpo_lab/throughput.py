@@ -13,8 +13,10 @@ Definitions (the benchmark in ``benchmarks/`` measures the plain TRL script the 
   barely change (with one thread per process it measures the work done, not the waiting).
 * ``training_seconds``: Trainer's ``train_runtime`` minus the evaluations that ran inside ``train()``
   (the held-out "before" evaluation at step 0, ``train.eval_steps``), by their ``eval_runtime``;
-* ``tokens_per_second``: non-padding tokens trained on (Trainer's ``num_input_tokens_seen``) over
-  ``training_seconds``; MFU is over ``training_seconds`` too.
+* ``tokens_per_second``: non-padding tokens trained on in this attempt (Trainer's ``num_input_tokens_seen``
+  less its value when ``train()`` began, which a resumed run restores from the checkpoint) over
+  ``training_seconds``; MFU and ``flops.train_flops`` are over this attempt's tokens and seconds too.
+  ``train_tokens`` is the whole run's count, ``attempt_tokens`` this attempt's (equal unless resumed).
 """
 
 from __future__ import annotations
@@ -81,9 +83,11 @@ class StepClock(TrainerCallback):
         self.steps = 0
         self.training = False
         self.eval_seconds_in_train = 0.0
+        self.tokens_at_start = 0  # num_input_tokens_seen when train() began: > 0 after a resume
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
+        self.tokens_at_start = state.num_input_tokens_seen
 
     def on_train_end(self, args, state, control, **kwargs):
         self.training = False
@@ -121,10 +125,11 @@ def speed_metrics(
     module docstring); ``started_at`` is the job's start (:func:`job_started_at`); the device's peak is
     measured here, after training, with a matmul in the dtype the training matmuls ran in.
     """
-    tokens = trainer.state.num_input_tokens_seen
+    tokens = trainer.state.num_input_tokens_seen - clock.tokens_at_start  # this attempt's
     seconds = max(runtime - clock.eval_seconds_in_train, 0.0)
     metrics: dict[str, Any] = {
-        "train_tokens": tokens,
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "attempt_tokens": tokens,
         "training_seconds": seconds,
         "eval_seconds_in_train": clock.eval_seconds_in_train,
         "tokens_per_second": tokens / seconds if seconds else 0.0,

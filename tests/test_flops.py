@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_step_timing_and_process_start() -> None:
     }  # fmt: skip
     assert step_timing(StepClock(), started_at=90.0)["seconds_per_step"] is None
     clock.on_evaluate(None, None, None, metrics={"eval_runtime": 9.0})  # before training: not counted
-    clock.on_train_begin(None, None, None)
+    clock.on_train_begin(None, SimpleNamespace(num_input_tokens_seen=0), None)
     clock.on_evaluate(None, None, None, metrics={"eval_runtime": 2.0, "eval_loss": 0.7})
     clock.on_train_end(None, None, None)
     clock.on_evaluate(None, None, None, metrics={"eval_runtime": 5.0})  # after training: not counted
@@ -125,3 +126,12 @@ def test_first_job_starts_at_process_start_and_later_jobs_at_their_call(monkeypa
     assert time.time() - 51.0 < first < time.time() - 49.0  # imports and Hydra count for the first job
     second = throughput.job_started_at()
     assert time.time() - 1.0 < second <= time.time()  # a later job of a same-process sweep: its own start
+
+
+def test_a_resumed_attempt_counts_only_its_own_tokens() -> None:
+    clock = StepClock()
+    clock.on_train_begin(None, SimpleNamespace(num_input_tokens_seen=600), None)  # restored from a checkpoint
+    assert clock.tokens_at_start == 600
+    fresh = StepClock()
+    fresh.on_train_begin(None, SimpleNamespace(num_input_tokens_seen=0), None)
+    assert fresh.tokens_at_start == 0

@@ -89,6 +89,11 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(baseline: P
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["global_step"] == 8
     assert metrics["resumed_from_step"] == resume_step
+    # throughput is this attempt's: its own tokens over its own seconds, not the restored total over them
+    assert metrics["train_tokens"] == json.loads((baseline / "metrics.json").read_text())["train_tokens"]
+    assert 0 < metrics["attempt_tokens"] < metrics["train_tokens"]
+    attempt_rate = metrics["attempt_tokens"] / metrics["training_seconds"]
+    assert metrics["tokens_per_second"] == pytest.approx(attempt_rate)
     assert_same_adapter(run_dir / "adapter", baseline / "adapter")
     resumed_history, baseline_history = log_history(run_dir), log_history(baseline)
     assert resumed_history == baseline_history  # losses, rewards (so the reference), lr, grad norms, tokens
