@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
             models[name] = str(folder)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "gpu_check.json"
+    # a CPU dry run is no GPU result: it never takes the name the README table comes from
+    path = out / ("gpu_check-dry-run.json" if args.dry_run else "gpu_check.json")
     for name, folder in models.items():
         for quant in args.quantizations:
             key = f"{name}/{'bf16' if quant == 'none' else quant}"
