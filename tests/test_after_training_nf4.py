@@ -24,13 +24,7 @@ from tests.inference_helpers import cli, held_out_messages, read_jsonl
 NUM_PROMPTS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """In-process generation on one intra-op thread (see inference_helpers.env), restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
