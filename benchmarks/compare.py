@@ -140,8 +140,8 @@ class Side:
 
 def resolved_precision(requested: str) -> str:
     """What dpo_lab's ``train.precision`` resolves to on this machine (fp32, bf16 or fp16)."""
-    from dpo_lab.config import Precision
-    from dpo_lab.hardware import resolve_precision
+    from dpo_lab.config.schemas import Precision
+    from dpo_lab.model.hardware import resolve_precision
 
     return resolve_precision(Precision(requested)).value
 
@@ -309,7 +309,7 @@ def rotation(names: list[str], round_index: int) -> list[str]:
 
 def add_mfu(records: list[dict], peak_by_round: dict[int, float]) -> None:
     """MFU for every record from one FLOP model and the round's measured peak (needs a dpo_lab record)."""
-    from dpo_lab.flops import ModelShapes, counts_from_ratios, dpo_step_flops, mfu
+    from dpo_lab.train.flops import ModelShapes, counts_from_ratios, dpo_step_flops, mfu
 
     inputs = next((r["flop_inputs"] for r in records if r.get("flop_inputs", {}).get("shapes")), None)
     if inputs is None:
@@ -492,7 +492,7 @@ def environment(threads: int | None) -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    from dpo_lab.hardware import cpu_has_native_bf16
+    from dpo_lab.model.hardware import cpu_has_native_bf16
 
     info = {
         "platform": platform.platform(),
@@ -533,7 +533,7 @@ def measure_round_peak(precision: str, threads: int | None) -> float:
     """The device's matmul peak now, in the training precision, with the benchmark's thread count."""
     import torch
 
-    from dpo_lab.flops import measure_peak_flops
+    from dpo_lab.train.flops import measure_peak_flops
 
     if threads:
         torch.set_num_threads(threads)

@@ -34,7 +34,7 @@ from benchmarks.compare import (
     run_side,
     summarize,
 )
-from dpo_lab.resolvers import asset_path
+from dpo_lab.config.resolvers import asset_path
 
 # Llama-3.2-1B's shape with a 32k vocabulary: 16 layers, width 2048, GQA 32/8 heads, MLP 8192 (~1.04B params)
 LARGE = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,

@@ -20,13 +20,23 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
-from dpo_lab.artifacts import atomic_write_json, write_final_artifacts
-from dpo_lab.card import framework_versions, render_model_card
-from dpo_lab.checkpoints import CheckpointCallback
-from dpo_lab.config import ConfigError, RunConfig, register_configs, validate
-from dpo_lab.data_checks import DataError
-from dpo_lab.data_report import format_report
-from dpo_lab.distributed import (
+from dpo_lab.config.overrides import check_overrides
+from dpo_lab.config.resolvers import CONF_DIR, register_resolvers
+from dpo_lab.config.schemas import ConfigError, RunConfig, register_configs, validate
+from dpo_lab.data.checks import DataError
+from dpo_lab.data.report import format_report
+from dpo_lab.evaluation.task import evaluate_task, load_task_prompts, task_metrics
+from dpo_lab.model.hardware import describe, device_type, resolve_precision
+from dpo_lab.model.loading import adapter_state_dict, build_lora_config, load_tokenizer
+from dpo_lab.runs.atomic import atomic_write_json, write_final_artifacts
+from dpo_lab.runs.card import framework_versions, render_model_card
+from dpo_lab.runs.naming import run_group, run_name
+from dpo_lab.sweep.cache import job_cache
+from dpo_lab.sweep.objective import check_finite, objective_value
+from dpo_lab.track.history import HISTORY_FILE
+from dpo_lab.track.tracker import LogHistoryCallback, MetricsCallback, Tracker, git_state, start_run
+from dpo_lab.train.checkpoints import CheckpointCallback
+from dpo_lab.train.distributed import (
     BatchCounter,
     agree_on_launch_time,
     check_same_run_dir,
@@ -36,21 +46,11 @@ from dpo_lab.distributed import (
     rank_overrides,
     rank_report,
 )
-from dpo_lab.guards import NonFiniteError, NonFiniteGuard
-from dpo_lab.hardware import describe, device_type, resolve_precision
-from dpo_lab.history import HISTORY_FILE
-from dpo_lab.model import adapter_state_dict, build_lora_config, load_tokenizer
-from dpo_lab.naming import run_group, run_name
-from dpo_lab.objective import check_finite, objective_value
-from dpo_lab.overrides import check_overrides
-from dpo_lab.preemption import Preemption
-from dpo_lab.resolvers import CONF_DIR, register_resolvers
-from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
-from dpo_lab.reuse import job_cache
-from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
-from dpo_lab.throughput import StepClock, job_started_at, speed_metrics
-from dpo_lab.tracking import LogHistoryCallback, MetricsCallback, Tracker, git_state, start_run
-from dpo_lab.trainer import build_dpo_args, build_trainer
+from dpo_lab.train.guards import NonFiniteError, NonFiniteGuard
+from dpo_lab.train.preemption import Preemption
+from dpo_lab.train.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
+from dpo_lab.train.speed import StepClock, job_started_at, speed_metrics
+from dpo_lab.train.trainer import build_dpo_args, build_trainer
 
 log = logging.getLogger("dpo_lab")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from dpo_lab.config import register_configs
-from dpo_lab.resolvers import register_resolvers
+from dpo_lab.config.resolvers import register_resolvers
+from dpo_lab.config.schemas import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dpo_lab.resolvers import asset_path
+from dpo_lab.config.resolvers import asset_path
 from tests.helpers import ROOT, cli_env
 
 TEST_ROWS = [json.loads(line) for line in open(asset_path("finance") + "/test.jsonl")]

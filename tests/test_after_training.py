@@ -15,10 +15,10 @@ import yaml
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-from dpo_lab.config import CheckerConfig, GenerationConfig
-from dpo_lab.generation import chat_inputs, generate_answers
-from dpo_lab.resolvers import asset_path
-from dpo_lab.task_eval import finance_number
+from dpo_lab.config.resolvers import asset_path
+from dpo_lab.config.schemas import CheckerConfig, GenerationConfig
+from dpo_lab.evaluation.generation import chat_inputs, generate_answers
+from dpo_lab.evaluation.task import finance_number
 from tests.helpers import ROOT, run_cli
 from tests.inference_helpers import ROWS_BY_PROMPT, TEST_ROWS, cli, env, held_out_messages, read_jsonl
 
@@ -97,15 +97,15 @@ def test_generate_from_prompt_files_is_deterministic(trained_run: Path, tmp_path
     jsonl.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     common = [f"run={trained_run}", "generation.max_new_tokens=48"]
     first = cli(
-        [*common, f"prompts_file={txt}", f"output={tmp_path / 'a.jsonl'}"], tmp_path, "dpo_lab.generate"
+        [*common, f"prompts_file={txt}", f"output={tmp_path / 'a.jsonl'}"], tmp_path, "dpo_lab.cli.generate"
     )
     second = cli(
-        [*common, f"prompts_file={txt}", f"output={tmp_path / 'b.jsonl'}"], tmp_path, "dpo_lab.generate"
+        [*common, f"prompts_file={txt}", f"output={tmp_path / 'b.jsonl'}"], tmp_path, "dpo_lab.cli.generate"
     )
     cli(
         [*common, f"prompts_file={jsonl}", f"output={tmp_path / 'c.jsonl'}", "stream=false"],
         tmp_path,
-        "dpo_lab.generate",
+        "dpo_lab.cli.generate",
     )
     a, b, c = (read_jsonl(tmp_path / f"{n}.jsonl") for n in "abc")
     assert [r["prompt"] for r in a] == prompts and all(r["answer"] for r in a)
@@ -125,7 +125,7 @@ def test_chat_from_piped_stdin(trained_run: Path, tmp_path: Path) -> None:
         "generation.max_new_tokens=48",
         f"output={tmp_path / 'chat.jsonl'}",
     ]
-    proc = cli(args, tmp_path, "dpo_lab.generate", stdin=stdin)
+    proc = cli(args, tmp_path, "dpo_lab.cli.generate", stdin=stdin)
     turns = read_jsonl(tmp_path / "chat.jsonl")
     assert [t["user"] for t in turns] == [question, "And what is 20% of it?", question]
     assert [t["turn"] for t in turns] == [0, 1, 2]
@@ -193,7 +193,7 @@ def test_card_commands_run(trained_run: Path, tmp_path: Path) -> None:
     """The card's dpo_lab commands, as written, with the run folder filled in."""
     card = (trained_run / "adapter" / "README.md").read_text()
     commands = re.search(r"```bash\n(.*?)```", card, re.S).group(1).strip().splitlines()
-    assert [c.split()[2] for c in commands] == ["dpo_lab.generate", "dpo_lab.merge"]
+    assert [c.split()[2] for c in commands] == ["dpo_lab.cli.generate", "dpo_lab.cli.merge"]
     script = "\n".join(c.replace("<run folder>", str(trained_run)) for c in commands)
     proc = subprocess.run(
         ["bash", "-e", "-c", script], cwd=ROOT, env={**env(tmp_path), "PATH": str(Path(sys.executable).parent)
@@ -207,7 +207,7 @@ def test_card_commands_run(trained_run: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_merged_model_matches_the_adapter_model(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "merged"
-    proc = cli([f"run={trained_run}", f"out={out}"], tmp_path, "dpo_lab.merge")
+    proc = cli([f"run={trained_run}", f"out={out}"], tmp_path, "dpo_lab.cli.merge")
     assert proc.stdout.strip() == f"merged model: {out}"
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     card = (out / "README.md").read_text()
@@ -229,14 +229,18 @@ def test_merged_model_matches_the_adapter_model(trained_run: Path, tmp_path: Pat
     assert generate_answers(merged, tokenizer, held_out_messages(2), cfg) == generate_answers(
         tuned, tokenizer, held_out_messages(2), cfg
     )
-    again = run_cli([f"run={trained_run}", f"out={out}"], tmp_path, module="dpo_lab.merge", env=env(tmp_path))
+    again = run_cli(
+        [f"run={trained_run}", f"out={out}"], tmp_path, module="dpo_lab.cli.merge", env=env(tmp_path)
+    )
     assert again.returncode == 2 and "overwrite=true" in again.stderr
 
 
 @pytest.mark.slow
 def test_compare_with_base_by_the_checker(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp" / "vs-base.jsonl"
-    proc = cli([f"a={trained_run}", f"num_prompts={NUM_PROMPTS}", f"out={out}"], tmp_path, "dpo_lab.compare")
+    proc = cli(
+        [f"a={trained_run}", f"num_prompts={NUM_PROMPTS}", f"out={out}"], tmp_path, "dpo_lab.cli.compare"
+    )
     records, summary = read_jsonl(out), json.loads(out.with_suffix(".json").read_text())
     assert (
         len(records) == NUM_PROMPTS
@@ -290,7 +294,7 @@ def test_compare_two_runs_by_a_reward_model(trained_run: Path, tmp_path: Path) -
         f"reward_model={rm}",
         "num_prompts=3",
     ]
-    cli([*args, f"out={out}"], tmp_path, "dpo_lab.compare")
+    cli([*args, f"out={out}"], tmp_path, "dpo_lab.cli.compare")
     records, summary = read_jsonl(out), json.loads(out.with_suffix(".json").read_text())
     # the same run on both sides: same answers, same scores, all ties
     assert all(r["answer_a"] == r["answer_b"] and r["winner"] == "tie" for r in records)

@@ -11,13 +11,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpo_lab.config import GenerateConfig, GenerationConfig, Precision, Quantization
-from dpo_lab.generate import load_model
-from dpo_lab.generation import chat_inputs, generate_answers
-from dpo_lab.hardware import device_type, resolve_precision
-from dpo_lab.model import bnb_config
-from dpo_lab.resolvers import asset_path
-from dpo_lab.run_folder import read_run
+from dpo_lab.cli.generate import load_model
+from dpo_lab.config.resolvers import asset_path
+from dpo_lab.config.schemas import GenerateConfig, GenerationConfig, Precision, Quantization
+from dpo_lab.evaluation.generation import chat_inputs, generate_answers
+from dpo_lab.model.hardware import device_type, resolve_precision
+from dpo_lab.model.loading import bnb_config
+from dpo_lab.runs.folder import read_run
 from tests.helpers import wandb_summary
 from tests.inference_helpers import cli, held_out_messages, read_jsonl
 
@@ -60,7 +60,7 @@ def test_task_accuracy_and_sample_tables_in_wandb(nf4_run: Path) -> None:
 @pytest.mark.slow
 def test_merged_nf4_run_loads_and_generates(nf4_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "merged"
-    cli([f"run={nf4_run}", f"out={out}"], tmp_path, "dpo_lab.merge")
+    cli([f"run={nf4_run}", f"out={out}"], tmp_path, "dpo_lab.cli.merge")
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "float32"
     card = (out / "README.md").read_text()
@@ -97,7 +97,7 @@ def test_generate_loads_the_run_in_nf4(nf4_run: Path, tmp_path: Path) -> None:
     proc = cli(
         [f"run={nf4_run}", "prompt=What is 5% of 200?", "generation.max_new_tokens=24"],
         tmp_path,
-        "dpo_lab.generate",
+        "dpo_lab.cli.generate",
     )
     assert proc.stdout.startswith(">>> What is 5% of 200?\n") and len(proc.stdout.splitlines()[1]) > 0
     assert "quantization=nf4" in proc.stderr

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dpo_lab.artifacts import atomic_write_text, partial_path, replace_dir
-from dpo_lab.checkpoints import (
+from dpo_lab.config.schemas import ConfigError
+from dpo_lab.run import to_run_config
+from dpo_lab.runs.atomic import atomic_write_text, partial_path, replace_dir
+from dpo_lab.train.checkpoints import (
     MARKER,
     Checkpoint,
     incompleteness,
@@ -19,15 +21,13 @@ from dpo_lab.checkpoints import (
     remove_incomplete,
     rotate,
 )
-from dpo_lab.config import ConfigError
-from dpo_lab.resume import (
+from dpo_lab.train.resume import (
     check_same_config,
     first_difference,
     plan_resume,
     resume_overrides,
     save_run_config,
 )
-from dpo_lab.run import to_run_config
 from tests.helpers import compose_config
 
 PARTS = {

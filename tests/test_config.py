@@ -10,9 +10,16 @@ import trl
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dpo_lab.config import DPO_LOSS_TYPES, ConfigError, Precision, RunConfig, register_configs, validate
-from dpo_lab.overrides import check_overrides
-from dpo_lab.resolvers import register_resolvers
+from dpo_lab.config.overrides import check_overrides
+from dpo_lab.config.resolvers import register_resolvers
+from dpo_lab.config.schemas import (
+    DPO_LOSS_TYPES,
+    ConfigError,
+    Precision,
+    RunConfig,
+    register_configs,
+    validate,
+)
 from dpo_lab.run import to_run_config
 from tests.helpers import CONF, compose_config, run_cli
 

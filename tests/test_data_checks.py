@@ -14,11 +14,11 @@ import pytest
 from datasets import Dataset
 
 from dpo_lab.assets import TINY_MODEL_DIR
-from dpo_lab.config import ConfigError, DataConfig, ModelConfig, OnInvalid
-from dpo_lab.data import load_preference_data
-from dpo_lab.data_checks import DataError
-from dpo_lab.data_report import common_prefix_length, format_report, length_stats, split_report, token_lengths
-from dpo_lab.model import load_tokenizer
+from dpo_lab.config.schemas import ConfigError, DataConfig, ModelConfig, OnInvalid
+from dpo_lab.data.checks import DataError
+from dpo_lab.data.loading import load_preference_data
+from dpo_lab.data.report import common_prefix_length, format_report, length_stats, split_report, token_lengths
+from dpo_lab.model.loading import load_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +115,7 @@ def test_drop_drops_exactly_the_bad_rows_and_counts_them(tmp_path: Path) -> None
 
 def test_drop_is_logged_with_counts_and_first_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = crafted_file(tmp_path)
-    with caplog.at_level("WARNING", logger="dpo_lab.data"):
+    with caplog.at_level("WARNING", logger="dpo_lab.data.loading"):
         load_preference_data(cfg_for(path, on_invalid=OnInvalid.drop), seed=0)
     text = caplog.text
     assert f"dropped 7 invalid rows of {path} (empty_response=2, missing_field=1" in text

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_lab.config import DataColumns, DataFormat
-from dpo_lab.data_formats import (
+from dpo_lab.config.schemas import DataColumns, DataFormat
+from dpo_lab.data.formats import (
     Pair,
     Reason,
     RowProblem,

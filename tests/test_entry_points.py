@@ -7,8 +7,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dpo_lab.cli import typed_config
-from dpo_lab.config import (
+from dpo_lab.cli.common import typed_config
+from dpo_lab.config.overrides import check_overrides
+from dpo_lab.config.resolvers import register_resolvers
+from dpo_lab.config.schemas import (
     CompareConfig,
     ConfigError,
     GenerateConfig,
@@ -17,9 +19,7 @@ from dpo_lab.config import (
     register_configs,
     validate,
 )
-from dpo_lab.overrides import check_overrides
-from dpo_lab.resolvers import register_resolvers
-from dpo_lab.run_folder import read_run
+from dpo_lab.runs.folder import read_run
 from tests.helpers import CONF, compose_config, run_cli
 
 SCHEMAS = {"generate": GenerateConfig, "merge": MergeConfig, "compare": CompareConfig}
@@ -104,12 +104,16 @@ def test_read_run_needs_a_finished_run(tmp_path) -> None:
     ("module", "args", "expected"),
     [
         (
-            "dpo_lab.generate",
+            "dpo_lab.cli.generate",
             ["run=/no/such/run", "prompt=hi"],
             "dpo_lab: invalid config: run: no such run folder",
         ),
-        ("dpo_lab.generate", ["run=/r", "prompt=hi", "generation.temprature=0.5"], "generation.temprature"),
-        ("dpo_lab.merge", ["run=/no/such/run"], "dpo_lab: invalid config: run: no such run folder"),
+        (
+            "dpo_lab.cli.generate",
+            ["run=/r", "prompt=hi", "generation.temprature=0.5"],
+            "generation.temprature",
+        ),
+        ("dpo_lab.cli.merge", ["run=/no/such/run"], "dpo_lab: invalid config: run: no such run folder"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(module: str, args: list[str], expected: str, tmp_path) -> None:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dpo_lab.flops import (
+from dpo_lab.train.flops import (
     ModelShapes,
     TokenCounts,
     backward_flops,
@@ -22,7 +22,7 @@ from dpo_lab.flops import (
     model_shapes,
     token_ratios,
 )
-from dpo_lab.throughput import StepClock, process_started_at, step_timing
+from dpo_lab.train.speed import StepClock, process_started_at, step_timing
 
 # 2 layers, attention width 4, 100 frozen decoder weights, a 30-weight LM head, 10 LoRA weights;
 # two sequences of 4 tokens (T = 8, S2 = 4^2 + 4^2 = 32), 3 of them completion tokens.
@@ -80,7 +80,7 @@ def test_shapes_of_the_tiny_model_with_lora() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from dpo_lab.resolvers import asset_path
+    from dpo_lab.config.resolvers import asset_path
 
     model = AutoModelForCausalLM.from_pretrained(asset_path("tiny-llama"))
     peft_model = get_peft_model(model, LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
@@ -118,7 +118,7 @@ def test_step_timing_and_process_start() -> None:
 
 
 def test_first_job_starts_at_process_start_and_later_jobs_at_their_call(monkeypatch) -> None:
-    import dpo_lab.throughput as throughput
+    import dpo_lab.train.speed as throughput
 
     monkeypatch.setattr(throughput, "_first_job_started", False)
     monkeypatch.setattr(throughput, "process_started_at", lambda: time.time() - 50.0)

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from dpo_lab.config import DType, Precision
-from dpo_lab.hardware import cpu_has_native_bf16, resolve_dtype, resolve_precision
+from dpo_lab.config.schemas import DType, Precision
+from dpo_lab.model.hardware import cpu_has_native_bf16, resolve_dtype, resolve_precision
 
 
 def test_cpu_bf16_needs_avx512_bf16_or_amx() -> None:
@@ -23,8 +23,8 @@ def test_cpu_bf16_needs_avx512_bf16_or_amx() -> None:
 def test_auto_precision_follows_a_onednn_isa_limit() -> None:
     """With oneDNN held to AVX2, bf16 is a slow reference loop even on a bf16 CPU: auto picks fp32."""
     code = (
-        "from dpo_lab.config import Precision\n"
-        "from dpo_lab.hardware import onednn_bf16_enabled, resolve_precision\n"
+        "from dpo_lab.config.schemas import Precision\n"
+        "from dpo_lab.model.hardware import onednn_bf16_enabled, resolve_precision\n"
         "print(onednn_bf16_enabled(), resolve_precision(Precision.auto, 'cpu').value)"
     )
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -38,9 +38,9 @@ def test_explicit_precision_is_kept() -> None:
 
 
 def test_auto_precision_on_cpu_matches_flags(monkeypatch) -> None:
-    monkeypatch.setattr("dpo_lab.hardware.cpu_has_native_bf16", lambda flags=None: False)
+    monkeypatch.setattr("dpo_lab.model.hardware.cpu_has_native_bf16", lambda flags=None: False)
     assert resolve_precision(Precision.auto, "cpu") is Precision.fp32
-    monkeypatch.setattr("dpo_lab.hardware.cpu_has_native_bf16", lambda flags=None: True)
+    monkeypatch.setattr("dpo_lab.model.hardware.cpu_has_native_bf16", lambda flags=None: True)
     assert resolve_precision(Precision.auto, "cpu") is Precision.bf16
 
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from dpo_lab import report
-from dpo_lab.history import HISTORY_FILE, append_record, read_history, series
+from dpo_lab.sweep import report
+from dpo_lab.track.history import HISTORY_FILE, append_record, read_history, series
 
 
 def make_job(sweep: Path, num: int, beta: float, r: int, status: str | None, accuracy: float | None = None,
@@ -97,7 +97,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert report.main([str(tmp_path / "nope")]) == 2
     assert report.main([str(tmp_path)]) == 2  # a folder without run folders
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("dpo_lab.report: ") for line in err)
+    assert len(err) == 2 and all(line.startswith("dpo_lab.sweep.report: ") for line in err)
 
 
 def test_hydra_callback_reports_with_the_sweep_objective(sweep: Path, capsys) -> None:

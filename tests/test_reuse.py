@@ -11,7 +11,8 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from dpo_lab.config import (
+from dpo_lab.config.resolvers import asset_path
+from dpo_lab.config.schemas import (
     DataConfig,
     DPOConfig,
     DType,
@@ -21,9 +22,8 @@ from dpo_lab.config import (
     RunConfig,
     TrainConfig,
 )  # fmt: skip
-from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
-from dpo_lab.resolvers import asset_path
-from dpo_lab.reuse import (
+from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.sweep.cache import (
     ModelSnapshot,
     SweepCache,
     clear_process_cache,
@@ -32,7 +32,7 @@ from dpo_lab.reuse import (
     ref_log_probs_key,
     tokenized_key,
 )
-from dpo_lab.trainer import build_dpo_args, build_trainer
+from dpo_lab.train.trainer import build_dpo_args, build_trainer
 from tests.helpers import ROOT
 
 
@@ -119,7 +119,7 @@ def test_job_two_starts_from_clean_base_weights_and_reuses_data_and_ref_log_prob
 
 
 def _datasets(cfg: RunConfig):
-    from dpo_lab.data import load_preference_data
+    from dpo_lab.data.loading import load_preference_data
 
     data = load_preference_data(cfg.data, cfg.seed)
     return data.train, data.eval
@@ -175,7 +175,7 @@ def test_cache_is_per_process_and_off_outside_sweeps() -> None:
     os.waitpid(pid, 0)
     assert os.read(read, 10) == b"own"
     # a new process starts with nothing cached (joblib / submitit workers)
-    code = "from dpo_lab import reuse; print(reuse._process_cache is None)"
+    code = "from dpo_lab.sweep import cache; print(cache._process_cache is None)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
     clear_process_cache()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from dpo_lab import distributed
-from dpo_lab.config import ConfigError
-from dpo_lab.guards import NonFiniteError, NonFiniteGuard, first_nonfinite_grad
-from dpo_lab.preemption import Preemption
+from dpo_lab.config.schemas import ConfigError
+from dpo_lab.train import distributed
+from dpo_lab.train.guards import NonFiniteError, NonFiniteGuard, first_nonfinite_grad
+from dpo_lab.train.preemption import Preemption
 from tests.test_checkpoints import fake_checkpoint
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dpo_lab.flops import ModelShapes, counts_from_ratios, dpo_step_flops
+from dpo_lab.train.flops import ModelShapes, counts_from_ratios, dpo_step_flops
 from tests.helpers import run_cli, wandb_summary
 
 SMALL = ["train.max_steps=4", "train.logging_steps=1", "data.max_train_samples=32", "data.max_eval_samples=8",

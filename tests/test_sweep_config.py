@@ -11,11 +11,11 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution
 
-from dpo_lab.config import ConfigError, Direction, ObjectiveConfig, register_configs
-from dpo_lab.objective import NonFiniteMetricError, better, check_finite, objective_value
-from dpo_lab.overrides import check_overrides
-from dpo_lab.resolvers import register_resolvers
+from dpo_lab.config.overrides import check_overrides
+from dpo_lab.config.resolvers import register_resolvers
+from dpo_lab.config.schemas import ConfigError, Direction, ObjectiveConfig, register_configs
 from dpo_lab.run import to_run_config
+from dpo_lab.sweep.objective import NonFiniteMetricError, better, check_finite, objective_value
 from tests.helpers import CONF, compose_config
 
 PRESETS = sorted((CONF / "sweep").glob("*.yaml"))
@@ -131,4 +131,4 @@ def test_sweep_and_job_folders_never_collide() -> None:
     hydra_cfg = OmegaConf.to_container(compose_with_hydra([]).hydra, resolve=False)
     assert hydra_cfg["sweep"]["dir"].endswith("${now:%H-%M-%S-%f}")  # microseconds: same-second sweeps differ
     assert hydra_cfg["sweep"]["subdir"] == "${hydra.job.num}"  # one folder per job inside a sweep
-    assert hydra_cfg["callbacks"]["sweep_report"]["_target_"] == "dpo_lab.report.SweepReportCallback"
+    assert hydra_cfg["callbacks"]["sweep_report"]["_target_"] == "dpo_lab.sweep.report.SweepReportCallback"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpo_lab import report
+from dpo_lab.sweep import report
 from tests.helpers import ROOT, run_cli, wandb_records
 
 # few steps, few pairs, short sequences: each job takes seconds of compute
@@ -208,7 +208,7 @@ def test_a_failing_job_is_recorded_and_the_others_complete(failing) -> None:
 @pytest.mark.slow
 def test_objective_metric_names_match_what_trl_reports(grid) -> None:
     """Every objective.metric allowed by the schema is a held-out metric TRL reported in a real job."""
-    from dpo_lab.config import OBJECTIVE_METRICS
+    from dpo_lab.config.schemas import OBJECTIVE_METRICS
 
     sweep, _ = grid
     reported = {k[5:] for k in _metrics(sweep / "0")["eval"] if k.startswith("eval_")}

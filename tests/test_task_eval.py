@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from dpo_lab.config import CheckerConfig, ConfigError, DataConfig, TaskEvalConfig
-from dpo_lab.data import load_preference_data
-from dpo_lab.resolvers import asset_path
-from dpo_lab.task_eval import (
+from dpo_lab.config.resolvers import asset_path
+from dpo_lab.config.schemas import CheckerConfig, ConfigError, DataConfig, TaskEvalConfig
+from dpo_lab.data.loading import load_preference_data
+from dpo_lab.evaluation.task import (
     CheckResult,
     accuracy,
     check_number,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpo_lab.config import DataConfig, DPOConfig, LoraConfig, ModelConfig, Precision, TrainConfig
-from dpo_lab.data import load_preference_data
-from dpo_lab.model import build_lora_config, load_base_model, load_tokenizer
-from dpo_lab.resolvers import asset_path
-from dpo_lab.trainer import build_dpo_args, build_trainer
+from dpo_lab.config.resolvers import asset_path
+from dpo_lab.config.schemas import DataConfig, DPOConfig, LoraConfig, ModelConfig, Precision, TrainConfig
+from dpo_lab.data.loading import load_preference_data
+from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.train.trainer import build_dpo_args, build_trainer
 
 
 def _build(tmp_path, **train_overrides):

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 
-from dpo_lab.overrides import check_overrides
+from dpo_lab.config.overrides import check_overrides
 from dpo_lab.run import to_run_config
 from tests.helpers import ROOT, compose_config
 

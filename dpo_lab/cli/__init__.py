@@ -1,0 +1,1 @@
+"""Console commands: training's siblings that work on finished runs (generate, merge, compare, report)."""

@@ -1,0 +1,1 @@
+"""Config schemas, command-line override checks and OmegaConf resolvers."""

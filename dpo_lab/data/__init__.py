@@ -1,0 +1,1 @@
+"""Preference data: sources, row formats, checks, loading and the data report."""

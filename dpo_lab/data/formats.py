@@ -1,0 +1,303 @@
+"""Preference-row shapes: detect which one a dataset uses and normalise a row to TRL's conversational form.
+
+Every shape becomes ``prompt`` (a list of ``{role, content}`` messages ending with the user) and ``chosen`` /
+``rejected`` (each a single assistant message), so the run applies the tokenizer's chat template through
+TRL whatever the source looked like:
+
+- ``standard``: ``prompt``, ``chosen``, ``rejected`` strings.
+- ``conversational``: ``prompt`` a list of messages (multi-turn, a leading system message allowed);
+  ``chosen`` / ``rejected`` a list holding one assistant message (a plain string is taken as its content).
+- ``implicit_prompt``: ``chosen`` / ``rejected`` full conversations; the messages they share from the start
+  are the prompt and the rest of each is the response (TRL's ``extract_prompt`` convention).
+- ``hh``: Anthropic HH-RLHF transcripts, ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` strings; parsed into
+  turns, then split like ``implicit_prompt``. Consecutive turns of the same speaker (a glitch of the HH
+  collection, e.g. two ``Assistant:`` turns in a row) are one message, their texts joined by a blank line.
+
+A row that does not fit its shape yields a :class:`RowProblem` (a reason code, the source field, a
+sentence) instead of messages; :mod:`dpo_lab.data.checks` turns those into errors or drop counts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dpo_lab.config.schemas import DataColumns, DataFormat
+
+Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
+
+
+class Reason:
+    """Reason codes of invalid rows: the keys of the drop counts in the log, metrics.json and W&B."""
+
+    unparseable = "unparseable"
+    missing_field = "missing_field"
+    non_string_content = "non_string_content"
+    bad_role_sequence = "bad_role_sequence"
+    empty_prompt = "empty_prompt"
+    empty_response = "empty_response"
+    identical_responses = "identical_responses"
+    prompt_too_long = "prompt_too_long"
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """Why one row cannot be used: a reason code, the source field it concerns, and a sentence."""
+
+    reason: str
+    field: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A normalised preference pair: prompt messages ending with the user, one assistant message each."""
+
+    prompt: list[Message]
+    chosen: Message
+    rejected: Message
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str, field: str, detail: str):
+        super().__init__(detail)
+        self.problem = RowProblem(reason, field, detail)
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+
+def detect_format(record: Mapping[str, Any], columns: DataColumns) -> DataFormat | None:
+    """The shape of one row, or None when it fits none (missing or mistyped fields)."""
+    prompt = record.get(columns.prompt)
+    chosen, rejected = record.get(columns.chosen), record.get(columns.rejected)
+    if _is_messages(chosen) and _is_messages(rejected):
+        if chosen and rejected and chosen[0].get("role") == "assistant":
+            return DataFormat.conversational if _is_messages(prompt) and prompt else None
+        return DataFormat.implicit_prompt
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if isinstance(prompt, str):
+            return DataFormat.standard
+        if _is_messages(prompt) and prompt:
+            return DataFormat.conversational
+        if prompt is None and looks_like_hh(chosen) and looks_like_hh(rejected):
+            return DataFormat.hh
+    return None
+
+
+def looks_like_hh(text: str) -> bool:
+    """An HH-RLHF transcript opens with a ``Human:`` turn and has an ``Assistant:`` turn."""
+    return text.lstrip().startswith("Human:") and "\n\nAssistant:" in text
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, Mapping) and "role" in m for m in value)
+
+
+# ---------------------------------------------------------------------------------------------- normalisation
+
+
+def normalise_record(
+    record: Any, fmt: DataFormat, columns: DataColumns, system_prompt: str | None = None
+) -> Pair | RowProblem:
+    """One source row in shape ``fmt`` -> a :class:`Pair`, or the first :class:`RowProblem` found."""
+    if not isinstance(record, Mapping):
+        return RowProblem(Reason.unparseable, "(row)", f"expected an object, got {type(record).__name__}")
+    try:
+        pair = _NORMALISERS[fmt](record, columns)
+        pair = _with_system_prompt(pair, system_prompt)
+        _check_pair(pair, columns, fmt)
+    except _Invalid as err:
+        return err.problem
+    return pair
+
+
+def _field(record: Mapping[str, Any], name: str) -> Any:
+    value = record.get(name)
+    if value is None:
+        raise _Invalid(Reason.missing_field, name, f"missing field {name!r}")
+    return value
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(Reason.non_string_content, field, f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _messages(value: Any, field: str) -> list[Message]:
+    """A list of ``{role, content}`` messages with string contents (other keys are not kept)."""
+    if not isinstance(value, list):
+        raise _Invalid(
+            Reason.non_string_content, field, f"expected a list of messages, got {_type_name(value)}"
+        )
+    out = []
+    for i, message in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise _Invalid(
+                Reason.non_string_content, where, "expected a message with 'role' and 'content' keys"
+            )
+        role = message["role"]
+        if role not in ROLES:
+            raise _Invalid(
+                Reason.bad_role_sequence,
+                f"{where}.role",
+                f"unknown role {role!r}; allowed: {', '.join(ROLES)}",
+            )
+        out.append({"role": role, "content": _text(message["content"], f"{where}.content")})
+    return out
+
+
+def _response(value: Any, field: str) -> Message:
+    """A response given as a string, or as a list holding exactly one assistant message."""
+    if isinstance(value, str):
+        return {"role": "assistant", "content": value}
+    messages = _messages(value, field)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        roles = ", ".join(m["role"] for m in messages) or "none"
+        raise _Invalid(
+            Reason.bad_role_sequence,
+            field,
+            f"expected a single assistant message, got {len(messages)} ({roles}); if chosen and rejected "
+            "hold whole conversations use data.format=implicit_prompt",
+        )
+    return messages[0]
+
+
+def _standard(record: Mapping[str, Any], columns: DataColumns) -> Pair:
+    prompt = _text(_field(record, columns.prompt), columns.prompt)
+    return Pair(
+        prompt=[{"role": "user", "content": prompt}],
+        chosen={"role": "assistant", "content": _text(_field(record, columns.chosen), columns.chosen)},
+        rejected={"role": "assistant", "content": _text(_field(record, columns.rejected), columns.rejected)},
+    )
+
+
+def _conversational(record: Mapping[str, Any], columns: DataColumns) -> Pair:
+    return Pair(
+        prompt=_messages(_field(record, columns.prompt), columns.prompt),
+        chosen=_response(_field(record, columns.chosen), columns.chosen),
+        rejected=_response(_field(record, columns.rejected), columns.rejected),
+    )
+
+
+def _implicit_prompt(record: Mapping[str, Any], columns: DataColumns) -> Pair:
+    chosen = _messages(_field(record, columns.chosen), columns.chosen)
+    rejected = _messages(_field(record, columns.rejected), columns.rejected)
+    return _split_shared_prefix(chosen, rejected, columns, Reason.bad_role_sequence)
+
+
+def _hh(record: Mapping[str, Any], columns: DataColumns) -> Pair:
+    chosen = parse_hh_transcript(_text(_field(record, columns.chosen), columns.chosen), columns.chosen)
+    rejected = parse_hh_transcript(
+        _text(_field(record, columns.rejected), columns.rejected), columns.rejected
+    )
+    return _split_shared_prefix(chosen, rejected, columns, Reason.unparseable)
+
+
+def _split_shared_prefix(
+    chosen: list[Message], rejected: list[Message], columns: DataColumns, reason: str
+) -> Pair:
+    """The messages both conversations open with are the prompt; each must then have one assistant reply."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == len(chosen) == len(rejected):
+        last = chosen[-1] if chosen else {"role": "assistant", "content": ""}
+        return Pair(prompt=chosen[:-1], chosen=last, rejected=dict(last))  # flagged as identical later
+    if shared == 0:
+        raise _Invalid(
+            reason, columns.chosen, "chosen and rejected share no opening message: no common prompt"
+        )
+    for field, messages in ((columns.chosen, chosen), (columns.rejected, rejected)):
+        rest = messages[shared:]
+        if len(rest) != 1 or rest[0]["role"] != "assistant":
+            roles = ", ".join(m["role"] for m in rest) or "none"
+            raise _Invalid(
+                reason,
+                field,
+                f"after the {shared} message(s) shared with the other response, expected one assistant "
+                f"message, got {len(rest)} ({roles})",
+            )
+    return Pair(prompt=chosen[:shared], chosen=chosen[shared], rejected=rejected[shared])
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def parse_hh_transcript(text: str, field: str = "chosen") -> list[Message]:
+    """``"\\n\\nHuman: a\\n\\nAssistant: b"`` -> ``[{user: a}, {assistant: b}]`` (raises on a malformed one).
+
+    Turn contents are stripped of surrounding whitespace; consecutive turns of one speaker become one message.
+    """
+    body = text.lstrip()
+    if not body.startswith("Human:"):
+        detail = "does not start with a 'Human:' turn"
+        raise _Invalid(Reason.unparseable, field, f"cannot parse the HH transcript: {detail}")
+    parts = _HH_TURN.split("\n\n" + body)
+    messages: list[Message] = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
+        role = "user" if speaker == "Human" else "assistant"
+        content = content.strip()
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] = "\n\n".join(c for c in (messages[-1]["content"], content) if c)
+        else:
+            messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "assistant":
+        raise _Invalid(
+            Reason.unparseable,
+            field,
+            "cannot parse the HH transcript: it ends with a Human turn, not a response",
+        )
+    return messages
+
+
+_NORMALISERS = {
+    DataFormat.standard: _standard,
+    DataFormat.conversational: _conversational,
+    DataFormat.implicit_prompt: _implicit_prompt,
+    DataFormat.hh: _hh,
+}
+
+
+def _with_system_prompt(pair: Pair, system_prompt: str | None) -> Pair:
+    if system_prompt is None or (pair.prompt and pair.prompt[0]["role"] == "system"):
+        return pair
+    return Pair([{"role": "system", "content": system_prompt}, *pair.prompt], pair.chosen, pair.rejected)
+
+
+# ---------------------------------------------------------------------------------------------- row rules
+
+
+def _check_pair(pair: Pair, columns: DataColumns, fmt: DataFormat) -> None:
+    """Role sequence, empty texts and identical responses (lengths are checked once tokenised)."""
+    prompt_field = columns.chosen if fmt in (DataFormat.implicit_prompt, DataFormat.hh) else columns.prompt
+    roles = [m["role"] for m in pair.prompt]
+    if "system" in roles[1:]:
+        raise _Invalid(
+            Reason.bad_role_sequence,
+            prompt_field,
+            f"a system message may only open the prompt; roles are {', '.join(roles)}",
+        )
+    if not roles or roles[-1] != "user":
+        raise _Invalid(
+            Reason.bad_role_sequence,
+            prompt_field,
+            "the prompt must end with a user message before the responses; "
+            f"roles are {', '.join(roles) or 'none'}",
+        )
+    if not pair.prompt[-1]["content"].strip():
+        raise _Invalid(Reason.empty_prompt, prompt_field, "the last user message of the prompt is empty")
+    for field, message in ((columns.chosen, pair.chosen), (columns.rejected, pair.rejected)):
+        if not message["content"].strip():
+            raise _Invalid(Reason.empty_response, field, "empty response")
+    if pair.chosen["content"].strip() == pair.rejected["content"].strip():
+        raise _Invalid(Reason.identical_responses, columns.chosen, "chosen is identical to rejected")

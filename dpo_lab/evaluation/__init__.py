@@ -1,0 +1,1 @@
+"""After training: generation, task evaluation against ground truth."""

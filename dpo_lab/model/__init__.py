@@ -1,0 +1,1 @@
+"""Tokenizer and base model loading, LoRA config, and the hardware/precision they depend on."""

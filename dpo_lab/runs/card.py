@@ -1,0 +1,162 @@
+"""The model card: a Hugging Face adapter card (YAML front matter + usage + what was trained, how)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_PACKAGES = ("dpo_lab", "trl", "transformers", "peft", "torch", "datasets", "bitsandbytes", "accelerate")
+
+
+def framework_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape a run's result."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _table(rows: Mapping[str, Any]) -> str:
+    lines = ["| key | value |", "|---|---|"]
+    lines += [f"| {key} | {_fmt(value)} |" for key, value in rows.items()]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def render_model_card(
+    *,
+    base_model: str,
+    dataset: str,
+    hyperparameters: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    quantization: str,
+    notes: str = "",
+) -> str:
+    """Markdown text of the adapter's README.md."""
+    front = {
+        "base_model": base_model,
+        "library_name": "peft",
+        "pipeline_tag": "text-generation",
+        "tags": ["dpo", "lora", "transformers", "trl", "dpo_lab"]
+        + (["qlora"] if quantization != "none" else []),
+        "datasets": [dataset],
+    }
+    quick_start = (
+        "```python\n"
+        "from transformers import pipeline\n\n"
+        'generator = pipeline("text-generation", model="<path to this folder>")\n'
+        'messages = [{"role": "user", "content": "What is the future value of $1,000 at 5% for 3 years?"}]\n'
+        'print(generator(messages, max_new_tokens=128, return_full_text=False)[0]["generated_text"])\n'
+        "```\n\n"
+        "or with PEFT directly:\n\n"
+        "```python\n"
+        "from peft import AutoPeftModelForCausalLM\n\n"
+        'model = AutoPeftModelForCausalLM.from_pretrained("<path to this folder>")\n'
+        "```\n\n"
+        "or with dpo_lab, from the run folder that holds this one (chat, prompt files, a merged copy):\n\n"
+        "```bash\n"
+        "python -m dpo_lab.cli.generate run=<run folder> 'prompt=\"What is 5% of $1,000?\"'\n"
+        "python -m dpo_lab.cli.merge run=<run folder>\n"
+        "```\n"
+    )
+    sections = [
+        "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n",
+        "# DPO LoRA adapter\n",
+        f"A LoRA adapter for `{base_model}` trained with Direct Preference Optimization (TRL's DPOTrainer) "
+        f"by dpo_lab. The reference model was the base model with the adapter disabled.{notes}\n",
+        "## Quick start\n",
+        quick_start,
+        "## Training data\n",
+        f"`{dataset}`\n",
+        "## Hyperparameters\n",
+        _table(hyperparameters) + "\n",
+        "## Results\n",
+        _table(metrics) + "\n" + (_TASK_NOTE if any(k.startswith("task/") for k in metrics) else ""),
+        "## Framework versions\n",
+        _table(framework_versions()) + "\n",
+    ]
+    return "\n".join(sections)
+
+
+_TASK_NOTE = (
+    "\n`task/accuracy_before` / `task/accuracy_after`: share of held-out prompts whose generated answer the "
+    "task checker scored correct, answered by the base model (adapter disabled) and with this adapter; "
+    "the answers are in `samples_before.jsonl` / `samples_after.jsonl` of the run folder.\n"
+)
+
+
+def write_model_card(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def render_merged_card(
+    *,
+    base_model: str,
+    adapter: str,
+    dtype: str,
+    dequantized_from: str | None,
+    max_logit_diff: float,
+) -> str:
+    """Markdown text of a merged model's README.md: what it is, how it loads, how it was made."""
+    front = {
+        "base_model": base_model,
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["dpo", "lora", "merged", "transformers", "dpo_lab"],
+    }
+    quick_start = (
+        "```python\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        'model = AutoModelForCausalLM.from_pretrained("<path to this folder>")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("<path to this folder>")\n'
+        'messages = [{"role": "user", "content": "What is the future value of $1,000 at 5% for 3 years?"}]\n'
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+        "return_dict=True)\n"
+        "output = model.generate(**inputs, max_new_tokens=128)\n"
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n'
+        "```\n"
+    )
+    if dequantized_from is None:
+        how = f"The LoRA update was added to the `{dtype}` base weights (`merge_and_unload`)."
+    else:
+        how = (
+            f"**Dequantized base.** The adapter was trained on the base stored in {dequantized_from} "
+            f"(bitsandbytes). Before merging, those {dequantized_from} weights were dequantized to `{dtype}` "
+            "and the LoRA update was added to them, so these weights are "
+            f"dequantize({dequantized_from} base) + update: not the original full-precision checkpoint "
+            "plus the update. They are stored unquantized; pass a `quantization_config` when loading to "
+            "quantize them again."
+        )
+    made = {
+        "adapter": adapter,
+        "base model": base_model,
+        "dtype": dtype,
+        "dequantized from": dequantized_from or "- (base not quantized)",
+        "max abs logit difference to the adapter model (probe prompt)": max_logit_diff,
+    }
+    sections = [
+        "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n",
+        "# DPO model (LoRA adapter merged)\n",
+        f"`{base_model}` with a LoRA adapter trained by dpo_lab (Direct Preference Optimization) folded into "
+        "its weights: a standalone model, no PEFT needed.\n",
+        "## Quick start\n",
+        quick_start,
+        "## How it was made\n",
+        how + "\n",
+        _table(made) + "\n",
+        "## Framework versions\n",
+        _table(framework_versions()) + "\n",
+    ]
+    return "\n".join(sections)

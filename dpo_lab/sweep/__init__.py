@@ -1,0 +1,1 @@
+"""Sweeps: the same-process cache, the objective, the report and its plots."""

@@ -1,0 +1,1 @@
+"""Tracking: the W&B run lifecycle and the per-step log history."""

@@ -1,0 +1,240 @@
+"""The W&B run lifecycle: one run per experiment, created, fed and finished by dpo_lab itself.
+
+transformers' own W&B callback reuses whatever run is active and never finishes it, so in a same-process
+multirun job 2 would log into job 1's run; dpo_lab therefore sets ``report_to="none"`` and logs TRL's
+metrics through :class:`MetricsCallback` into the run it owns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from dpo_lab.config.schemas import LoggerBackend, LoggerConfig, WandbMode
+from dpo_lab.runs.atomic import atomic_write_json
+from dpo_lab.track.history import append_record
+from dpo_lab.train.distributed import is_main_process
+
+log = logging.getLogger(__name__)
+
+WANDB_HOST = ("api.wandb.ai", 443)
+RUN_ID_FILE = "wandb_run.json"
+
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact(value: Any) -> Any:
+    """A copy of a nested config with the values of secret-looking keys replaced."""
+    if isinstance(value, dict):
+        return {k: REDACTED if SECRET_KEY.search(str(k)) and v else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def git_state(path: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the git checkout holding ``path`` (None outside a checkout)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def has_api_key() -> bool:
+    """An API key from the environment or ~/.netrc (never read into any config)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def network_reachable(host: tuple[str, int] = WANDB_HOST, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_mode(mode: WandbMode) -> str:
+    """``auto`` -> online with an API key and a reachable server, offline otherwise (never a hang)."""
+    if mode is not WandbMode.auto:
+        return mode.value
+    base_url = os.environ.get("WANDB_BASE_URL", "")
+    host = WANDB_HOST
+    if base_url.startswith("http"):
+        netloc = base_url.split("://", 1)[1].split("/", 1)[0]
+        name, _, port = netloc.partition(":")
+        host = (name, int(port) if port else (443 if base_url.startswith("https") else 80))
+    return "online" if has_api_key() and network_reachable(host) else "offline"
+
+
+@dataclass
+class Tracker:
+    """A live W&B run, or a no-op when logging is off."""
+
+    run: Any = None  # wandb.sdk.wandb_run.Run
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log({**metrics, "train/global_step": step})
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """Log a table (e.g. sample generations) under ``key``."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Table(columns=columns, data=rows), "train/global_step": step})
+
+    def summarize(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def log_artifact(self, folder: Path, name: str, kind: str, metadata: dict[str, Any]) -> None:
+        """Upload a folder (e.g. the adapter with its model card) as a versioned W&B artifact."""
+        if self.run is not None:
+            import wandb
+
+            artifact = wandb.Artifact(name=name, type=kind, metadata=metadata)
+            artifact.add_dir(str(folder))
+            self.run.log_artifact(artifact)
+
+    def finish_preempted(self, step: int, exit_code: int) -> None:
+        """Finish as preempted: a ``preempting`` record, the step it stopped at, a non-zero exit code."""
+        if self.run is not None:
+            self.summarize({"status": "preempted", "preempted_at_step": step})
+            self.run.mark_preempting()
+            self.finish(exit_code=exit_code)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            offline = self.run.settings.mode == "offline"
+            run_dir = Path(self.run.dir).parent
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+            if offline:
+                log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
+
+
+def stored_run_id(run_dir: Path) -> str | None:
+    """The W&B run id an earlier attempt in this run folder stored, if any."""
+    path = run_dir / RUN_ID_FILE
+    return json.loads(path.read_text())["id"] if path.is_file() else None
+
+
+def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name: str, group: str) -> Tracker:
+    """Create the run for this experiment (its id is stored in the run folder), or continue the stored one
+    when the run folder was started before (resume). Only the main process of a multi-process run logs."""
+    if cfg.backend is LoggerBackend.none or cfg.mode is WandbMode.disabled or not is_main_process():
+        return Tracker()
+    import wandb
+
+    run_id = stored_run_id(run_dir)
+    mode = resolve_mode(cfg.mode)
+    wandb_dir = Path(cfg.dir).expanduser() if cfg.dir else run_dir
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        name=name,
+        group=group,
+        tags=list(cfg.tags),
+        job_type=cfg.job_type,
+        notes=cfg.notes,
+        config=redact(config),
+        dir=str(wandb_dir),
+        mode=mode,
+        reinit="finish_previous",
+        id=run_id,
+        resume="allow" if run_id else None,
+        settings=wandb.Settings(init_timeout=60, console="off"),
+    )
+    run.define_metric("train/global_step")
+    run.define_metric("*", step_metric="train/global_step", step_sync=True)
+    atomic_write_json(
+        run_dir / RUN_ID_FILE, {"id": run.id, "project": cfg.project, "entity": cfg.entity, "mode": mode}
+    )
+    log.info("W&B run %s (%s, %s%s)", run.id, name, mode, ", resumed" if run_id else "")
+    return Tracker(run)
+
+
+def prefixed(metrics: dict[str, float]) -> dict[str, float]:
+    """``eval_loss`` -> ``eval/loss``; anything else -> ``train/<key>``."""
+    out = {}
+    for key, value in metrics.items():
+        if not isinstance(value, (int, float)):
+            continue
+        if key.startswith("eval_"):
+            out[f"eval/{key[5:]}"] = value
+        elif key.startswith("train_"):
+            out[f"train/{key[6:]}"] = value
+        else:
+            out[f"train/{key}"] = value
+    return out
+
+
+# Trainer's end-of-training log -> summary keys (its train_loss is the mean over the run, not a step's loss)
+END_OF_TRAINING = {
+    "train_runtime": "train/runtime",
+    "train_samples_per_second": "train/samples_per_second",
+    "train_steps_per_second": "train/steps_per_second",
+    "train_loss": "train/mean_loss",
+    "total_flos": "train/total_flos",
+}
+
+
+class MetricsCallback(TrainerCallback):
+    """Forward every Trainer log to the tracker under train/ and eval/, with the peak memory.
+
+    Trainer's step logs already carry ``train_tokens_per_second`` (we set include_num_input_tokens_seen).
+    """
+
+    def __init__(self, tracker: Tracker, peak_memory_mb: Callable[[], float]):
+        self.tracker = tracker
+        self.peak_memory_mb = peak_memory_mb
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        if "train_loss" in logs:  # the end-of-training aggregate: summary values, not a history point
+            self.tracker.summarize({END_OF_TRAINING[k]: v for k, v in logs.items() if k in END_OF_TRAINING})
+            return
+        metrics = prefixed(logs)
+        if not any(key.startswith("eval_") for key in logs):
+            metrics["train/peak_memory_mb"] = self.peak_memory_mb()
+        self.tracker.log(metrics, step=state.global_step)
+
+
+class LogHistoryCallback(TrainerCallback):
+    """Append every Trainer log (step logs, evaluations) to the run folder's ``log_history.jsonl``, which
+    the sweep report reads for its curves (works with any logger, W&B or none)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            append_record(self.path, state.global_step, logs)

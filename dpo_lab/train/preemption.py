@@ -1,0 +1,103 @@
+"""Preemption: SIGTERM / SIGUSR2 during training -> checkpoint at the next step boundary, stop, requeue.
+
+Clusters announce the end of a job with a signal some time before they kill it: SLURM sends SIGTERM on
+preemption and, with ``--signal=USR2@<s>``, SIGUSR2 before the time limit (submitit asks for that). While
+training runs, :class:`Preemption` replaces the handlers of both signals with one that only records the
+signal. :class:`PreemptionCallback` checks the record after every optimizer step (agreed across processes,
+so all ranks stop at the same step) and makes the Trainer save a checkpoint and stop. The run then finishes
+its W&B run as preempted and calls :meth:`Preemption.exit_for_requeue`: if a handler was installed before
+(submitit's, which dumps the job and requeues it: ``scontrol requeue`` on SLURM, exit code 144 with the
+local executor), it is called now that the checkpoint is safe; otherwise, or if it returns, the process exits
+with ``128 + signal number`` (143 for SIGTERM, 140 for SIGUSR2), as if the signal had ended it. Running the
+same command again (the requeued job does) resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+from transformers import TrainerCallback
+
+from dpo_lab.train.distributed import any_process
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class Preemption:
+    """Records a preemption signal while armed; the training loop acts on it at a step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stopped_at_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def stopped_training(self) -> bool:
+        """True when a signal stopped training at a step boundary (a checkpoint of that step was saved).
+
+        A signal that arrives after the last step finds training already done: the run then finishes as
+        usual and exits normally.
+        """
+        return self.stopped_at_step is not None
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process ended by that signal."""
+        return 128 + (self.signum if self.signum is not None else int(signal.SIGTERM))
+
+    def _record(self, signum: int, frame: Any) -> None:
+        # only a flag: logging or saving inside a signal handler could interrupt itself
+        if self.signum is None:
+            self.signum = signum
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[Preemption]:
+        """Handle SIGTERM and SIGUSR2 this way inside the block; the previous handlers come back after it."""
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("not in the main thread: SIGTERM / SIGUSR2 will not checkpoint before stopping")
+            yield self
+            return
+        self._previous = {sig: signal.signal(sig, self._record) for sig in SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+    def callback(self) -> PreemptionCallback:
+        return PreemptionCallback(self)
+
+    def exit_for_requeue(self) -> NoReturn:
+        """Hand over to the launcher's own handler (submitit requeues the job), else exit 128 + signal."""
+        signum = self.exit_code - 128
+        previous = self._previous.get(signum)
+        if callable(previous):
+            log.info("calling the launcher's %s handler to requeue the job", signal.Signals(signum).name)
+            previous(signum, None)
+        log.info("exiting with code %d so that the job can be requeued", self.exit_code)
+        sys.exit(self.exit_code)
+
+
+class PreemptionCallback(TrainerCallback):
+    """After each optimizer step: if any process got a preemption signal, save a checkpoint and stop."""
+
+    def __init__(self, preemption: Preemption):
+        self.preemption = preemption
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if any_process(self.preemption.signum is not None):
+            name = signal.Signals(self.preemption.signum).name if self.preemption.signum else "peer signal"
+            log.warning("%s received: saving a checkpoint at step %d and stopping", name, state.global_step)
+            self.preemption.stopped_at_step = state.global_step
+            control.should_log = True  # the losses since the last log go into the history before the stop
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -1,0 +1,206 @@
+"""The only module that imports trl: DPOConfig from the schemas, and the DPOTrainer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import trl
+from datasets import Dataset
+from peft import LoraConfig as PeftLoraConfig
+from torch.utils.data import Sampler, SequentialSampler
+from transformers import PreTrainedModel, TrainerCallback
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from dpo_lab.config.schemas import DPOConfig, Precision, TrainConfig
+from dpo_lab.train.batching import PAIR_ID_COLUMNS, dpo_length_sampler
+
+
+def build_dpo_args(
+    dpo: DPOConfig,
+    train: TrainConfig,
+    *,
+    output_dir: Path,
+    seed: int,
+    precision: Precision,
+    device: str,
+    run_name: str | None = None,
+    eval_on_start: bool = False,
+) -> trl.DPOConfig:
+    """trl.DPOConfig from the ``dpo`` and ``train`` groups; precision and checkpointing are ours, not TRL's
+    defaults (TRL turns on bf16 and gradient checkpointing everywhere, ~10x slower on CPUs without bf16)."""
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "run_name": run_name,
+        "seed": seed,
+        "data_seed": seed,
+        "report_to": "none",  # dpo_lab owns the W&B run (tracking.py)
+        "use_cpu": device == "cpu",
+        "bf16": precision is Precision.bf16,
+        "fp16": precision is Precision.fp16,
+        # DPO
+        "beta": dpo.beta,
+        "loss_type": list(dpo.loss_type),
+        "loss_weights": list(dpo.loss_weights) if dpo.loss_weights is not None else None,
+        "max_length": dpo.max_length,
+        "label_smoothing": dpo.label_smoothing,
+        "precompute_ref_log_probs": dpo.precompute_ref_log_probs,
+        # optimisation
+        "learning_rate": train.learning_rate,
+        "per_device_train_batch_size": train.per_device_train_batch_size,
+        "per_device_eval_batch_size": train.per_device_eval_batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "num_train_epochs": train.num_train_epochs,
+        "max_steps": train.max_steps,
+        "lr_scheduler_type": train.lr_scheduler_type,
+        "warmup_steps": train.warmup_steps,
+        "weight_decay": train.weight_decay,
+        "max_grad_norm": train.max_grad_norm,
+        "optim": train.optim,
+        "gradient_checkpointing": train.gradient_checkpointing,
+        "train_sampling_strategy": "group_by_length" if train.group_by_length else "random",
+        "dataloader_num_workers": train.dataloader_num_workers,
+        # schedule of logs, evals and checkpoints
+        "logging_steps": train.logging_steps,
+        "eval_strategy": "steps" if train.eval_steps > 0 else "no",
+        "eval_on_start": eval_on_start,  # the held-out metrics "before" (see resume.HeldOutBefore)
+        "eval_steps": train.eval_steps if train.eval_steps > 0 else None,
+        "save_strategy": "steps" if train.save_steps > 0 else "no",
+        "save_steps": train.save_steps if train.save_steps > 0 else 500,
+        # dpo_lab.train.checkpoints rotates (train.save_total_limit) once a checkpoint is known to be complete
+        "save_total_limit": None,
+        "include_num_input_tokens_seen": "non_padding",
+        "disable_tqdm": True,
+    }
+    kwargs.update(train.extra)
+    return trl.DPOConfig(**kwargs)
+
+
+@dataclass
+class PreparedDatasets:
+    """Datasets DPOTrainer prepared in an earlier job of a sweep, by split name (``train``, ``eval``).
+
+    ``tokenized``: the output of TRL's dataset preparation (chat template, tokenisation, length filter).
+    ``with_ref_log_probs``: the same plus TRL's precomputed ``ref_chosen_logps`` / ``ref_rejected_logps``.
+    The owner (dpo_lab.sweep.cache) hands a job only the slots whose cache key matches that job exactly; an
+    empty slot is filled by this job for the next one. ``computed`` counts what this job computed itself.
+    """
+
+    tokenized: dict[str, Dataset] = field(default_factory=dict)
+    with_ref_log_probs: dict[str, Dataset] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=lambda: {"tokenized": 0, "ref_log_probs": 0})
+
+
+# Called with (optimizer step being computed, micro-batch loss, micro-batch inputs) after each backward.
+MicroBatchObserver = Callable[[int, torch.Tensor, Mapping[str, Any]], None]
+
+
+class DPOTrainer(trl.DPOTrainer):
+    """trl.DPOTrainer that shows every training micro-batch loss to observers (the non-finite guard, the
+    per-rank batch counter: TrainerCallbacks never see the loss of a step), and whose ``group_by_length``
+    works on its tokenised pair columns (see batching.py). Evaluation stays sequential, so held-out
+    metrics come from the same batches with or without grouping. ``prepared`` lends it the datasets
+    an earlier job of the same sweep prepared (see :class:`PreparedDatasets`)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        micro_batch_observers: Sequence[MicroBatchObserver] = (),
+        prepared: PreparedDatasets | None = None,
+        **kwargs: Any,
+    ):
+        self._prepared = prepared  # set before super().__init__, which prepares the datasets
+        super().__init__(*args, **kwargs)
+        self.micro_batch_observers = list(micro_batch_observers)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """TRL's preparation (chat template, tokenisation), or the one an earlier sweep job made."""
+        if self._prepared is None:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        cached = self._prepared.tokenized.get(dataset_name)
+        if cached is None:
+            cached = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            self._prepared.tokenized[dataset_name] = cached
+            self._prepared.computed["tokenized"] += 1
+        return cached
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """TRL's reference log-probs, or the ones an earlier sweep job computed on the same inputs."""
+        if self._prepared is None:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        cached = self._prepared.with_ref_log_probs.get(name)
+        if cached is None:
+            cached = super()._precompute_ref_logps(dataset, name, batch_size)
+            self._prepared.with_ref_log_probs[name] = cached
+            self._prepared.computed["ref_log_probs"] += 1
+        return cached
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        for observe in self.micro_batch_observers:
+            observe(self.state.global_step + 1, loss, inputs)
+        return loss
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
+        # TRL counts the logged `num_tokens` in the trainer, not in the checkpointed state: carry it over
+        if resume_from_checkpoint:
+            self._total_train_tokens = logged_train_tokens(Path(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _groups_by_length(self, dataset: Dataset | None) -> bool:
+        return self.args.train_sampling_strategy == "group_by_length" and set(PAIR_ID_COLUMNS) <= set(
+            getattr(dataset, "column_names", None) or ()
+        )
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self._groups_by_length(dataset):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return dpo_length_sampler(dataset, self.args.per_device_train_batch_size, self.args.max_length, seed)
+
+    def _get_eval_sampler(self, eval_dataset: Dataset) -> Sampler | None:
+        if not self._groups_by_length(eval_dataset):
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+
+def logged_train_tokens(checkpoint: Path) -> int:
+    """The last training ``num_tokens`` logged before ``checkpoint`` was saved (0 if none was logged)."""
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    logged = [entry["num_tokens"] for entry in history if "num_tokens" in entry]
+    return int(logged[-1]) if logged else 0
+
+
+def build_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    args: trl.DPOConfig,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
+    peft_config: PeftLoraConfig,
+    callbacks: list[TrainerCallback] | None = None,
+    micro_batch_observers: Sequence[MicroBatchObserver] = (),
+    prepared: PreparedDatasets | None = None,
+) -> DPOTrainer:
+    """DPOTrainer on the base model + a fresh LoRA adapter. With no ``ref_model``, TRL computes the
+    reference log-probs with the adapter disabled: the base model is the reference, never a second copy.
+    On resume the adapter is built fresh like this and ``train(resume_from_checkpoint=...)`` loads the
+    checkpoint's adapter weights into it; the base weights are never touched. ``prepared`` lends datasets
+    an earlier job of the same sweep prepared."""
+    return DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        micro_batch_observers=micro_batch_observers,
+        prepared=prepared,
+    )
