@@ -21,8 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
 from dpo_lab.config.overrides import check_overrides
-from dpo_lab.config.resolvers import CONF_DIR, register_resolvers
+from dpo_lab.config.resolvers import CONF_PATH, register_resolvers
 from dpo_lab.config.schemas import ConfigError, RunConfig, register_configs, validate
+from dpo_lab.config.user_configs import check_user_config_dirs
 from dpo_lab.data.checks import DataError
 from dpo_lab.data.report import format_report
 from dpo_lab.evaluation.task import evaluate_task, load_task_prompts, task_metrics
@@ -327,7 +328,7 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="config")
 def train(cfg: DictConfig) -> float | None:
     register_resolvers()  # a submitit job runs this in a fresh process
     export_submitit_env()
@@ -381,6 +382,7 @@ def main() -> None:
     try:
         sys.argv[1:] = launch_args(sys.argv[1:])
         check_overrides(sys.argv[1:])
+        check_user_config_dirs(sys.argv[1:])
     except ConfigError as err:
         exit_with_config_error(err)
     train()

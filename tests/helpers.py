@@ -91,3 +91,25 @@ def wandb_summary(run_folder: Path) -> dict:
     import json
 
     return json.loads(_leet(run_folder, "--summary"))
+
+
+def agent_command(spec: dict, values: dict) -> list[str]:
+    """The argv wandb's agent runs for one set of parameter values (mirrors Agent._command_run)."""
+    import platform
+
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    command = {"args": {k: {"value": v} for k, v in values.items()}, "program": spec.get("program")}
+    sweep_command = sweep_utils.create_sweep_command(list(spec["command"]))
+    sweep_vars = sweep_utils.create_sweep_command_args(command)
+    sweep_vars["interpreter"] = ["python"]
+    sweep_vars["program"] = [command["program"]]
+    if platform.system() != "Windows":
+        sweep_vars["env"] = ["/usr/bin/env"]
+    argv: list[str] = []
+    for chunk in map(str, sweep_command):
+        if chunk.startswith("${") and chunk.endswith("}"):
+            argv += sweep_vars.get(chunk[2:-1]) or []
+        else:
+            argv.append(chunk)
+    return argv

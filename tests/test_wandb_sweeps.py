@@ -7,7 +7,6 @@ calls it): the spec's ``command`` list with its macros filled, ``${args_no_hyphe
 from __future__ import annotations
 
 import math
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -16,31 +15,12 @@ from typing import Any
 import pytest
 import yaml
 from omegaconf import OmegaConf
-from wandb.sdk.launch.sweeps import utils as sweep_utils
 
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.run import to_run_config
-from tests.helpers import ROOT, compose_config
+from tests.helpers import ROOT, agent_command, compose_config
 
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
-
-
-def agent_command(spec: dict[str, Any], values: dict[str, Any]) -> list[str]:
-    """The argv wandb's agent runs for one set of parameter values (mirrors Agent._command_run)."""
-    command = {"args": {k: {"value": v} for k, v in values.items()}, "program": spec.get("program")}
-    sweep_command = sweep_utils.create_sweep_command(list(spec["command"]))
-    sweep_vars = sweep_utils.create_sweep_command_args(command)
-    sweep_vars["interpreter"] = ["python"]
-    sweep_vars["program"] = [command["program"]]
-    if platform.system() != "Windows":
-        sweep_vars["env"] = ["/usr/bin/env"]
-    argv: list[str] = []
-    for chunk in map(str, sweep_command):
-        if chunk.startswith("${") and chunk.endswith("}"):
-            argv += sweep_vars.get(chunk[2:-1]) or []
-        else:
-            argv.append(chunk)
-    return argv
 
 
 def candidate_values(name: str, param: dict[str, Any]) -> list[Any]:

@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
 from dpo_lab.config.schemas import ConfigError, register_configs
+from dpo_lab.config.user_configs import check_user_config_dirs
 
 T = TypeVar("T")
 
@@ -62,6 +63,7 @@ def run_entry_point(hydra_main: Callable[[], Any], schema: type) -> None:
     register_resolvers()
     try:
         check_overrides(sys.argv[1:], root=schema)
+        check_user_config_dirs(sys.argv[1:])
     except ConfigError as err:
         exit_with_config_error(err)
     hydra_main()

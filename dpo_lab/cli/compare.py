@@ -25,7 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging, typed_config
-from dpo_lab.config.resolvers import CONF_DIR
+from dpo_lab.config.resolvers import CONF_PATH
 from dpo_lab.config.schemas import CompareConfig, ConfigError, Judge
 from dpo_lab.data.loading import load_held_out_rows, load_preference_data
 from dpo_lab.evaluation.generation import Messages, generate_answers
@@ -195,7 +195,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="compare")
 def _hydra_main(cfg: DictConfig) -> None:
     setup_logging()
     try:

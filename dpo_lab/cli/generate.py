@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, set_seed
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging, typed_config
-from dpo_lab.config.resolvers import CONF_DIR
+from dpo_lab.config.resolvers import CONF_PATH
 from dpo_lab.config.schemas import ConfigError, GenerateConfig
 from dpo_lab.evaluation.generation import Messages, as_messages, generate_answers, stream_answer
 from dpo_lab.model.loading import adapter_disabled, load_adapter_model, load_tokenizer
@@ -198,7 +198,7 @@ def generate(cfg: GenerateConfig, stdin: TextIO, stdout: TextIO) -> list[dict[st
     return records
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="generate")
 def _hydra_main(cfg: DictConfig) -> None:
     setup_logging()
     try:

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging, typed_config
-from dpo_lab.config.resolvers import CONF_DIR
+from dpo_lab.config.resolvers import CONF_PATH
 from dpo_lab.config.schemas import ConfigError, DType, MergeConfig
 from dpo_lab.evaluation.generation import chat_inputs
 from dpo_lab.model.loading import load_tokenizer, merge_adapter
@@ -64,7 +64,7 @@ def merge(cfg: MergeConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="merge")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="merge")
 def _hydra_main(cfg: DictConfig) -> None:
     setup_logging()
     try:

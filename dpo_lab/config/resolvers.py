@@ -9,8 +9,10 @@ from omegaconf import OmegaConf
 from dpo_lab.train.distributed import launch_time
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
-# conf/ beside the package (editable installs); an absolute path also works for the console scripts
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The shipped configs: the repository's top-level conf/, installed as the package ``dpo_lab.conf``
+# (pyproject.toml), so the same lookup works in a checkout, an editable install and an installed wheel.
+CONF_PACKAGE = "dpo_lab.conf"
+CONF_PATH = f"pkg://{CONF_PACKAGE}"
 
 
 def asset_path(name: str) -> str:

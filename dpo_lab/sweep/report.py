@@ -338,9 +338,7 @@ class SweepReportCallback(Callback):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dpo_lab.sweep.report", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="dpo-lab report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder: <sweep>/<job number>/metrics.json")
     parser.add_argument("--metric", help=f"held-out metric to rank by; default: the jobs' objective.metric "
                                          f"(one of {', '.join(OBJECTIVE_METRICS)})")  # fmt: skip

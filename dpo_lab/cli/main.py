@@ -1,0 +1,47 @@
+"""``dpo-lab [COMMAND] [args]``: one console command for everything a user runs.
+
+``dpo-lab`` with no command, or with ``train``, trains (Hydra overrides and ``-m`` as for
+``python -m dpo_lab.run``); the other commands work on finished runs and sweeps. ``python -m dpo_lab``
+is the same command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module whose main() runs it, one line for the help)
+COMMANDS = {
+    "train": ("dpo_lab.run", "train one run, or a sweep with -m (the default command)"),
+    "generate": ("dpo_lab.cli.generate", "answer prompts or chat with a run's adapter"),
+    "merge": ("dpo_lab.cli.merge", "merge a run's adapter into its base model"),
+    "compare": ("dpo_lab.cli.compare", "judge two runs (or a run and its base) on held-out prompts"),
+    "report": ("dpo_lab.sweep.report", "results table and plots of a finished sweep folder"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: dpo-lab [COMMAND] [args...]", "", "commands:"]
+    lines += [f"  {name:<10}{text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "With no command, the arguments go to `train` (Hydra overrides, -m for sweeps).",
+              "`dpo-lab COMMAND --help` shows a command's own options."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    command = args[0] if args and args[0] in COMMANDS else "train"
+    if args and args[0] == command:
+        args = args[1:]
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"dpo-lab {command}", *args]  # each command parses sys.argv itself (Hydra or argparse)
+    result = module.main()
+    if isinstance(result, int) and result:
+        sys.exit(result)
+
+
+if __name__ == "__main__":
+    main()

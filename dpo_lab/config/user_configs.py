@@ -1,0 +1,61 @@
+"""A user's own config folder (``--config-dir DIR``): checked before Hydra composes.
+
+Hydra searches a ``--config-dir`` folder after the shipped configs, so a file there with the same path as a
+shipped option (say ``data/finance.yaml``) would be ignored without a word. Such a folder is refused with one
+line that says how to name the file instead; new options, experiments and sweeps are found as usual.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from dpo_lab.config.resolvers import CONF_PACKAGE
+from dpo_lab.config.schemas import ConfigError
+
+
+def config_dirs(args: list[str]) -> list[Path]:
+    """The folders given with ``--config-dir DIR`` / ``--config-dir=DIR`` / ``-cd DIR``."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            found.append(Path(args[i + 1]))
+        elif arg.startswith("--config-dir="):
+            found.append(Path(arg.split("=", 1)[1]))
+    return found
+
+
+def shipped_config_files() -> set[str]:
+    """Every YAML path of the shipped configs, relative to their root (``data/finance.yaml``, ...)."""
+    names: set[str] = set()
+    pending = [("", files(CONF_PACKAGE))]
+    while pending:
+        prefix, folder = pending.pop()
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                pending.append((f"{prefix}{entry.name}/", entry))
+            elif entry.name.endswith(".yaml"):
+                names.add(prefix + entry.name)
+    return names
+
+
+def check_user_config_dirs(args: list[str]) -> None:
+    """Raise ConfigError for a missing ``--config-dir`` folder or one that shadows a shipped option."""
+    shipped = None
+    for folder in config_dirs(args):
+        if not folder.is_dir():
+            raise ConfigError("--config-dir", f"{folder} is not a folder")
+        shipped = shipped if shipped is not None else shipped_config_files()
+        for path in sorted(folder.rglob("*.yaml")):
+            rel = path.relative_to(folder).as_posix()
+            if rel in shipped:
+                group, _, name = rel.rpartition("/")
+                stem = name[: -len(".yaml")]
+                hint = (
+                    f"select it with {group}={stem}_mine" if group else "name your primary config differently"
+                )
+                raise ConfigError(
+                    "--config-dir",
+                    f"{path} has the name of a shipped config, which Hydra would use instead; rename it "
+                    f"(e.g. {rel[: -len('.yaml')]}_mine.yaml) and {hint}",
+                )
