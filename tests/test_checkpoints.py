@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from dpo_lab.config.schemas import ConfigError
 from dpo_lab.run import to_run_config
@@ -14,6 +15,7 @@ from dpo_lab.runs.atomic import atomic_write_text, partial_path, replace_dir
 from dpo_lab.train.checkpoints import (
     MARKER,
     Checkpoint,
+    CheckpointCallback,
     incompleteness,
     latest_complete,
     list_checkpoints,
@@ -113,6 +115,26 @@ def test_rotation_never_deletes_the_newest_complete_one(tmp_path: Path) -> None:
     fake_checkpoint(tmp_path, 4, complete=False)  # being written: newer than the newest complete one
     assert rotate(tmp_path, keep=1) == []
     assert [c.step for c in list_checkpoints(tmp_path)] == [2, 4]
+
+
+@pytest.mark.parametrize("keep", [2, 3])
+def test_rotation_keeps_the_newest_n(tmp_path: Path, keep: int) -> None:
+    steps = [2, 4, 10, 12, 100]  # text order (10, 100, 12, 2, 4) differs from step order
+    for step in steps:
+        fake_checkpoint(tmp_path, step)
+    deleted = rotate(tmp_path, keep=keep)
+    assert [c.step for c in list_checkpoints(tmp_path)] == steps[-keep:]
+    assert sorted(deleted) == sorted(tmp_path / f"checkpoint-{step}" for step in steps[:-keep])
+
+
+def test_checkpoint_callback_marks_each_save_and_keeps_save_total_limit_newest(tmp_path: Path) -> None:
+    callback = CheckpointCallback(save_total_limit=3)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    for step in range(1, 7):
+        fake_checkpoint(tmp_path, step, complete=False)  # as the Trainer leaves it before on_save
+        callback.on_save(args, TrainerState(global_step=step), TrainerControl())
+    assert [c.step for c in list_checkpoints(tmp_path)] == [4, 5, 6]
+    assert all(incompleteness(c) is None for c in list_checkpoints(tmp_path))
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ BAD_OVERRIDES = [
     ("lora.r=eight", "lora.r", "must be an integer"),
     ("lora.r=0", "lora.r", ">= 1"),
     ("dpo.beta=-1", "dpo.beta", "> 0"),
+    ("dpo.beta=0", "dpo.beta", "> 0"),  # zero gradient: a run that silently learns nothing
     ("model.quantization=nf5", "model.quantization", "none, nf4, int8"),
     ("dpo.loss_type=[sigmod]", "dpo.loss_type", "sigmoid"),
     ("train.learning_rate=0", "train.learning_rate", "> 0"),

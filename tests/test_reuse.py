@@ -158,7 +158,7 @@ def test_a_job_that_differs_in_what_it_loads_gets_nothing_stale() -> None:
                      "cpu") != key  # fmt: skip
 
 
-def test_cache_is_per_process_and_off_outside_sweeps() -> None:
+def test_cache_is_per_process_and_off_outside_sweeps(tmp_path) -> None:
     assert not job_cache(reuse=True, in_sweep=False).enabled
     assert not job_cache(reuse=False, in_sweep=True).enabled
     shared = job_cache(reuse=True, in_sweep=True)
@@ -174,10 +174,18 @@ def test_cache_is_per_process_and_off_outside_sweeps() -> None:
     os.close(write)
     os.waitpid(pid, 0)
     assert os.read(read, 10) == b"own"
-    # a new process starts with nothing cached (joblib / submitit workers)
-    code = "from dpo_lab.sweep import cache; print(cache._process_cache is None)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    # a new process starts with nothing cached (joblib / submitit workers); the child writes its answer to a
+    # file of its own, so what libraries print at import (e.g. transformers under WANDB_MODE=offline) in the
+    # caller's environment cannot mix into it
+    answer = tmp_path / "child_cache_is_none.txt"
+    code = (
+        "import sys; from dpo_lab.sweep import cache; "
+        "open(sys.argv[1], 'w').write(str(cache._process_cache is None))"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(answer)], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert answer.read_text() == "True"
     clear_process_cache()
     assert job_cache(reuse=True, in_sweep=True) is not shared
     clear_process_cache()
