@@ -19,7 +19,7 @@ DPO_VALUES: dict[str, Any] = {
     "loss_type": ["sigmoid", "sft"],
     "loss_weights": [0.8, 0.2],
     "max_length": 200,
-    "label_smoothing": 0.15,
+    "label_smoothing": 0.23,
     "precompute_ref_log_probs": True,
 }
 
@@ -105,8 +105,9 @@ def override(group: str, name: str, value: Any) -> str:
 # The model card's hyperparameter rows: the config keys a reader needs to reproduce the run (and
 # "precision", the one training resolved for the device from train.precision).
 CARD_ROWS = [
-    "dpo.beta", "dpo.loss_type", "dpo.max_length", "lora.r", "lora.alpha", "lora.dropout",
-    "lora.target_modules", "model.quantization", "train.learning_rate", "train.per_device_train_batch_size",
+    "dpo.beta", "dpo.loss_type", "dpo.loss_weights", "dpo.label_smoothing", "dpo.max_length", "lora.r",
+    "lora.alpha", "lora.dropout", "lora.target_modules", "lora.bias", "lora.use_rslora", "lora.use_dora",
+    "model.quantization", "train.learning_rate", "train.per_device_train_batch_size",
     "train.gradient_accumulation_steps", "train.max_steps", "train.num_train_epochs", "precision", "seed",
 ]  # fmt: skip
 
@@ -128,7 +129,13 @@ def card_value(config: Any, key: str, precision: str) -> Any:
     for part in key.split("."):
         value = value[part] if isinstance(value, dict) else getattr(value, part)
     value = plain(value)
-    return ",".join(value) if isinstance(value, list) else value
+    if value is None:
+        return "-"
+    return (
+        ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if isinstance(value, list)
+        else value
+    )
 
 
 def same_cell(cell: str, expected: Any) -> bool:

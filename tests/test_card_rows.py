@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dpo_lab.config.schemas import ModelConfig, Quantization, RunConfig
-from dpo_lab.run import _card_hyperparameters
+from dpo_lab.runs.card import card_hyperparameters as _card_hyperparameters
 from dpo_lab.runs.card import render_model_card
 from tests.schema_values import CARD_ROWS, card_hyperparameters, card_value, same_cell, typed
 
@@ -26,7 +26,7 @@ def test_every_hyperparameter_has_its_row_with_the_runs_value() -> None:
     )
     rows = card_hyperparameters(card)
     expected = {key: card_value(run_cfg, key, precision) for key in CARD_ROWS}
-    numbers = [v for v in expected.values() if isinstance(v, (int, float))]
+    numbers = [v for v in expected.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     assert len(set(numbers)) == len(numbers), "distinct values, so that a row showing another key's shows"
     for key in CARD_ROWS:
         assert key in rows, f"the model card has no {key} row"

@@ -10,7 +10,7 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from dpo_lab.config.schemas import ConfigError
-from dpo_lab.run import to_run_config
+from dpo_lab.config.validation import to_run_config
 from dpo_lab.runs.atomic import atomic_write_text, partial_path, replace_dir
 from dpo_lab.train.checkpoints import (
     MARKER,

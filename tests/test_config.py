@@ -18,9 +18,8 @@ from dpo_lab.config.schemas import (
     Precision,
     RunConfig,
     register_configs,
-    validate,
 )
-from dpo_lab.run import to_run_config
+from dpo_lab.config.validation import to_run_config, validate
 from tests.helpers import CONF, compose_config, run_cli
 
 GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "eval", "experiment", "sweep"]

@@ -29,7 +29,19 @@ def default_run(tmp_path_factory) -> Path:
     proc = run_cli([f"hydra.run.dir={run}"], tmp)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "rewards/accuracies" in proc.stdout and "run folder:" in proc.stdout
+    (tmp / "console.json").write_text(json.dumps({"stdout": proc.stdout, "stderr": proc.stderr}))
     return run
+
+
+@pytest.mark.slow
+def test_console_shows_a_progress_bar_and_the_table_not_raw_logs(default_run: Path) -> None:
+    console = json.loads((default_run.parent / "console.json").read_text())
+    out, err = console["stdout"], console["stderr"]
+    assert "{'loss'" not in out and "'learning_rate'" not in out, "raw Trainer log dicts on stdout"
+    assert "held-out metric" in out, out[-2000:]
+    assert "training: 100%" in err and "120/120" in err, err[-2000:]
+    # no deprecation warnings from dpo_lab's own use of transformers / TRL arguments
+    assert "`gradient_checkpointing` is deprecated" not in err
 
 
 @pytest.mark.slow
@@ -52,7 +64,8 @@ def test_run_folder_is_complete(default_run: Path) -> None:
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "peft" and front["pipeline_tag"] == "text-generation"
     assert {"dpo", "lora", "transformers", "trl"} <= set(front["tags"])
-    assert Path(front["base_model"]).joinpath("config.json").is_file()
+    assert front["base_model"] == "dpo_lab embedded tiny-llama"  # a name a reader can use, not a path
+    assert front["datasets"] == ["dpo_lab embedded finance"]
     assert "dpo.beta" in card and "eval/rewards/accuracies" in card and "| trl |" in card
     resolved = yaml.safe_load((default_run / "config.yaml").read_text())
     assert resolved["dpo"]["beta"] == 0.1 and "${" not in (default_run / "config.yaml").read_text()

@@ -7,7 +7,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dpo_lab.cli.common import typed_config
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
 from dpo_lab.config.schemas import (
@@ -17,8 +16,8 @@ from dpo_lab.config.schemas import (
     Judge,
     MergeConfig,
     register_configs,
-    validate,
 )
+from dpo_lab.config.validation import typed_config, validate
 from dpo_lab.runs.folder import read_run
 from tests.helpers import CONF, compose_config, run_cli
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from dpo_lab.sweep import report
+from dpo_lab.sweep import report, results
 from dpo_lab.track.history import HISTORY_FILE, append_record, read_history, series
 
 
@@ -80,10 +80,10 @@ def test_another_metric_and_direction(sweep: Path) -> None:
     assert best is not None and best.name == "10"
     best = report.write_report(sweep, metric="rewards/margins", direction="minimize").best
     assert best is not None and best.name == "0"
-    with pytest.raises(report.ReportError, match="unknown held-out metric 'acc'"):
-        report.load_sweep(sweep, metric="acc")
-    with pytest.raises(report.ReportError, match="maximize or minimize"):
-        report.load_sweep(sweep, direction="up")
+    with pytest.raises(results.ReportError, match="unknown held-out metric 'acc'"):
+        results.load_sweep(sweep, metric="acc")
+    with pytest.raises(results.ReportError, match="maximize or minimize"):
+        results.load_sweep(sweep, direction="up")
 
 
 def test_no_completed_job_means_no_best(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from dpo_lab.config.overrides import check_overrides
-from dpo_lab.run import to_run_config
+from dpo_lab.config.validation import to_run_config
 from tests.helpers import ROOT, agent_command, compose_config
 
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))

@@ -1,49 +1,20 @@
-"""What the entry points that work on a finished run (generate, merge, compare) share: one-line config
-errors, typed and validated configs, logging to stderr (stdout carries the answers)."""
+"""What the console commands share: one-line config errors (exit code 2) and, for the commands that work
+on a finished run (generate, merge, compare), logging to stderr (stdout carries the answers)."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import fields, is_dataclass
+from collections.abc import Callable
 from typing import Any, TypeVar
-
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
 from dpo_lab.config.schemas import ConfigError, register_configs
 from dpo_lab.config.user_configs import check_user_config_dirs
+from dpo_lab.data.checks import DataError
 
 T = TypeVar("T")
-
-
-def typed_config(cfg: DictConfig, schema: type[T]) -> T:
-    """The composed config as a ``schema`` object with every ``problems()`` checked (raises ConfigError)."""
-    try:
-        obj = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "config"
-        raise ConfigError(key, str(err).splitlines()[0]) from None
-    assert isinstance(obj, schema)
-    for key, message in problems(obj):
-        raise ConfigError(key, message)
-    return obj
-
-
-def problems(obj: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """(key path, message) for every invalid value of a dataclass tree; a node's own ``problems()`` is
-    responsible for its nested dataclasses, the others are walked."""
-    if hasattr(obj, "problems"):
-        for key, message in obj.problems():
-            yield prefix + key, message
-        return
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if is_dataclass(value):
-            yield from problems(value, f"{prefix}{f.name}.")
 
 
 def setup_logging() -> None:
@@ -53,7 +24,9 @@ def setup_logging() -> None:
 
 
 def exit_with_config_error(err: ConfigError) -> None:
-    print(f"dpo_lab: invalid config: {err}", file=sys.stderr)
+    """One line on stderr (``dpo_lab: invalid config: <key>: <what is allowed>``) and exit code 2."""
+    kind = "invalid data" if isinstance(err, DataError) else "invalid config"
+    print(f"dpo_lab: {kind}: {err}", file=sys.stderr)
     sys.exit(2)
 
 

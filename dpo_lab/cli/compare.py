@@ -1,4 +1,4 @@
-"""``python -m dpo_lab.cli.compare a=<run folder> b=<run folder|base> [judge=checker|reward_model ...]``
+"""``dpo-lab compare a=<run folder> b=<run folder|base> [judge=checker|reward_model ...]``
 
 Pairwise comparison: models A and B answer the same held-out prompts (the first ``num_prompts`` of A's
 held-out split) and a judge picks the better answer of each pair: the task checker against the stored
@@ -24,9 +24,10 @@ from omegaconf import DictConfig
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging, typed_config
+from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
 from dpo_lab.config.resolvers import CONF_PATH
 from dpo_lab.config.schemas import CompareConfig, ConfigError, Judge
+from dpo_lab.config.validation import typed_config
 from dpo_lab.data.loading import load_held_out_rows, load_preference_data
 from dpo_lab.evaluation.generation import Messages, generate_answers
 from dpo_lab.evaluation.task import TaskPrompt, get_checker, task_prompts, write_jsonl

@@ -1,4 +1,4 @@
-"""``python -m dpo_lab.cli.generate run=<run folder> prompt="..." | prompts_file=<file> | chat=true``
+"""``dpo-lab generate run=<run folder> prompt="..." | prompts_file=<file> | chat=true``
 
 Loads the run's base model (in the run's quantization, or ``quantization=...``) with its adapter and
 answers prompts from the command line, a .txt / .jsonl file, or a multi-turn chat on stdin (a terminal
@@ -21,9 +21,10 @@ from omegaconf import DictConfig
 from transformers import PreTrainedModel, set_seed
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging, typed_config
+from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
 from dpo_lab.config.resolvers import CONF_PATH
 from dpo_lab.config.schemas import ConfigError, GenerateConfig
+from dpo_lab.config.validation import typed_config
 from dpo_lab.evaluation.generation import Messages, as_messages, generate_answers, stream_answer
 from dpo_lab.model.loading import adapter_disabled, load_adapter_model, load_tokenizer
 from dpo_lab.runs.folder import RunFolder, read_run

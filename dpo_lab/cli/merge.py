@@ -1,4 +1,4 @@
-"""``python -m dpo_lab.cli.merge run=<run folder> [out=<folder>] [dtype=...] [overwrite=true]``
+"""``dpo-lab merge run=<run folder> [out=<folder>] [dtype=...] [overwrite=true]``
 
 Folds the run's LoRA adapter into its base weights and saves a standalone model (weights, config,
 generation config, tokenizer with its chat template, model card) that loads with AutoModelForCausalLM.
@@ -13,20 +13,21 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging, typed_config
+from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
 from dpo_lab.config.resolvers import CONF_PATH
-from dpo_lab.config.schemas import ConfigError, DType, MergeConfig
+from dpo_lab.config.schemas import ConfigError, MergeConfig
+from dpo_lab.config.validation import typed_config
 from dpo_lab.evaluation.generation import chat_inputs
+from dpo_lab.model.hardware import torch_dtype
 from dpo_lab.model.loading import load_tokenizer, merge_adapter
 from dpo_lab.runs.card import render_merged_card
 from dpo_lab.runs.folder import read_run
+from dpo_lab.runs.layout import CARD_FILE
 
 log = logging.getLogger("dpo_lab.cli.merge")
 
-_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 PROBE = [{"role": "user", "content": "What is the future value of $1,000 at 5% for 3 years?"}]
 
 
@@ -49,7 +50,7 @@ def merge(cfg: MergeConfig) -> Path:
     )
     tokenizer = load_tokenizer(saved)
     probe = chat_inputs(tokenizer, [PROBE], "cpu")["input_ids"]
-    merged = merge_adapter(run.model, run.adapter_dir, run.precision, _DTYPES.get(cfg.dtype), probe)
+    merged = merge_adapter(run.model, run.adapter_dir, run.precision, torch_dtype(cfg.dtype), probe)
     out.mkdir(parents=True, exist_ok=True)
     merged.model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -60,7 +61,7 @@ def merge(cfg: MergeConfig) -> Path:
         dequantized_from=merged.dequantized_from,
         max_logit_diff=merged.max_logit_diff,
     )
-    (out / "README.md").write_text(card)
+    (out / CARD_FILE).write_text(card)
     return out
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import OmegaConf
 
+from dpo_lab.assets import ASSETS_DIR
 from dpo_lab.train.distributed import launch_time
 
-ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 # The shipped configs: the repository's top-level conf/, installed as the package ``dpo_lab.conf``
 # (pyproject.toml), so the same lookup works in a checkout, an editable install and an installed wheel.
 CONF_PACKAGE = "dpo_lab.conf"

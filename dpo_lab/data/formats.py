@@ -20,7 +20,7 @@ sentence) instead of messages; :mod:`dpo_lab.data.checks` turns those into error
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,21 +71,38 @@ class _Invalid(Exception):
 
 
 def detect_format(record: Mapping[str, Any], columns: DataColumns) -> DataFormat | None:
-    """The shape of one row, or None when it fits none (missing or mistyped fields)."""
-    prompt = record.get(columns.prompt)
-    chosen, rejected = record.get(columns.chosen), record.get(columns.rejected)
-    if _is_messages(chosen) and _is_messages(rejected):
-        if chosen and rejected and chosen[0].get("role") == "assistant":
-            return DataFormat.conversational if _is_messages(prompt) and prompt else None
-        return DataFormat.implicit_prompt
-    if isinstance(chosen, str) and isinstance(rejected, str):
-        if isinstance(prompt, str):
-            return DataFormat.standard
-        if _is_messages(prompt) and prompt:
-            return DataFormat.conversational
-        if prompt is None and looks_like_hh(chosen) and looks_like_hh(rejected):
-            return DataFormat.hh
+    """The shape of one row (the first registered format that claims it), or None when it fits none."""
+    for fmt in FORMATS.values():
+        if fmt.detect(record, columns):
+            return fmt.name
     return None
+
+
+def _detect_conversational(record: Mapping[str, Any], columns: DataColumns) -> bool:
+    prompt, chosen, rejected = (record.get(c) for c in (columns.prompt, columns.chosen, columns.rejected))
+    pair_of_texts = isinstance(chosen, str) and isinstance(rejected, str)
+    answers = _is_messages(chosen) and _is_messages(rejected) and _opens_with_assistant(chosen, rejected)
+    return (pair_of_texts or answers) and _is_messages(prompt) and bool(prompt)
+
+
+def _detect_implicit_prompt(record: Mapping[str, Any], columns: DataColumns) -> bool:
+    chosen, rejected = record.get(columns.chosen), record.get(columns.rejected)
+    return _is_messages(chosen) and _is_messages(rejected) and not _opens_with_assistant(chosen, rejected)
+
+
+def _detect_standard(record: Mapping[str, Any], columns: DataColumns) -> bool:
+    prompt, chosen, rejected = (record.get(c) for c in (columns.prompt, columns.chosen, columns.rejected))
+    return isinstance(chosen, str) and isinstance(rejected, str) and isinstance(prompt, str)
+
+
+def _detect_hh(record: Mapping[str, Any], columns: DataColumns) -> bool:
+    prompt, chosen, rejected = (record.get(c) for c in (columns.prompt, columns.chosen, columns.rejected))
+    texts = isinstance(chosen, str) and isinstance(rejected, str)
+    return texts and prompt is None and looks_like_hh(chosen) and looks_like_hh(rejected)
+
+
+def _opens_with_assistant(chosen: list, rejected: list) -> bool:
+    return bool(chosen and rejected and chosen[0].get("role") == "assistant")
 
 
 def looks_like_hh(text: str) -> bool:
@@ -107,7 +124,7 @@ def normalise_record(
     if not isinstance(record, Mapping):
         return RowProblem(Reason.unparseable, "(row)", f"expected an object, got {type(record).__name__}")
     try:
-        pair = _NORMALISERS[fmt](record, columns)
+        pair = FORMATS[fmt].normalise(record, columns)
         pair = _with_system_prompt(pair, system_prompt)
         _check_pair(pair, columns, fmt)
     except _Invalid as err:
@@ -260,11 +277,35 @@ def parse_hh_transcript(text: str, field: str = "chosen") -> list[Message]:
     return messages
 
 
-_NORMALISERS = {
-    DataFormat.standard: _standard,
-    DataFormat.conversational: _conversational,
-    DataFormat.implicit_prompt: _implicit_prompt,
-    DataFormat.hh: _hh,
+@dataclass(frozen=True)
+class RowFormat:
+    """One preference-row shape: how to recognise it, which columns it needs, how to normalise a row."""
+
+    name: DataFormat
+    detect: Callable[[Mapping[str, Any], DataColumns], bool]
+    normalise: Callable[[Mapping[str, Any], DataColumns], Pair]
+    # the data.columns keys a row of this shape reads; the first holds the prompt
+    required: tuple[str, ...]
+
+    def prompt_field(self, columns: DataColumns) -> str:
+        """The source column the prompt is read from (HH and implicit-prompt rows: inside chosen)."""
+        return getattr(columns, self.required[0])
+
+
+_WITH_PROMPT = ("prompt", "chosen", "rejected")
+_RESPONSES_ONLY = ("chosen", "rejected")
+
+
+# The registry, in detection order (the first format whose detect() accepts a row is the row's). A new
+# format: a DataFormat member, its functions, and one line here.
+FORMATS: dict[DataFormat, RowFormat] = {
+    f.name: f
+    for f in (
+        RowFormat(DataFormat.conversational, _detect_conversational, _conversational, _WITH_PROMPT),
+        RowFormat(DataFormat.implicit_prompt, _detect_implicit_prompt, _implicit_prompt, _RESPONSES_ONLY),
+        RowFormat(DataFormat.standard, _detect_standard, _standard, _WITH_PROMPT),
+        RowFormat(DataFormat.hh, _detect_hh, _hh, _RESPONSES_ONLY),
+    )
 }
 
 
@@ -279,7 +320,7 @@ def _with_system_prompt(pair: Pair, system_prompt: str | None) -> Pair:
 
 def _check_pair(pair: Pair, columns: DataColumns, fmt: DataFormat) -> None:
     """Role sequence, empty texts and identical responses (lengths are checked once tokenised)."""
-    prompt_field = columns.chosen if fmt in (DataFormat.implicit_prompt, DataFormat.hh) else columns.prompt
+    prompt_field = FORMATS[fmt].prompt_field(columns)
     roles = [m["role"] for m in pair.prompt]
     if "system" in roles[1:]:
         raise _Invalid(

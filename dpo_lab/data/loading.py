@@ -22,7 +22,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.config.schemas import ConfigError, DataColumns, DataConfig, DataFormat, OnInvalid
 from dpo_lab.data.checks import DataError, SplitProblems, invalid_rows_message, prompt_length_problem, tally
-from dpo_lab.data.formats import Pair, Reason, RowProblem, detect_format, normalise_record
+from dpo_lab.data.formats import FORMATS, Pair, Reason, RowProblem, detect_format, normalise_record
 from dpo_lab.data.report import split_report, token_lengths
 from dpo_lab.data.sources import RawSplit, read_split, single_split_source
 
@@ -232,7 +232,7 @@ def _length_problems(
     ds: Dataset, raw: RawSplit, columns: DataColumns, fmt: DataFormat, max_length: int
 ) -> SplitProblems:
     """Rows whose prompt leaves no room for a response under ``max_length``."""
-    prompt_field = columns.chosen if fmt in (DataFormat.implicit_prompt, DataFormat.hh) else columns.prompt
+    prompt_field = FORMATS[fmt].prompt_field(columns)
     table = ds.select_columns(["_row", "prompt_tokens"]).to_dict()
     found = [prompt_length_problem(n, max_length, prompt_field) for n in table["prompt_tokens"]]
     return tally(raw.origin, raw.unit, table["_row"], found)
@@ -262,10 +262,7 @@ def _check_columns(raw: RawSplit, fmt: DataFormat, columns: DataColumns) -> None
     """A source with a schema must have the columns its shape reads (JSON rows are checked row by row)."""
     if raw.json_text:
         return
-    needed = (
-        ["chosen", "rejected"] if fmt in (DataFormat.implicit_prompt, DataFormat.hh) else list(PAIR_COLUMNS)
-    )
-    for key in needed:
+    for key in FORMATS[fmt].required:
         name = getattr(columns, key)
         if name not in raw.dataset.column_names:
             raise ConfigError(

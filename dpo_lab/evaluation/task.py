@@ -27,6 +27,7 @@ from dpo_lab.config.schemas import CheckerConfig, ConfigError, DataConfig, TaskE
 from dpo_lab.data.loading import load_held_out_rows
 from dpo_lab.evaluation.generation import Messages, generate_answers
 from dpo_lab.model.loading import adapter_disabled
+from dpo_lab.runs.layout import RunLayout
 from dpo_lab.track.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -351,7 +352,7 @@ def evaluate_task(
     }
     for name, answers, at_step in (("before", before, 0), ("after", after, step)):
         records = score(prompts, answers, cfg.checker)
-        write_jsonl(run_dir / f"samples_{name}.jsonl", records)
+        write_jsonl(RunLayout(run_dir).samples(name), records)
         columns = [c for c in SAMPLE_COLUMNS if c in records[0]]
         rows = [[_cell(r[c]) for c in columns] for r in records]
         tracker.log_table(f"samples/{name}", columns, rows, step=at_step)
@@ -365,11 +366,6 @@ def evaluate_task(
         result.get("accuracy_after", "-"),
     )
     return result
-
-
-def task_metrics(task: Mapping[str, Any]) -> dict[str, float]:
-    """The accuracies as ``task/accuracy_before`` / ``task/accuracy_after`` (W&B summary, model card)."""
-    return {f"task/{k}": v for k, v in task.items() if k.startswith("accuracy_")}
 
 
 def write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:

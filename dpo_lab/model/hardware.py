@@ -10,7 +10,23 @@ import torch
 
 from dpo_lab.config.schemas import DType, Precision
 
+# The one table from config names to torch dtypes.
 _TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
+_PRECISION_DTYPES = {
+    Precision.fp32: torch.float32,
+    Precision.bf16: torch.bfloat16,
+    Precision.fp16: torch.float16,
+}
+
+
+def torch_dtype(dtype: DType) -> torch.dtype | None:
+    """The torch dtype of ``model.dtype`` / ``merge dtype`` (None for ``auto``: the caller decides)."""
+    return _TORCH_DTYPES.get(dtype)
+
+
+def compute_dtype(precision: Precision) -> torch.dtype:
+    """The dtype matmuls run in for a resolved training precision (``auto`` resolved first)."""
+    return _PRECISION_DTYPES.get(precision, torch.float32)
 
 
 def device_type() -> str:

@@ -19,15 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.config.schemas import ConfigError, LoraConfig, ModelConfig, Precision, Quantization
-from dpo_lab.model.hardware import device_type, resolve_dtype
+from dpo_lab.model.hardware import compute_dtype, device_type, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-_COMPUTE_DTYPES = {
-    Precision.bf16: torch.bfloat16,
-    Precision.fp16: torch.float16,
-    Precision.fp32: torch.float32,
-}
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -65,7 +59,7 @@ def bnb_config(quantization: Quantization, precision: Precision) -> BitsAndBytes
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=_COMPUTE_DTYPES[precision],
+            bnb_4bit_compute_dtype=compute_dtype(precision),
         )
     if quantization is Quantization.int8:
         return BitsAndBytesConfig(load_in_8bit=True)

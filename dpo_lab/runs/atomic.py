@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dpo_lab.runs.layout import CARD_FILE, RunLayout
 from dpo_lab.train.distributed import is_main_process, wait_for_everyone
 
 
@@ -86,7 +87,7 @@ def save_adapter(trainer: Any, tokenizer: Any, dest: Path, card: str) -> None:
     trainer.save_model(str(tmp))
     if is_main_process():
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "README.md").write_text(card)
+        (tmp / CARD_FILE).write_text(card)
         replace_dir(tmp, dest)
     wait_for_everyone()
 
@@ -95,7 +96,8 @@ def write_final_artifacts(
     trainer: Any, tokenizer: Any, run_dir: Path, card: str, metrics: dict[str, Any]
 ) -> None:
     """adapter/ (with the card), README.md, then metrics.json last: its ``status`` says the run finished."""
-    save_adapter(trainer, tokenizer, run_dir / "adapter", card)
+    layout = RunLayout(run_dir)
+    save_adapter(trainer, tokenizer, layout.adapter, card)
     if is_main_process():
-        atomic_write_text(run_dir / "README.md", card)
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        atomic_write_text(layout.card, card)
+        atomic_write_json(layout.metrics, metrics)

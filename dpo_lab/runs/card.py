@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from dpo_lab.assets import ASSETS_DIR
+
 _PACKAGES = ("dpo_lab", "trl", "transformers", "peft", "torch", "datasets", "bitsandbytes", "accelerate")
 
 
@@ -21,6 +23,38 @@ def framework_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def display_name(name_or_path: str) -> str:
+    """A model or dataset as a reader can use it: a hub id as it is, ``dpo_lab embedded <name>`` for what
+    ships inside the package, else the file's or folder's own name; never a path of the machine that ran."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_absolute() and not path.exists():
+        return name_or_path  # a hub id such as meta-llama/Llama-3.1-8B-Instruct
+    resolved = path.resolve()
+    if resolved.is_relative_to(ASSETS_DIR):
+        return f"dpo_lab embedded {resolved.relative_to(ASSETS_DIR).parts[0]}"
+    return resolved.name
+
+
+def card_hyperparameters(run_cfg: Any, precision: str) -> dict[str, Any]:
+    """The card's hyperparameter table: what a reader needs to reproduce or compare the run."""
+    dpo, lora, train = run_cfg.dpo, run_cfg.lora, run_cfg.train
+    weights = dpo.loss_weights
+    return {
+        "dpo.beta": dpo.beta, "dpo.loss_type": ",".join(dpo.loss_type),
+        "dpo.loss_weights": "-" if weights is None else ",".join(f"{w:g}" for w in weights),
+        "dpo.label_smoothing": dpo.label_smoothing, "dpo.max_length": dpo.max_length,
+        "lora.r": lora.r, "lora.alpha": lora.alpha, "lora.dropout": lora.dropout,
+        "lora.target_modules": ",".join(lora.target_modules), "lora.bias": lora.bias,
+        "lora.use_rslora": lora.use_rslora, "lora.use_dora": lora.use_dora,
+        "model.quantization": run_cfg.model.quantization.value,
+        "train.learning_rate": train.learning_rate,
+        "train.per_device_train_batch_size": train.per_device_train_batch_size,
+        "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "train.max_steps": train.max_steps, "train.num_train_epochs": train.num_train_epochs,
+        "precision": precision, "seed": run_cfg.seed,
+    }  # fmt: skip
 
 
 def _table(rows: Mapping[str, Any]) -> str:
@@ -67,8 +101,8 @@ def render_model_card(
         "```\n\n"
         "or with dpo_lab, from the run folder that holds this one (chat, prompt files, a merged copy):\n\n"
         "```bash\n"
-        "python -m dpo_lab.cli.generate run=<run folder> 'prompt=\"What is 5% of $1,000?\"'\n"
-        "python -m dpo_lab.cli.merge run=<run folder>\n"
+        "dpo-lab generate run=<run folder> 'prompt=\"What is 5% of $1,000?\"'\n"
+        "dpo-lab merge run=<run folder>\n"
         "```\n"
     )
     sections = [

@@ -11,9 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dpo_lab.config.schemas import ConfigError, DataConfig, ModelConfig, Precision, TaskEvalConfig
 from dpo_lab.model.hardware import device_type, resolve_precision
-
-CONFIG_FILE = "config.yaml"
-ADAPTER_DIR = "adapter"
+from dpo_lab.runs.layout import ADAPTER_DIR, CONFIG_FILE
 
 
 @dataclass

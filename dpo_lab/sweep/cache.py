@@ -73,7 +73,8 @@ def data_key(data: DataConfig, seed: int) -> str:
     return _key(data=data, seed=seed)
 
 
-def _tokenizer_key(model: ModelConfig) -> str:
+def tokenizer_key(model: ModelConfig) -> str:
+    """Everything that changes the tokenizer: where it loads from and the chat template installed in it."""
     return _key(path=model.name_or_path, revision=model.revision, template=model.chat_template,
                 trust_remote_code=model.trust_remote_code)  # fmt: skip
 
@@ -81,11 +82,8 @@ def _tokenizer_key(model: ModelConfig) -> str:
 def tokenized_key(cfg: RunConfig) -> str:
     """Everything that changes TRL's tokenised datasets: the data, the tokenizer and its chat template,
     ``dpo.max_length`` (examples whose prompt fills it are dropped), and every pass-through trainer option."""
-    model = cfg.model
-    tokenizer = _key(path=model.name_or_path, revision=model.revision, template=model.chat_template,
-                     trust_remote_code=model.trust_remote_code)  # fmt: skip
-    return _key(data=data_key(cfg.data, cfg.seed), tokenizer=tokenizer, max_length=cfg.dpo.max_length,
-                extra=cfg.train.extra)  # fmt: skip
+    return _key(data=data_key(cfg.data, cfg.seed), tokenizer=tokenizer_key(cfg.model),
+                max_length=cfg.dpo.max_length, extra=cfg.train.extra)  # fmt: skip
 
 
 def ref_log_probs_key(cfg: RunConfig, precision: Precision, device: str) -> str:
@@ -202,7 +200,7 @@ class SweepCache:
         model: ModelConfig,
     ) -> PreferenceData:
         """The validated pairs (their checks count tokens, so the tokenizer and max_length are in the key)."""
-        key = data_key(cfg, seed) + _key(tokenizer=_tokenizer_key(model), max_length=max_length)
+        key = data_key(cfg, seed) + _key(tokenizer=tokenizer_key(model), max_length=max_length)
         if self.enabled and key in self.data:
             self.last_job["data"] = True
             return self.data[key]

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dpo_lab.sweep.report import short_value
+from dpo_lab.sweep.results import short_value
 from dpo_lab.track.history import series
 
 if TYPE_CHECKING:
-    from dpo_lab.sweep.report import Job, Sweep
+    from dpo_lab.sweep.results import Job, Sweep
 
 FAILED_STYLE = {"marker": "x", "color": "tab:red", "s": 60, "linewidths": 2}
 BEST_STYLE = {"marker": "*", "s": 260, "facecolor": "gold", "edgecolor": "black", "zorder": 5}

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-HISTORY_FILE = "log_history.jsonl"
+from dpo_lab.runs.layout import HISTORY_FILE
 
 
 def append_record(path: Path, step: int, logs: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The W&B run lifecycle: one run per experiment, created, fed and finished by dpo_lab itself.
+"""The tracker a run reports to (a small protocol, W&B and a null one), and the W&B run lifecycle: one run per
+experiment, created, fed and finished by dpo_lab itself.
 
 transformers' own W&B callback reuses whatever run is active and never finishes it, so in a same-process
 multirun job 2 would log into job 1's run; dpo_lab therefore sets ``report_to="none"`` and logs TRL's
@@ -13,16 +14,12 @@ import os
 import re
 import socket
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from transformers import TrainerCallback
+from typing import Any, Protocol
 
 from dpo_lab.config.schemas import LoggerBackend, LoggerConfig, WandbMode
 from dpo_lab.runs.atomic import atomic_write_json
-from dpo_lab.track.history import append_record
 from dpo_lab.train.distributed import is_main_process
 
 log = logging.getLogger(__name__)
@@ -88,11 +85,62 @@ def resolve_mode(mode: WandbMode) -> str:
     return "online" if has_api_key() and network_reachable(host) else "offline"
 
 
+class Tracker(Protocol):
+    """What a run tells its tracker: metrics as it goes, tables, the final summary, artifacts, the end."""
+
+    @property
+    def active(self) -> bool: ...
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None: ...
+
+    def summarize(self, values: dict[str, Any]) -> None: ...
+
+    def log_artifact(self, folder: Path, name: str, kind: str, metadata: dict[str, Any]) -> None: ...
+
+    def finish_preempted(self, step: int, exit_code: int) -> None: ...
+
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+class NullTracker:
+    """Logging off (``logger=none``, W&B disabled, or a process other than the main one): does nothing."""
+
+    active = False
+    run_id = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        pass
+
+    def summarize(self, values: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, folder: Path, name: str, kind: str, metadata: dict[str, Any]) -> None:
+        pass
+
+    def finish_preempted(self, step: int, exit_code: int) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
 @dataclass
-class Tracker:
-    """A live W&B run, or a no-op when logging is off."""
+class WandbTracker:
+    """A live W&B run (``run`` is None once finished)."""
 
     run: Any = None  # wandb.sdk.wandb_run.Run
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
 
     @property
     def active(self) -> bool:
@@ -149,7 +197,7 @@ def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name:
     """Create the run for this experiment (its id is stored in the run folder), or continue the stored one
     when the run folder was started before (resume). Only the main process of a multi-process run logs."""
     if cfg.backend is LoggerBackend.none or cfg.mode is WandbMode.disabled or not is_main_process():
-        return Tracker()
+        return NullTracker()
     import wandb
 
     run_id = stored_run_id(run_dir)
@@ -178,63 +226,4 @@ def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name:
         run_dir / RUN_ID_FILE, {"id": run.id, "project": cfg.project, "entity": cfg.entity, "mode": mode}
     )
     log.info("W&B run %s (%s, %s%s)", run.id, name, mode, ", resumed" if run_id else "")
-    return Tracker(run)
-
-
-def prefixed(metrics: dict[str, float]) -> dict[str, float]:
-    """``eval_loss`` -> ``eval/loss``; anything else -> ``train/<key>``."""
-    out = {}
-    for key, value in metrics.items():
-        if not isinstance(value, (int, float)):
-            continue
-        if key.startswith("eval_"):
-            out[f"eval/{key[5:]}"] = value
-        elif key.startswith("train_"):
-            out[f"train/{key[6:]}"] = value
-        else:
-            out[f"train/{key}"] = value
-    return out
-
-
-# Trainer's end-of-training log -> summary keys (its train_loss is the mean over the run, not a step's loss)
-END_OF_TRAINING = {
-    "train_runtime": "train/runtime",
-    "train_samples_per_second": "train/samples_per_second",
-    "train_steps_per_second": "train/steps_per_second",
-    "train_loss": "train/mean_loss",
-    "total_flos": "train/total_flos",
-}
-
-
-class MetricsCallback(TrainerCallback):
-    """Forward every Trainer log to the tracker under train/ and eval/, with the peak memory.
-
-    Trainer's step logs already carry ``train_tokens_per_second`` (we set include_num_input_tokens_seen).
-    """
-
-    def __init__(self, tracker: Tracker, peak_memory_mb: Callable[[], float]):
-        self.tracker = tracker
-        self.peak_memory_mb = peak_memory_mb
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or not state.is_world_process_zero:
-            return
-        if "train_loss" in logs:  # the end-of-training aggregate: summary values, not a history point
-            self.tracker.summarize({END_OF_TRAINING[k]: v for k, v in logs.items() if k in END_OF_TRAINING})
-            return
-        metrics = prefixed(logs)
-        if not any(key.startswith("eval_") for key in logs):
-            metrics["train/peak_memory_mb"] = self.peak_memory_mb()
-        self.tracker.log(metrics, step=state.global_step)
-
-
-class LogHistoryCallback(TrainerCallback):
-    """Append every Trainer log (step logs, evaluations) to the run folder's ``log_history.jsonl``, which
-    the sweep report reads for its curves (works with any logger, W&B or none)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and state.is_world_process_zero:
-            append_record(self.path, state.global_step, logs)
+    return WandbTracker(run)

@@ -23,17 +23,14 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-from transformers import TrainerCallback
 
 from dpo_lab.config.schemas import ConfigError
-from dpo_lab.runs.atomic import atomic_write_json, atomic_write_text
+from dpo_lab.runs.atomic import atomic_write_text
+from dpo_lab.runs.layout import OVERRIDES_FILE, RunLayout
 from dpo_lab.train.checkpoints import Checkpoint, resume_checkpoint
-from dpo_lab.train.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
-EVAL_BEFORE_FILE = "eval_before.json"
-OVERRIDES_FILE = "overrides.yaml"
 
 # Keys that may differ between the attempts of one run folder.
 _FREE_KEYS = {"resume"}
@@ -87,7 +84,7 @@ def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
 
 def check_same_config(run_dir: Path, resolved: dict[str, Any]) -> None:
     """Raise ConfigError if ``run_dir`` was started with a different config than ``resolved``."""
-    stored = run_dir / "config.yaml"
+    stored = RunLayout(run_dir).config
     if not stored.is_file():
         return
     old = yaml.safe_load(stored.read_text())
@@ -108,49 +105,22 @@ def save_run_config(run_dir: Path, resolved: dict[str, Any], overrides: list[str
     if not (run_dir / OVERRIDES_FILE).is_file():
         kept = [o for o in overrides if not o.startswith("resume=")]
         atomic_write_text(run_dir / OVERRIDES_FILE, yaml.safe_dump(kept, default_flow_style=False))
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    atomic_write_text(RunLayout(run_dir).config, OmegaConf.to_yaml(resolved))
 
 
 def plan_resume(run_dir: Path, resolved: dict[str, Any]) -> ResumePlan:
     """What to do in ``run_dir``: resume, fresh start, or nothing (already completed)."""
     check_same_config(run_dir, resolved)
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file() and (run_dir / "adapter").is_dir():
+    layout = RunLayout(run_dir)
+    metrics = layout.metrics
+    if metrics.is_file() and layout.adapter.is_dir():
         record = json.loads(metrics.read_text())
         if record.get("status") == "completed":
             log.info("%s already holds a completed run; nothing to do", run_dir)
             return ResumePlan(completed=record)
-    checkpoint = resume_checkpoint(run_dir / "checkpoints")
+    checkpoint = resume_checkpoint(layout.checkpoints)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint.path)
-    elif (run_dir / "config.yaml").is_file():
+    elif layout.config.is_file():
         log.info("%s was started before but holds no complete checkpoint: training from step 0", run_dir)
     return ResumePlan(checkpoint=checkpoint)
-
-
-class HeldOutBefore(TrainerCallback):
-    """Held-out metrics of the untrained adapter ("before"), computed once per run folder.
-
-    They are computed by the Trainer's ``eval_on_start`` (pass :attr:`pending` to ``build_dpo_args``) rather
-    than by ``trainer.evaluate()`` before ``train()``: with transformers 5 / accelerate 1.x, evaluating first
-    marks the bare model as prepared and ``train()`` then never wraps it in DistributedDataParallel, so the
-    processes of a multi-process run would train without averaging their gradients. The metrics are stored
-    in ``eval_before.json`` and reused when the folder is resumed (a resumed adapter is no longer untrained).
-    """
-
-    def __init__(self, run_dir: Path, enabled: bool, resuming: bool):
-        self.path = run_dir / EVAL_BEFORE_FILE
-        stored = enabled and self.path.is_file()
-        self.metrics: dict[str, Any] = json.loads(self.path.read_text()) if stored else {}
-        self.pending = enabled and not stored and not resuming
-        if enabled and resuming and not stored:
-            log.warning(
-                "no %s in the resumed folder: the run reports no held-out metrics before training", self.path
-            )
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.pending and state.global_step == 0 and metrics is not None:
-            self.metrics, self.pending = dict(metrics), False
-            if is_main_process():
-                atomic_write_json(self.path, self.metrics)
-        return control

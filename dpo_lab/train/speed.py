@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,11 @@ import torch
 from transformers import TrainerCallback
 
 from dpo_lab.config.schemas import Precision
+from dpo_lab.model.hardware import compute_dtype
 from dpo_lab.train.batching import pair_token_lengths
 from dpo_lab.train.flops import flop_report, measure_peak_flops, model_shapes, token_ratios
 
 log = logging.getLogger(__name__)
-
-_PEAK_DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16, Precision.fp32: torch.float32}
 
 
 def process_started_at() -> float | None:
@@ -116,6 +116,13 @@ def step_timing(clock: StepClock, started_at: float | None) -> dict[str, float |
     }
 
 
+def peak_memory_mb() -> float:
+    """Peak CUDA allocation on GPU, else the process's peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def speed_metrics(
     trainer: Any, clock: StepClock, runtime: float, precision: Precision, device: str, started_at: float
 ) -> dict[str, Any]:
@@ -135,7 +142,7 @@ def speed_metrics(
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         **step_timing(clock, started_at),
     }
-    peak = measure_peak_flops(device, _PEAK_DTYPES.get(precision, torch.float32))
+    peak = measure_peak_flops(device, compute_dtype(precision))
     ratios = token_ratios(pair_token_lengths(trainer.train_dataset), trainer.args.max_length)
     flops = flop_report(
         model_shapes(trainer.model),

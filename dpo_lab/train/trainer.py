@@ -13,7 +13,7 @@ import trl
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
 from torch.utils.data import Sampler, SequentialSampler
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import PreTrainedModel, PrinterCallback, TrainerCallback
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.config.schemas import DPOConfig, Precision, TrainConfig
@@ -61,13 +61,13 @@ def build_dpo_args(
         "weight_decay": train.weight_decay,
         "max_grad_norm": train.max_grad_norm,
         "optim": train.optim,
-        "gradient_checkpointing": train.gradient_checkpointing,
+        "activation_checkpointing": train.gradient_checkpointing,
         "train_sampling_strategy": "group_by_length" if train.group_by_length else "random",
         "dataloader_num_workers": train.dataloader_num_workers,
         # schedule of logs, evals and checkpoints
         "logging_steps": train.logging_steps,
         "eval_strategy": "steps" if train.eval_steps > 0 else "no",
-        "eval_on_start": eval_on_start,  # the held-out metrics "before" (see resume.HeldOutBefore)
+        "eval_on_start": eval_on_start,  # the held-out metrics "before" (see before_eval.HeldOutBefore)
         "eval_steps": train.eval_steps if train.eval_steps > 0 else None,
         "save_strategy": "steps" if train.save_steps > 0 else "no",
         "save_steps": train.save_steps if train.save_steps > 0 else 500,
@@ -192,7 +192,7 @@ def build_trainer(
     On resume the adapter is built fresh like this and ``train(resume_from_checkpoint=...)`` loads the
     checkpoint's adapter weights into it; the base weights are never touched. ``prepared`` lends datasets
     an earlier job of the same sweep prepared."""
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=model,
         ref_model=None,
         args=args,
@@ -204,3 +204,6 @@ def build_trainer(
         micro_batch_observers=micro_batch_observers,
         prepared=prepared,
     )
+    # every log as a raw dict on stdout: the numbers go to log_history.jsonl / W&B, the console gets a bar
+    trainer.remove_callback(PrinterCallback)
+    return trainer

@@ -1,0 +1,50 @@
+"""A composed config as typed, checked objects: one conversion and one walker for every entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import fields, is_dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dpo_lab.config.schemas import ConfigError, RunConfig
+
+T = TypeVar("T")
+
+
+def problems(obj: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(key path, message) for every invalid value of a dataclass tree; a node's own ``problems()`` is
+    responsible for its nested dataclasses, the others are walked."""
+    if hasattr(obj, "problems"):
+        for key, message in obj.problems():
+            yield prefix + key, message
+        return
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            yield from problems(value, f"{prefix}{f.name}.")
+
+
+def validate(obj: Any) -> None:
+    """Raise :class:`ConfigError` for the first value outside its allowed range (key path included)."""
+    for key, message in problems(obj):
+        raise ConfigError(key, message)
+
+
+def typed_config(cfg: DictConfig, schema: type[T]) -> T:
+    """The composed config as a ``schema`` object with every invariant checked (raises ConfigError)."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(key, str(err).splitlines()[0]) from None
+    assert isinstance(obj, schema)
+    validate(obj)
+    return obj
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """The training config as typed objects (raises ConfigError)."""
+    return typed_config(cfg, RunConfig)

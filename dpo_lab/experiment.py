@@ -1,0 +1,275 @@
+"""One experiment, as the phases of a run: start the job, data, tracking, build, train and evaluate, task
+evaluation, collect the result, save. Each phase is a short function; the logic lives in the packages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+
+from dpo_lab.config.schemas import Precision, RunConfig
+from dpo_lab.data.report import format_report
+from dpo_lab.evaluation.task import evaluate_task, load_task_prompts
+from dpo_lab.model.hardware import describe, device_type, resolve_precision
+from dpo_lab.model.loading import adapter_state_dict, build_lora_config, load_tokenizer
+from dpo_lab.runs.atomic import write_final_artifacts
+from dpo_lab.runs.card import card_hyperparameters, display_name, framework_versions, render_model_card
+from dpo_lab.runs.job import in_multirun, run_identity, task_overrides
+from dpo_lab.runs.layout import RunLayout
+from dpo_lab.runs.result import RunResult, record_failure
+from dpo_lab.sweep.cache import SweepCache, job_cache
+from dpo_lab.sweep.objective import check_finite, objective_value
+from dpo_lab.track.callbacks import LogHistoryCallback, MetricsCallback
+from dpo_lab.track.console import ProgressBar
+from dpo_lab.track.tracker import Tracker, git_state, start_run
+from dpo_lab.train.before_eval import HeldOutBefore
+from dpo_lab.train.checkpoints import CheckpointCallback
+from dpo_lab.train.distributed import BatchCounter, check_same_run_dir, is_main_process, rank_report
+from dpo_lab.train.guards import NonFiniteGuard
+from dpo_lab.train.preemption import Preemption
+from dpo_lab.train.resume import ResumePlan, plan_resume, save_run_config
+from dpo_lab.train.speed import StepClock, job_started_at, peak_memory_mb, speed_metrics
+from dpo_lab.train.trainer import build_dpo_args, build_trainer
+
+log = logging.getLogger("dpo_lab")
+
+
+@dataclass
+class Job:
+    """What every phase of one run reads: its typed config, folder, hardware choices and resume plan."""
+
+    cfg: RunConfig
+    raw: DictConfig
+    layout: RunLayout
+    resolved: dict[str, Any]
+    started: float
+    device: str
+    precision: Precision
+    plan: ResumePlan
+
+
+@dataclass
+class JobData:
+    tokenizer: Any
+    cache: SweepCache
+    data: Any  # PreferenceData
+    task_prompts: list
+
+
+@dataclass
+class Training:
+    """The trainer and the callbacks whose state the later phases read."""
+
+    guard: NonFiniteGuard
+    preemption: Preemption
+    batches: BatchCounter
+    before_eval: HeldOutBefore
+    clock: StepClock = field(default_factory=StepClock)
+    trainer: Any = None
+
+
+def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and evaluate one run into ``run_dir``; returns its ``metrics.json`` record."""
+    job = start_job(run_cfg, cfg, run_dir)
+    if job.plan.completed is not None:
+        return job.plan.completed
+    data = load_data(job)
+    tracker, name = start_tracking(job, data)
+    training = prepare_training(job)
+    try:
+        build(job, data, tracker, training, name)
+        train_out, before, after = train_and_evaluate(job, training, tracker)
+        task = evaluate_after_training(job, data, tracker, training)
+        result = collect_result(job, data, training, train_out, before, after, task)
+        save(job, data, training, tracker, result)
+    except BaseException as err:
+        if not training.preemption.stopped_training:  # a preempted run exits on purpose, its checkpoint saved
+            record_failure(run_dir, err, tracker)
+        raise
+    finally:
+        data.cache.end_job()
+    tracker.finish(exit_code=0)
+    if is_main_process():
+        print(result.closing_table(run_dir))
+    return result.metrics
+
+
+def start_job(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> Job:
+    """Seed, hardware, and what the folder holds already (resume, or a completed run); saves config.yaml."""
+    started = job_started_at()  # process start for the first job, so imports and Hydra count
+    set_seed(run_cfg.seed)
+    device = device_type()
+    precision = resolve_precision(run_cfg.train.precision, device)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    check_same_run_dir(str(run_dir))
+    plan = plan_resume(run_dir, resolved)
+    job = Job(run_cfg, cfg, RunLayout(run_dir), resolved, started, device, precision, plan)
+    if plan.completed is None:
+        if is_main_process():
+            save_run_config(run_dir, resolved, task_overrides())
+        log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
+    return job
+
+
+def load_data(job: Job) -> JobData:
+    """Tokenizer, the checked preference pairs (from the sweep cache when an earlier job loaded them) and
+    the task-evaluation prompts."""
+    cfg = job.cfg
+    tokenizer = load_tokenizer(cfg.model)
+    cache = job_cache(cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
+    data = cache.preference_data(cfg.data, cfg.seed, tokenizer, cfg.dpo.max_length, cfg.model)
+    log.info("%s", format_report(data.summary()))
+    task_prompts = load_task_prompts(cfg.eval, cfg.data, data.eval)
+    return JobData(tokenizer, cache, data, task_prompts)
+
+
+def start_tracking(job: Job, data: JobData) -> tuple[Tracker, str]:
+    """The W&B run (or none), with the resolved config and what the run ran on; and the run's name."""
+    name, group = run_identity(job.raw, job.layout.root)
+    meta = {
+        **describe(),
+        "precision": job.precision.value,
+        "dataset_fingerprint": data.data.fingerprint,
+        "git": git_state(Path(__file__).parent),
+        "versions": framework_versions(),
+    }
+    tracker = start_run(
+        job.cfg.logger, run_dir=job.layout.root, config={**job.resolved, "meta": meta}, name=name, group=group
+    )
+    return tracker, name
+
+
+def prepare_training(job: Job) -> Training:
+    """The guards and bookkeeping callbacks, before anything that can fail is loaded."""
+    return Training(
+        guard=NonFiniteGuard(job.layout.checkpoints),
+        preemption=Preemption(),
+        batches=BatchCounter(),
+        before_eval=HeldOutBefore(
+            job.layout.root, job.cfg.train.eval_before_training, resuming=job.plan.checkpoint is not None
+        ),
+    )
+
+
+def build(job: Job, data: JobData, tracker: Tracker, training: Training, name: str) -> None:
+    """Base model (from the sweep cache when possible), DPOConfig and the DPOTrainer with its callbacks."""
+    cfg = job.cfg
+    model = data.cache.base_model(cfg.model, job.precision, cfg.train.gradient_checkpointing)
+    args = build_dpo_args(
+        cfg.dpo,
+        cfg.train,
+        output_dir=job.layout.checkpoints,
+        seed=cfg.seed,
+        precision=job.precision,
+        device=job.device,
+        run_name=name,
+        eval_on_start=training.before_eval.pending,
+    )
+    callbacks = [
+        MetricsCallback(tracker, peak_memory_mb),
+        CheckpointCallback(cfg.train.save_total_limit),
+        training.guard,
+        training.preemption.callback(),
+        training.before_eval,
+        training.clock,
+        LogHistoryCallback(job.layout.history),
+        ProgressBar(),
+    ]
+    training.trainer = build_trainer(
+        model,
+        data.tokenizer,
+        args,
+        data.data.train,
+        data.data.eval,
+        build_lora_config(cfg.lora),
+        callbacks=callbacks,
+        micro_batch_observers=[training.guard.observe, training.batches.observe],
+        prepared=data.cache.prepared_datasets(cfg, job.precision),
+    )
+
+
+def train_and_evaluate(job: Job, training: Training, tracker: Tracker) -> tuple[Any, dict, dict]:
+    """Train (resuming from the plan's checkpoint), then the held-out metrics; a preempted run exits here."""
+    trainer, preemption = training.trainer, training.preemption
+    checkpoint = job.plan.checkpoint
+    with preemption.armed():
+        train_out = trainer.train(resume_from_checkpoint=checkpoint and str(checkpoint.path))
+    if preemption.stopped_training:
+        tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
+        preemption.exit_for_requeue()
+    after = trainer.evaluate(metric_key_prefix="eval")
+    check_finite(train_out.metrics, after)  # a diverged job is a failed job
+    return train_out, training.before_eval.metrics, after
+
+
+def evaluate_after_training(job: Job, data: JobData, tracker: Tracker, training: Training) -> dict[str, Any]:
+    """Answers to held-out prompts before / after, scored by the task checker. One process generates under
+    plain DDP; sharded weights (FSDP, ZeRO) need every rank."""
+    trainer = training.trainer
+    if not (is_main_process() or not _plain_ddp(trainer)):
+        return {}
+    return evaluate_task(
+        trainer.model, data.tokenizer, data.task_prompts, job.cfg.eval,
+        run_dir=job.layout.root, tracker=tracker, step=trainer.state.global_step, seed=job.cfg.seed,
+    )  # fmt: skip
+
+
+def _plain_ddp(trainer: Any) -> bool:
+    return not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+
+
+def collect_result(
+    job: Job, data: JobData, training: Training, train_out: Any, before: dict, after: dict, task: dict
+) -> RunResult:
+    """The metrics.json record: status, held-out before / after, task, speed, memory, objective, reuse."""
+    trainer, cfg, plan = training.trainer, job.cfg, job.plan
+    adapter = adapter_state_dict(trainer.model) if _plain_ddp(trainer) else None
+    runtime = train_out.metrics["train_runtime"]
+    return RunResult({
+        "status": "completed",
+        "train": train_out.metrics,
+        "eval_before": before,
+        "eval": after,
+        "task": task,
+        "train_runtime_s": runtime,
+        "total_runtime_s": time.time() - job.started,
+        "peak_memory_mb": peak_memory_mb(),
+        "global_step": trainer.state.global_step,
+        "precision": job.precision.value,
+        "device": job.device,
+        "data": data.data.summary(),
+        "resumed_from_step": plan.checkpoint.step if plan.checkpoint else None,
+        "distributed": rank_report(training.batches, adapter),
+        **speed_metrics(trainer, training.clock, runtime, job.precision, job.device, job.started),
+        "objective": {
+            "metric": cfg.objective.metric,
+            "direction": cfg.objective.direction.value,
+            "value": objective_value(after, cfg.objective),
+        },
+        "reused": dict(data.cache.last_job),
+    })  # fmt: skip
+
+
+def save(job: Job, data: JobData, training: Training, tracker: Tracker, result: RunResult) -> None:
+    """Adapter, model card and metrics.json (last), the W&B summary, and the adapter as a W&B artifact."""
+    cfg = job.cfg
+    card = render_model_card(
+        base_model=display_name(cfg.model.name_or_path),
+        dataset=display_name(cfg.data.path),
+        hyperparameters=card_hyperparameters(cfg, job.precision.value),
+        metrics=result.card_metrics(),
+        quantization=cfg.model.quantization.value,
+    )
+    write_final_artifacts(training.trainer, data.tokenizer, job.layout.root, card, result.metrics)
+    summary = {**result.summary(), **data.data.wandb_summary()}
+    tracker.summarize(summary)
+    if cfg.logger.log_model and tracker.active:
+        tracker.log_artifact(
+            job.layout.adapter, name=f"adapter-{tracker.run_id}", kind="model", metadata=summary
+        )

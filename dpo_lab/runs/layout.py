@@ -1,0 +1,67 @@
+"""Every file name of a run folder, declared once. Code asks a RunLayout for a path, never spells a name.
+
+<run>/config.yaml          the resolved config (a rerun into the folder must match it)
+<run>/checkpoints/         Trainer checkpoints (checkpoint-<step>/), newest complete one resumed
+<run>/log_history.jsonl    every Trainer log, a line each (the sweep report's curves)
+<run>/samples_<phase>.jsonl  task-evaluation answers before / after training
+<run>/adapter/             the trained LoRA adapter, tokenizer and model card
+<run>/README.md            the model card
+<run>/metrics.json         final metrics, written last: "status": "completed" means the rest is there
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.yaml"
+EVAL_BEFORE_FILE = "eval_before.json"
+CHECKPOINTS_DIR = "checkpoints"
+HISTORY_FILE = "log_history.jsonl"
+ADAPTER_DIR = "adapter"
+CARD_FILE = "README.md"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def overrides(self) -> Path:
+        return self.root / OVERRIDES_FILE
+
+    @property
+    def eval_before(self) -> Path:
+        return self.root / EVAL_BEFORE_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY_FILE
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / ADAPTER_DIR
+
+    @property
+    def card(self) -> Path:
+        return self.root / CARD_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    def samples(self, phase: str) -> Path:
+        """``samples_before.jsonl`` / ``samples_after.jsonl``."""
+        return self.root / f"samples_{phase}.jsonl"

@@ -1,0 +1,109 @@
+"""A run's final numbers, from one place: ``metrics.json``, the W&B summary, the model card's results table
+and the closing table printed by the CLI are all views of the one ``metrics`` record built here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpo_lab.config.schemas import SUMMARY_METRICS
+from dpo_lab.runs.atomic import atomic_write_json
+from dpo_lab.runs.layout import RunLayout
+from dpo_lab.train.distributed import is_main_process
+
+log = logging.getLogger("dpo_lab")
+
+# Held-out metrics a reader compares adapters by (the card's results table): the summary ones and the
+# policy's log-probs; not runtimes or samples per second.
+CARD_METRICS = (*SUMMARY_METRICS, "logps/chosen", "logps/rejected")
+# the mean training loss over the run (Trainer's train_loss), under one name everywhere
+MEAN_TRAIN_LOSS = "train/mean_loss"
+
+
+def held_out(metrics: dict[str, Any], prefix: str, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The ``eval_*`` entries of Trainer.evaluate()'s output, renamed ``<prefix><name>`` (only ``names``)."""
+    renamed = {k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}
+    return {prefix + k: v for k, v in renamed.items() if names is None or k in names}
+
+
+def task_metrics(task: dict[str, Any]) -> dict[str, float]:
+    """The task accuracies as ``task/accuracy_before`` / ``task/accuracy_after``."""
+    return {f"task/{k}": v for k, v in task.items() if k.startswith("accuracy_")}
+
+
+@dataclass
+class RunResult:
+    """The ``metrics.json`` record of a completed run and the views of it."""
+
+    metrics: dict[str, Any]
+
+    def _final(self, names: tuple[str, ...] | None) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            **held_out(m["eval_before"], "eval_before/", names),
+            **held_out(m["eval"], "eval/", names),
+            MEAN_TRAIN_LOSS: m["train"].get("train_loss"),
+            **task_metrics(m.get("task", {})),
+        }
+
+    def card_metrics(self) -> dict[str, Any]:
+        """The model card's results table."""
+        return self._final(CARD_METRICS)
+
+    def summary(self) -> dict[str, Any]:
+        """The flat final metrics for the W&B summary (the same numbers as metrics.json)."""
+        m = self.metrics
+        speed = ("tokens_per_second", "mfu", "seconds_per_step", "time_to_first_step_s")
+        return {
+            **self._final(None),
+            **{key: m.get(key) for key in speed},
+            **{key: m[key] for key in ("peak_memory_mb", "train_runtime_s", "global_step", "status")},
+        }
+
+    def closing_table(self, run_dir: Path) -> str:
+        """The CLI's closing table: held-out metrics before and after training."""
+        m = self.metrics
+        before, after = m["eval_before"], m["eval"]
+        rows = [f"{'held-out metric':<22}{'before':>10}{'after':>10}"]
+        for key in SUMMARY_METRICS:
+            rows.append(f"{key:<22}{_num(before.get(f'eval_{key}')):>10}{_num(after.get(f'eval_{key}')):>10}")
+        task = m.get("task", {})
+        if "accuracy_after" in task:
+            rows.append(
+                f"{'task accuracy':<22}{_num(task['accuracy_before']):>10}{_num(task['accuracy_after']):>10}"
+            )
+        rows.append(
+            f"steps {m['global_step']}, {m['train_runtime_s']:.1f} s training, "
+            f"{m['tokens_per_second']:.0f} tokens/s, precision {m['precision']}"
+        )
+        rows.append(f"run folder: {run_dir}")
+        return "\n".join(rows)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def failure_record(err: BaseException) -> dict[str, str]:
+    """``metrics.json`` of a run that did not complete: ``interrupted`` (Ctrl-C) or ``failed``, and why."""
+    status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    return {"status": status, "error": f"{type(err).__name__}: {err}".strip()}
+
+
+def record_failure(run_dir: Path, err: BaseException, tracker: Any) -> None:
+    """Mark the run failed in metrics.json and W&B, keeping the error, and finish the W&B run."""
+    record = failure_record(err)
+    log.error("run %s: %s", record["status"], record["error"])
+    if is_main_process():
+        atomic_write_json(RunLayout(run_dir).metrics, record)
+    tracker.summarize({"status": record["status"], "error": record["error"][:2000]})
+    tracker.finish(exit_code=1)
+
+
+def record_failed_job(run_dir: Path, err: BaseException) -> None:
+    """A sweep job that failed before training started: nothing recorded yet, so record it now."""
+    path = RunLayout(run_dir).metrics
+    if not path.exists() and is_main_process():
+        atomic_write_json(path, failure_record(err))

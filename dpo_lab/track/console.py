@@ -1,0 +1,47 @@
+"""What a person watches during training: one progress bar (step, loss, rate, time left) on stderr.
+
+Transformers would print every log as a raw dict (PrinterCallback); the numbers go to
+``log_history.jsonl`` and W&B instead, and the console shows the bar and, at the end, the before/after
+table. Only the main process draws it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+from dpo_lab.train.distributed import is_main_process
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over the optimizer steps, with the latest training loss and held-out reward accuracy."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.shown: dict[str, str] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if is_main_process() and state.max_steps > 0:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
+                            file=sys.stderr, dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.shown["loss"] = f"{logs['loss']:.4f}"
+        if "eval_rewards/accuracies" in logs:
+            self.shown["eval acc"] = f"{logs['eval_rewards/accuracies']:.3f}"
+        self.bar.set_postfix(self.shown, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
