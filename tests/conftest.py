@@ -1,4 +1,4 @@
-"""Fixtures shared by the test tiers (helpers live in tests/helpers.py)."""
+"""Fixtures shared by the test tiers (helpers live in tests/helpers/)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Test driver: the dpo_lab CLI with a NaN injected into the training loss of one optimizer step.
 
-``DPO_LAB_TEST_NAN_STEP=5 python -m tests.inject_nan [overrides]``: the DPO loss of every micro-batch of
-step 5 is multiplied by NaN (its gradients become NaN too), the way a diverging run produces one. Only the
-tests use it; the package has no hook for it.
+``DPO_LAB_TEST_NAN_STEP=5 python -m tests.helpers.inject_nan [overrides]``: the DPO loss of every
+micro-batch of step 5 is multiplied by NaN (its gradients become NaN too), the way a diverging run produces
+one. Only the tests use it; the package has no hook for it.
 """
 
 from __future__ import annotations

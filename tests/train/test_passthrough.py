@@ -1,7 +1,7 @@
 """Every schema value dpo_lab passes on reaches its destination: the ``dpo`` and ``train`` groups (and
 ``train.extra``) reach ``trl.DPOConfig``; the ``lora`` group reaches ``peft.LoraConfig`` and the
 ``adapter_config.json`` of a trained run. The loops go over the schemas' fields, so a field that is
-added to a schema is checked too (tests/schema_values.py must give it a value)."""
+added to a schema is checked too (tests/helpers/schema_values.py must give it a value)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from dpo_lab.config.schemas import DPOConfig, LoraConfig, Precision, TrainConfig
 from dpo_lab.model.loading import build_lora_config
 from dpo_lab.train.checkpoints import list_checkpoints
 from dpo_lab.train.trainer import build_dpo_args
-from tests.inference_helpers import cli
-from tests.schema_values import (
+from tests.helpers.inference import cli
+from tests.helpers.schema_values import (
     CARD_ROWS,
     EXTRA_VALUES,
     LORA_VALUES,

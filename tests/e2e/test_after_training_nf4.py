@@ -19,7 +19,7 @@ from dpo_lab.model.hardware import device_type, resolve_precision
 from dpo_lab.model.loading import bnb_config
 from dpo_lab.runs.folder import read_run
 from tests.helpers import wandb_summary
-from tests.inference_helpers import cli, held_out_messages, read_jsonl
+from tests.helpers.inference import cli, held_out_messages, read_jsonl
 
 NUM_PROMPTS = 4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dpo_lab.config.schemas import ModelConfig, Quantization, RunConfig
 from dpo_lab.runs.card import card_hyperparameters as _card_hyperparameters
 from dpo_lab.runs.card import render_model_card
-from tests.schema_values import CARD_ROWS, card_hyperparameters, card_value, same_cell, typed
+from tests.helpers.schema_values import CARD_ROWS, card_hyperparameters, card_value, same_cell, typed
 
 
 def test_every_hyperparameter_has_its_row_with_the_runs_value() -> None:
@@ -33,4 +33,4 @@ def test_every_hyperparameter_has_its_row_with_the_runs_value() -> None:
         assert same_cell(rows[key], expected[key]), (
             f"card row {key} shows {rows[key]!r}, not {expected[key]!r}"
         )
-    assert set(rows) == set(CARD_ROWS), "a new card row: add it to CARD_ROWS (tests/schema_values.py)"
+    assert set(rows) == set(CARD_ROWS), "a new card row: add it to CARD_ROWS (tests/helpers/schema_values.py)"

@@ -203,7 +203,7 @@ def test_slurm_preset_defaults_to_the_clusters_partition() -> None:
     assert _launcher("slurm").partition is None
 
 
-ACCELERATE = Path(__file__).resolve().parents[1] / "accelerate_configs"
+ACCELERATE = Path(__file__).resolve().parents[2] / "accelerate_configs"
 
 
 @pytest.mark.parametrize(

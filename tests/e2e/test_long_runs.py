@@ -18,7 +18,7 @@ import pytest
 
 from dpo_lab.train.checkpoints import MARKER, latest_complete
 from tests.helpers import cli_env, run_cli
-from tests.long_runs import (
+from tests.helpers.long_runs import (
     TRAIN,
     assert_same_adapter,
     attempt_records,
@@ -189,7 +189,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     run_dir = tmp_path / "run"
     args = [*TRAIN, "train.max_steps=6", "train.save_steps=2", *OFFLINE, f"hydra.run.dir={run_dir}"]
     env = {**cli_env(tmp_path), "DPO_LAB_TEST_NAN_STEP": "5"}
-    proc = run_cli(args, tmp_path, module="tests.inject_nan", env=env, timeout=300)
+    proc = run_cli(args, tmp_path, module="tests.helpers.inject_nan", env=env, timeout=300)
 
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("dpo_lab:")]

@@ -14,7 +14,7 @@ from dpo_lab.config.schemas import ConfigError
 from dpo_lab.train import distributed
 from dpo_lab.train.guards import NonFiniteError, NonFiniteGuard, first_nonfinite_grad
 from dpo_lab.train.preemption import Preemption
-from tests.test_checkpoints import fake_checkpoint
+from tests.train.test_checkpoints import fake_checkpoint
 
 
 def _args(tmp_path) -> TrainingArguments:

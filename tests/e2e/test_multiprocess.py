@@ -18,7 +18,7 @@ import pytest
 from dpo_lab.train.checkpoints import latest_complete
 from dpo_lab.train.distributed import state_digest
 from tests.helpers import ROOT, cli_env, run_cli
-from tests.long_runs import adapter, wandb_run_dirs
+from tests.helpers.long_runs import adapter, wandb_run_dirs
 
 pytestmark = pytest.mark.slow
 

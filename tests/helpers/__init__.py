@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from dpo_lab.config.resolvers import register_resolvers
 from dpo_lab.config.schemas import register_configs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 # the real HH-RLHF harmless-base test split, kept beside the repository (../shared/data/), not in it;
 # DPO_LAB_HH_DATA points the tests at another copy

@@ -20,7 +20,7 @@ from dpo_lab.config.schemas import CheckerConfig, GenerationConfig
 from dpo_lab.evaluation.generation import chat_inputs, generate_answers
 from dpo_lab.evaluation.task import finance_number
 from tests.helpers import ROOT, run_cli
-from tests.inference_helpers import ROWS_BY_PROMPT, TEST_ROWS, cli, env, held_out_messages, read_jsonl
+from tests.helpers.inference import ROWS_BY_PROMPT, TEST_ROWS, cli, env, held_out_messages, read_jsonl
 
 NUM_PROMPTS = 8
 SMALL = [
