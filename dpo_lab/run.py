@@ -6,6 +6,7 @@ the logic lives in the modules named after what they build.
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import sys
@@ -43,10 +44,11 @@ from dpo_lab.model import adapter_state_dict, build_lora_config, load_tokenizer
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.objective import check_finite, objective_value
 from dpo_lab.overrides import check_overrides
-from dpo_lab.preemption import Preemption
+from dpo_lab.preemption import Preemption, Terminated, terminate_as_interrupt
 from dpo_lab.resolvers import CONF_DIR, register_resolvers
 from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
 from dpo_lab.reuse import job_cache
+from dpo_lab.run_lock import RunFolderBusy, hold_run_folder
 from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
 from dpo_lab.throughput import StepClock, job_started_at, speed_metrics
 from dpo_lab.tracking import LogHistoryCallback, MetricsCallback, Tracker, git_state, start_run
@@ -121,7 +123,8 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     if plan.completed is not None:
         return plan.completed
     if is_main_process():
-        save_run_config(run_dir, resolved, list(HydraConfig.get().overrides.task))
+        overrides = list(HydraConfig.get().overrides.task)
+        save_run_config(run_dir, resolved, overrides, fresh=plan.checkpoint is None)
     log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
 
     tokenizer = load_tokenizer(run_cfg.model)
@@ -188,6 +191,10 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         before = before_eval.metrics
         if preemption.stopped_training:
             tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
+            if is_main_process():
+                step = trainer.state.global_step
+                record = preemption.record(step, run_dir / "checkpoints" / f"checkpoint-{step}")
+                atomic_write_json(run_dir / "metrics.json", record)
             preemption.exit_for_requeue()
         after = trainer.evaluate(metric_key_prefix="eval")
         check_finite(train_out.metrics, after)  # a diverged job is a failed job
@@ -336,7 +343,19 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = in_multirun()
     try:
-        metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
+        with hold_run_folder(run_dir), terminate_as_interrupt():
+            metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
+    except RunFolderBusy as err:  # another launch's folder: nothing is written into it
+        if not in_sweep:
+            print(f"dpo_lab: {err}", file=sys.stderr)
+            sys.exit(1)
+        log.error("job %s not run: %s", hydra_cfg.job.num, err)
+        return None
+    except Terminated as err:  # SIGTERM outside training: recorded like Ctrl-C, ends a sweep too
+        _record_interrupted(run_dir, err)
+        print(f"dpo_lab: run stopped: {err} (recorded as interrupted in {run_dir / 'metrics.json'})",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(err.exit_code)
     except ConfigError as err:  # also raised late, e.g. a tokenizer without a chat template
         if not in_sweep:
             exit_with_config_error(err)
@@ -353,6 +372,16 @@ def train(cfg: DictConfig) -> float | None:
         _record_failed_job(run_dir, err)
         return None  # Optuna's sweeper records a trial without a number as failed and goes on
     return metrics["objective"]["value"]
+
+
+def _record_interrupted(run_dir: Path, err: BaseException) -> None:
+    """metrics.json says ``interrupted`` unless the run completed before the signal came."""
+    path = run_dir / "metrics.json"
+    if not is_main_process() or not run_dir.is_dir():
+        return
+    if path.is_file() and json.loads(path.read_text()).get("status") == "completed":
+        return
+    atomic_write_json(path, {"status": "interrupted", "error": f"{type(err).__name__}: {err}"})
 
 
 def _record_failed_job(run_dir: Path, err: BaseException) -> None:
