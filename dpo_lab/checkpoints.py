@@ -144,13 +144,16 @@ def corruption(checkpoint: Checkpoint) -> str | None:
     """Why a complete ``checkpoint``'s files do not hold what was written (a digest differs), or None.
 
     Markers written before digests were recorded have none: their safetensors headers are parsed instead."""
-    record = json.loads((checkpoint.path / MARKER).read_text())
-    digests = record.get("sha256")
-    if isinstance(digests, dict):
-        for name, digest in digests.items():
-            if file_sha256(checkpoint.path / name) != digest:
-                return f"{name} does not hold the bytes that were written (sha256 differs: corrupt)"
-        return None
+    try:
+        record = json.loads((checkpoint.path / MARKER).read_text())
+        digests = record.get("sha256")
+        if isinstance(digests, dict):
+            for name, digest in digests.items():
+                if file_sha256(checkpoint.path / name) != digest:
+                    return f"{name} does not hold the bytes that were written (sha256 differs: corrupt)"
+            return None
+    except OSError as err:  # e.g. removed meanwhile by the main process
+        return f"unreadable ({err})"
     for name in record["files"]:
         if name.endswith(".safetensors"):
             file = checkpoint.path / name

@@ -20,6 +20,7 @@ and the process exits with 143. Under submitit, whose handlers are installed fir
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -30,7 +31,8 @@ from typing import Any, NoReturn
 
 from transformers import TrainerCallback
 
-from dpo_lab.distributed import any_process
+from dpo_lab.artifacts import atomic_write_json
+from dpo_lab.distributed import any_process, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,13 @@ class Preemption:
         previous = self._previous.get(self.exit_code - 128)
         return previous if callable(previous) and previous is not _raise_terminated else None
 
-    def record(self, step: int, checkpoint: Path) -> dict[str, Any]:
+    def record(self, run_dir: Path, step: int) -> None:
+        """Write :meth:`summary` as the run's ``metrics.json`` (main process)."""
+        if is_main_process():
+            checkpoint = run_dir / "checkpoints" / f"checkpoint-{step}"
+            atomic_write_json(run_dir / "metrics.json", self.summary(step, checkpoint))
+
+    def summary(self, step: int, checkpoint: Path) -> dict[str, Any]:
         """``metrics.json`` of a run stopped by a signal at ``step``: where and how it resumes."""
         name = signal.Signals(self.exit_code - 128).name
         return {
@@ -133,6 +141,16 @@ class Preemption:
             previous(signum, None)
         log.info("exiting with code %d so that the job can be requeued", self.exit_code)
         sys.exit(self.exit_code)
+
+
+def record_interrupted(run_dir: Path, err: BaseException) -> None:
+    """``metrics.json`` says ``interrupted`` (main process), unless the run completed before the signal."""
+    path = run_dir / "metrics.json"
+    if not is_main_process() or not run_dir.is_dir():
+        return
+    if path.is_file() and json.loads(path.read_text()).get("status") == "completed":
+        return
+    atomic_write_json(path, {"status": "interrupted", "error": f"{type(err).__name__}: {err}"})
 
 
 class PreemptionCallback(TrainerCallback):

@@ -6,7 +6,6 @@ the logic lives in the modules named after what they build.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import sys
@@ -44,7 +43,7 @@ from dpo_lab.model import adapter_state_dict, build_lora_config, load_tokenizer
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.objective import check_finite, objective_value
 from dpo_lab.overrides import check_overrides
-from dpo_lab.preemption import Preemption, Terminated, terminate_as_interrupt
+from dpo_lab.preemption import Preemption, Terminated, record_interrupted, terminate_as_interrupt
 from dpo_lab.resolvers import CONF_DIR, register_resolvers
 from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
 from dpo_lab.reuse import job_cache
@@ -191,10 +190,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         before = before_eval.metrics
         if preemption.stopped_training:
             tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
-            if is_main_process():
-                step = trainer.state.global_step
-                record = preemption.record(step, run_dir / "checkpoints" / f"checkpoint-{step}")
-                atomic_write_json(run_dir / "metrics.json", record)
+            preemption.record(run_dir, trainer.state.global_step)  # metrics.json: preempted, and where
             preemption.exit_for_requeue()
         after = trainer.evaluate(metric_key_prefix="eval")
         check_finite(train_out.metrics, after)  # a diverged job is a failed job
@@ -352,7 +348,7 @@ def train(cfg: DictConfig) -> float | None:
         log.error("job %s not run: %s", hydra_cfg.job.num, err)
         return None
     except Terminated as err:  # SIGTERM outside training: recorded like Ctrl-C, ends a sweep too
-        _record_interrupted(run_dir, err)
+        record_interrupted(run_dir, err)
         print(f"dpo_lab: run stopped: {err} (recorded as interrupted in {run_dir / 'metrics.json'})",
               file=sys.stderr)  # fmt: skip
         sys.exit(err.exit_code)
@@ -372,16 +368,6 @@ def train(cfg: DictConfig) -> float | None:
         _record_failed_job(run_dir, err)
         return None  # Optuna's sweeper records a trial without a number as failed and goes on
     return metrics["objective"]["value"]
-
-
-def _record_interrupted(run_dir: Path, err: BaseException) -> None:
-    """metrics.json says ``interrupted`` unless the run completed before the signal came."""
-    path = run_dir / "metrics.json"
-    if not is_main_process() or not run_dir.is_dir():
-        return
-    if path.is_file() and json.loads(path.read_text()).get("status") == "completed":
-        return
-    atomic_write_json(path, {"status": "interrupted", "error": f"{type(err).__name__}: {err}"})
 
 
 def _record_failed_job(run_dir: Path, err: BaseException) -> None:

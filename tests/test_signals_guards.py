@@ -110,7 +110,7 @@ def test_sigterm_outside_training_stops_like_ctrl_c() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     assert preemption.signum == signal.SIGTERM
     assert preemption._launcher_handler() is None, "our own handler is no launcher's requeue handler"
-    record = preemption.record(5, Path("/runs/a/checkpoints/checkpoint-5"))
+    record = preemption.summary(5, Path("/runs/a/checkpoints/checkpoint-5"))
     assert record["status"] == "preempted" and record["global_step"] == 5 and not record["requeued"]
 
 
