@@ -225,13 +225,6 @@ class CheckpointCallback(TrainerCallback):
         return control
 
 
-def resume_checkpoint(folder: Path) -> Checkpoint | None:
-    """The checkpoint a (re)started run continues from; the main process removes incomplete leftovers."""
-    checkpoint, skipped = newest_intact(folder)
-    discard(folder, skipped)
-    return checkpoint
-
-
 def discard(folder: Path, skipped: list[tuple[Checkpoint, str]]) -> None:
     """Log each checkpoint passed over and why; the main process deletes them (a resumed run writes its
     own checkpoints of those steps) and any other incomplete one."""
