@@ -112,7 +112,7 @@ def start_job(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> Job:
     job = Job(run_cfg, cfg, RunLayout(run_dir), resolved, started, device, precision, plan)
     if plan.completed is None:
         if is_main_process():
-            save_run_config(run_dir, resolved, task_overrides())
+            save_run_config(run_dir, resolved, task_overrides(), fresh=plan.checkpoint is None)
         log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
     return job
 
@@ -202,6 +202,7 @@ def train_and_evaluate(job: Job, training: Training, tracker: Tracker) -> tuple[
         train_out = trainer.train(resume_from_checkpoint=checkpoint and str(checkpoint.path))
     if preemption.stopped_training:
         tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
+        preemption.record(job.layout.root, trainer.state.global_step)  # metrics.json: preempted, and where
         preemption.exit_for_requeue()
     after = trainer.evaluate(metric_key_prefix="eval")
     check_finite(train_out.metrics, after)  # a diverged job is a failed job

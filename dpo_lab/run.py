@@ -22,6 +22,8 @@ from dpo_lab.config.user_configs import check_user_config_dirs
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.experiment import run_experiment
 from dpo_lab.runs.job import in_multirun
+from dpo_lab.runs.layout import RunLayout
+from dpo_lab.runs.lock import RunFolderBusy, hold_run_folder
 from dpo_lab.runs.result import record_failed_job
 from dpo_lab.train.distributed import (
     agree_on_launch_time,
@@ -30,6 +32,7 @@ from dpo_lab.train.distributed import (
     rank_overrides,
 )
 from dpo_lab.train.guards import NonFiniteError
+from dpo_lab.train.preemption import Terminated, record_interrupted, terminate_as_interrupt
 from dpo_lab.train.resume import resume_overrides
 
 log = logging.getLogger("dpo_lab")
@@ -45,7 +48,19 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = in_multirun()
     try:
-        metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
+        with hold_run_folder(run_dir), terminate_as_interrupt():
+            metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
+    except RunFolderBusy as err:  # another launch's folder: nothing is written into it
+        if not in_sweep:
+            print(f"dpo_lab: {err}", file=sys.stderr)
+            sys.exit(1)
+        log.error("job %s not run: %s", hydra_cfg.job.num, err)
+        return None
+    except Terminated as err:  # SIGTERM outside training: recorded like Ctrl-C, ends a sweep too
+        record_interrupted(run_dir, err)
+        print(f"dpo_lab: run stopped: {err} (recorded as interrupted in {RunLayout(run_dir).metrics})",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(err.exit_code)
     except ConfigError as err:  # also raised late, e.g. a tokenizer without a chat template
         if not in_sweep:
             exit_with_config_error(err)

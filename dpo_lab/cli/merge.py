@@ -31,9 +31,17 @@ log = logging.getLogger("dpo_lab.cli.merge")
 PROBE = [{"role": "user", "content": "What is the future value of $1,000 at 5% for 3 years?"}]
 
 
-def output_folder(cfg: MergeConfig, run_path: Path) -> Path:
-    """Where the merged model goes; ConfigError if that folder already holds files (unless overwrite)."""
+def output_folder(cfg: MergeConfig, run_path: Path, base_model: str | None = None) -> Path:
+    """Where the merged model goes; ConfigError if that folder already holds files (unless overwrite), or
+    if it is a folder the merge reads or the run owns (even with overwrite): the run folder itself, one of
+    its own entries (adapter/, checkpoints/, .hydra/...; ``merged/`` is the default output), or the local
+    base model."""
     out = Path(cfg.out).expanduser().resolve() if cfg.out else run_path / "merged"
+    base = Path(base_model).expanduser().resolve() if base_model else None
+    is_base = out == base and out.is_dir()
+    overwritten = run_owned(out, run_path) or ("the run's base model" if is_base else None)
+    if overwritten:
+        raise ConfigError("out", f"{out} is {overwritten}: the merge would overwrite it; give another folder")
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
@@ -41,10 +49,22 @@ def output_folder(cfg: MergeConfig, run_path: Path) -> Path:
     return out
 
 
+def run_owned(out: Path, run_path: Path) -> str | None:
+    """What of the run folder ``out`` would overwrite (the folder itself or one of its entries), or None."""
+    if out == run_path:
+        return "the run folder itself"
+    if run_path not in out.parents:
+        return None
+    entry = out.relative_to(run_path).parts[0]
+    if entry != "merged" and (run_path / entry).exists():
+        return f"inside the run's own {entry}"
+    return None
+
+
 def merge(cfg: MergeConfig) -> Path:
     """Merge, save and describe; returns the merged model's folder."""
     run = read_run(cfg.run)
-    out = output_folder(cfg, run.path)
+    out = output_folder(cfg, run.path, run.model.name_or_path)
     saved = dataclasses.replace(
         run.model, name_or_path=str(run.adapter_dir), revision=None, chat_template=None
     )

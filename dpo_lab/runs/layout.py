@@ -22,6 +22,8 @@ HISTORY_FILE = "log_history.jsonl"
 ADAPTER_DIR = "adapter"
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
+# held (fcntl.flock) by the one process that runs in the folder (runs/lock.py)
+LOCK_FILE = ".dpo_lab.lock"
 
 
 @dataclass(frozen=True)

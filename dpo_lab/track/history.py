@@ -22,6 +22,18 @@ def append_record(path: Path, step: int, logs: dict[str, Any]) -> None:
         out.write(json.dumps(record) + "\n")
 
 
+def restore_history(path: Path, log_history: list[dict[str, Any]]) -> None:
+    """Rewrite ``path`` from a checkpoint's Trainer log history (what was logged up to that checkpoint), so
+    that a resumed run appends its steps to exactly that, not after rows of the attempt it replaces."""
+    lines = []
+    for entry in log_history:
+        record = {"step": entry["step"], **{k: v for k, v in entry.items() if k != "step" and _is_number(v)}}
+        lines.append(json.dumps(record) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -28,9 +28,10 @@ class HeldOutBefore(TrainerCallback):
 
     def __init__(self, run_dir: Path, enabled: bool, resuming: bool):
         self.path = RunLayout(run_dir).eval_before
-        stored = enabled and self.path.is_file()
+        # a fresh start always computes them: every process decides alike, whatever an old attempt left
+        stored = enabled and resuming and self.path.is_file()
         self.metrics: dict[str, Any] = json.loads(self.path.read_text()) if stored else {}
-        self.pending = enabled and not stored and not resuming
+        self.pending = enabled and not resuming
         if enabled and resuming and not stored:
             log.warning(
                 "no %s in the resumed folder: the run reports no held-out metrics before training", self.path

@@ -9,6 +9,11 @@ parses, names the folder's own step, every listed file is there with its recorde
 files include each part a resume needs (:data:`REQUIRED_PARTS`). Anything else is skipped, and removed
 before a resumed run writes new checkpoints.
 
+The marker also records a sha256 digest of every file. Sizes are what rotation and the guard check (cheap);
+the checkpoint a run resumes from is also read back and compared with its digests (:func:`corruption`), so
+a file overwritten in place (same size, other bytes) sends the run back to the previous intact checkpoint
+instead of failing inside the Trainer's loader.
+
 Rotation (``train.save_total_limit``) is done here too, after the marker, counting only complete checkpoints:
 the Trainer's own rotation runs before a new checkpoint is known to be complete and could delete the last
 good one.
@@ -17,6 +22,7 @@ good one.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
 import re
@@ -115,6 +121,14 @@ def latest_complete(folder: Path) -> Checkpoint | None:
     return None
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def mark_complete(path: Path, step: int) -> None:
     """Flush the checkpoint's files to disk, then write :data:`MARKER` (atomically) as its last file."""
     files = _listed_files(path)
@@ -122,7 +136,47 @@ def mark_complete(path: Path, step: int) -> None:
     if missing:
         raise RuntimeError(f"checkpoint {path} was saved without {', '.join(missing)}: it cannot be resumed")
     fsync_tree(path)
-    atomic_write_text(path / MARKER, json.dumps({"step": step, "files": files}, indent=1))
+    digests = {name: file_sha256(path / name) for name in files}
+    atomic_write_text(path / MARKER, json.dumps({"step": step, "files": files, "sha256": digests}, indent=1))
+
+
+def corruption(checkpoint: Checkpoint) -> str | None:
+    """Why a complete ``checkpoint``'s files do not hold what was written (a digest differs), or None.
+
+    Markers written before digests were recorded have none: their safetensors headers are parsed instead."""
+    try:
+        record = json.loads((checkpoint.path / MARKER).read_text())
+        digests = record.get("sha256")
+        if isinstance(digests, dict):
+            for name, digest in digests.items():
+                if file_sha256(checkpoint.path / name) != digest:
+                    return f"{name} does not hold the bytes that were written (sha256 differs: corrupt)"
+            return None
+    except OSError as err:  # e.g. removed meanwhile by the main process
+        return f"unreadable ({err})"
+    for name in record["files"]:
+        if name.endswith(".safetensors"):
+            file = checkpoint.path / name
+            try:
+                with open(file, "rb") as handle:
+                    header = int.from_bytes(handle.read(8), "little")
+                    if header > file.stat().st_size - 8:
+                        raise ValueError(f"header of {header} bytes")
+                    json.loads(handle.read(header))
+            except (ValueError, OSError) as err:
+                return f"{name} is not a readable safetensors file ({type(err).__name__}: corrupt)"
+    return None
+
+
+def newest_intact(folder: Path) -> tuple[Checkpoint | None, list[tuple[Checkpoint, str]]]:
+    """The newest checkpoint that is complete and intact, and the newer ones passed over, with why."""
+    skipped = []
+    for checkpoint in reversed(list_checkpoints(folder)):
+        reason = incompleteness(checkpoint) or corruption(checkpoint)
+        if reason is None:
+            return checkpoint, skipped
+        skipped.append((checkpoint, reason))
+    return None, skipped
 
 
 def remove_incomplete(folder: Path) -> list[Path]:
@@ -171,9 +225,15 @@ class CheckpointCallback(TrainerCallback):
         return control
 
 
-def resume_checkpoint(folder: Path) -> Checkpoint | None:
-    """The checkpoint a (re)started run continues from; the main process removes incomplete leftovers."""
-    checkpoint = latest_complete(folder)
-    if is_main_process():
-        remove_incomplete(folder)
-    return checkpoint
+def discard(folder: Path, skipped: list[tuple[Checkpoint, str]]) -> None:
+    """Log each checkpoint passed over and why; the main process deletes them (a resumed run writes its
+    own checkpoints of those steps) and any other incomplete one."""
+    for checkpoint, reason in skipped:
+        log.warning("skipping checkpoint %s: %s", checkpoint.path, reason)
+    if not is_main_process():
+        return
+    for checkpoint, _ in skipped:
+        if checkpoint.path.exists() and incompleteness(checkpoint) is None:  # complete but corrupt
+            log.warning("removing corrupt checkpoint %s", checkpoint.path)
+            shutil.rmtree(checkpoint.path)
+    remove_incomplete(folder)

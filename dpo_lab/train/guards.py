@@ -6,38 +6,90 @@ hours writing NaN checkpoints. :class:`NonFiniteGuard` sees every micro-batch lo
 over) and, just before each optimizer step, checks the loss and the gradients of the trainable parameters.
 On anything non-finite it raises :class:`NonFiniteError` on every process (the check is agreed across ranks)
 before the optimizer step: the weights never take a non-finite update and no checkpoint of that step is
-written, so the newest complete checkpoint is the last good one. ``run.py`` reports the error on one line,
-finishes the W&B run as failed and exits with code 1.
+written. A run usually diverges for a few steps before a NaN shows, though, and the checkpoints of those
+steps hold finite but exploded weights. The checkpoint the error names as the last good one is therefore the
+newest complete one whose adapter weights are all finite and whose training losses up to its step were
+finite and, at its step, at most :data:`SANE_LOSS_FACTOR` times the run's first logged loss (newer ones are
+named with why they were passed over). ``run.py`` reports the error on one line, finishes the W&B run as
+failed and exits with code 1.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from dpo_lab.train.checkpoints import latest_complete
+from dpo_lab.train.checkpoints import Checkpoint, incompleteness, list_checkpoints
 from dpo_lab.train.distributed import any_process
 
 log = logging.getLogger(__name__)
+
+# A loss that has grown this many times over the run's first logged one (ln 2 for sigmoid DPO) is taken
+# for divergence: the weights of that step are not called good.
+SANE_LOSS_FACTOR = 4.0
 
 
 class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient at a training step; names the step and the last good checkpoint."""
 
-    def __init__(self, step: int, what: str, last_checkpoint: Path | None):
+    def __init__(self, step: int, what: str, last_checkpoint: Path | None, passed_over: str = ""):
         kept = str(last_checkpoint) if last_checkpoint else "none (no checkpoint was saved before this step)"
         super().__init__(
             f"non-finite {what} at step {step}; stopped before the optimizer step, so no weights took it. "
-            f"Last good checkpoint: {kept}"
+            f"Last good checkpoint: {kept}{passed_over}"
         )
         self.step = step
         self.what = what
         self.last_checkpoint = last_checkpoint
+
+
+def unhealthy(checkpoint: Checkpoint) -> str | None:
+    """Why a complete checkpoint's weights are not good ones (non-finite parameters, a non-finite or
+    exploded training loss up to its step), or None."""
+    weights = checkpoint.path / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            tensors = load_file(str(weights))
+        except (SafetensorError, OSError) as err:
+            return f"its adapter weights cannot be read ({err})"
+        bad = [name for name, tensor in tensors.items() if not bool(torch.isfinite(tensor).all())]
+        if bad:
+            return f"non-finite adapter weights ({bad[0]})"
+    state = json.loads((checkpoint.path / "trainer_state.json").read_text())
+    losses = [(e["step"], float(e["loss"])) for e in state.get("log_history", []) if "loss" in e]
+    for step, loss in losses:
+        if not math.isfinite(loss):
+            return f"training loss {loss} at step {step}"
+    if losses:
+        limit = SANE_LOSS_FACTOR * max(abs(losses[0][1]), math.log(2))
+        (step, loss), first = losses[-1], losses[0][1]
+        if loss > limit:
+            return (
+                f"training loss {loss:.4g} at step {step}, over {SANE_LOSS_FACTOR:g}x the first ({first:.4g})"
+            )
+    return None
+
+
+def last_good_checkpoint(folder: Path) -> tuple[Checkpoint | None, list[tuple[Checkpoint, str]]]:
+    """The newest complete checkpoint under ``folder`` with good weights, and the newer ones passed over."""
+    passed_over = []
+    for checkpoint in reversed(list_checkpoints(folder)):
+        if incompleteness(checkpoint) is not None:
+            continue
+        reason = unhealthy(checkpoint)
+        if reason is None:
+            return checkpoint, passed_over
+        passed_over.append((checkpoint, reason))
+    return None, passed_over
 
 
 def first_nonfinite_grad(model: torch.nn.Module) -> str | None:
@@ -73,9 +125,8 @@ class NonFiniteGuard(TrainerCallback):
         problem = self.local_problem(model)
         if any_process(problem is not None):
             step = state.global_step + 1
-            raise NonFiniteError(step, problem or "loss or gradient (on another process)", self._last_good())
+            checkpoint, passed_over = last_good_checkpoint(self.checkpoint_dir)
+            skipped = "".join(f"; {c.path.name} passed over: {why}" for c, why in passed_over)
+            what = problem or "loss or gradient (on another process)"
+            raise NonFiniteError(step, what, checkpoint.path if checkpoint else None, skipped)
         return control
-
-    def _last_good(self) -> Path | None:
-        checkpoint = latest_complete(self.checkpoint_dir)
-        return checkpoint.path if checkpoint else None

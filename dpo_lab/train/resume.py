@@ -10,7 +10,12 @@ Two ways lead to the same place:
 Either way :func:`plan_resume` looks at the folder before anything heavy is loaded: a config that differs
 from the one the folder was started with (``config.yaml``) is an error naming the first differing key; a
 folder whose run already completed is left as it is; otherwise training continues from the newest complete
-checkpoint (see :mod:`dpo_lab.train.checkpoints`), or starts fresh when there is none.
+checkpoint (see :mod:`dpo_lab.train.checkpoints`), or starts fresh when there is none. A folder with neither a
+checkpoint nor a completed result (its run failed or was killed before its first checkpoint) holds nothing
+to keep, so it may be started again with another config (e.g. after fixing the data that made it fail).
+
+A resumed run's ``log_history.jsonl`` is rewritten from the checkpoint's own log history first, and a fresh
+start removes the old attempt's, so the file ends as an uninterrupted run's would.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from omegaconf import OmegaConf
 
 from dpo_lab.config.schemas import ConfigError
 from dpo_lab.runs.atomic import atomic_write_text
-from dpo_lab.runs.layout import OVERRIDES_FILE, RunLayout
-from dpo_lab.train.checkpoints import Checkpoint, resume_checkpoint
+from dpo_lab.runs.layout import EVAL_BEFORE_FILE, OVERRIDES_FILE, RunLayout
+from dpo_lab.track.history import HISTORY_FILE, restore_history
+from dpo_lab.train.checkpoints import Checkpoint, discard, newest_intact
+from dpo_lab.train.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -99,28 +106,61 @@ def check_same_config(run_dir: Path, resolved: dict[str, Any]) -> None:
         )
 
 
-def save_run_config(run_dir: Path, resolved: dict[str, Any], overrides: list[str]) -> None:
-    """``config.yaml`` (the resolved config) and, on a folder's first launch, ``overrides.yaml`` (the
-    command-line overrides it was started with, which ``resume=<folder>`` reuses)."""
-    if not (run_dir / OVERRIDES_FILE).is_file():
+def save_run_config(
+    run_dir: Path, resolved: dict[str, Any], overrides: list[str], fresh: bool = False
+) -> None:
+    """``config.yaml`` (the resolved config) and, on a folder's first launch or a ``fresh`` start (nothing
+    to resume), ``overrides.yaml`` (the command-line overrides it was started with, which
+    ``resume=<folder>`` reuses)."""
+    if fresh or not (run_dir / OVERRIDES_FILE).is_file():
         kept = [o for o in overrides if not o.startswith("resume=")]
         atomic_write_text(run_dir / OVERRIDES_FILE, yaml.safe_dump(kept, default_flow_style=False))
     atomic_write_text(RunLayout(run_dir).config, OmegaConf.to_yaml(resolved))
 
 
-def plan_resume(run_dir: Path, resolved: dict[str, Any]) -> ResumePlan:
-    """What to do in ``run_dir``: resume, fresh start, or nothing (already completed)."""
-    check_same_config(run_dir, resolved)
-    layout = RunLayout(run_dir)
-    metrics = layout.metrics
-    if metrics.is_file() and layout.adapter.is_dir():
+def completed_result(run_dir: Path) -> dict[str, Any] | None:
+    """metrics.json of a run that finished in ``run_dir`` (its adapter saved), else None."""
+    metrics = RunLayout(run_dir).metrics
+    if metrics.is_file() and RunLayout(run_dir).adapter.is_dir():
         record = json.loads(metrics.read_text())
         if record.get("status") == "completed":
-            log.info("%s already holds a completed run; nothing to do", run_dir)
-            return ResumePlan(completed=record)
-    checkpoint = resume_checkpoint(layout.checkpoints)
+            return record
+    return None
+
+
+def plan_resume(run_dir: Path, resolved: dict[str, Any]) -> ResumePlan:
+    """What to do in ``run_dir``: resume, fresh start, or nothing (already completed)."""
+    completed = completed_result(run_dir)
+    checkpoint, skipped = newest_intact(RunLayout(run_dir).checkpoints)
+    if completed is not None or checkpoint is not None:
+        check_same_config(run_dir, resolved)  # something to keep: the config must be the one it was made by
+    elif RunLayout(run_dir).config.is_file():
+        try:
+            check_same_config(run_dir, resolved)
+        except ConfigError as err:
+            log.info("%s holds no checkpoint and no result: starting it again with the new config "
+                     "(%s differs)", run_dir, err.key)  # fmt: skip
+    if completed is not None:
+        log.info("%s already holds a completed run; nothing to do", run_dir)
+        return ResumePlan(completed=completed)
+    discard(RunLayout(run_dir).checkpoints, skipped)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint.path)
-    elif layout.config.is_file():
+    elif RunLayout(run_dir).config.is_file():
         log.info("%s was started before but holds no complete checkpoint: training from step 0", run_dir)
+    if is_main_process():
+        restart_history(run_dir, checkpoint)
     return ResumePlan(checkpoint=checkpoint)
+
+
+def restart_history(run_dir: Path, checkpoint: Checkpoint | None) -> None:
+    """The folder's per-step files as they were at ``checkpoint``: ``log_history.jsonl`` rewritten from the
+    checkpoint's log history; with no checkpoint (a fresh start), the old attempt's history and held-out
+    "before" metrics removed (the new attempt computes them again)."""
+    history = run_dir / HISTORY_FILE
+    if checkpoint is None:
+        history.unlink(missing_ok=True)
+        (run_dir / EVAL_BEFORE_FILE).unlink(missing_ok=True)
+        return
+    state = json.loads((checkpoint.path / "trainer_state.json").read_text())
+    restore_history(history, state.get("log_history", []))

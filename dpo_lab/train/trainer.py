@@ -145,6 +145,22 @@ class DPOTrainer(trl.DPOTrainer):
             observe(self.state.global_step + 1, loss, inputs)
         return loss
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """No batch once ``max_steps`` is reached: the Trainer checks the step limit only after a step, so a
+        run resumed from its final checkpoint would otherwise train one step more than it was asked to (and
+        past the end of its learning-rate schedule). An empty list ends the epoch loop without a step."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # the Trainer's train_loss is the mean over this train() call only; a resumed run reports the run's
+        if "train_loss" in logs:  # in place: the same dict is the train() output's metrics
+            unlogged = float(self._tr_loss.item())
+            logs["train_loss"] = run_mean_loss(self.state.log_history, unlogged, self.state.global_step)
+        super().log(logs, start_time)
+
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
         # TRL counts the logged `num_tokens` in the trainer, not in the checkpointed state: carry it over
         if resume_from_checkpoint:
@@ -167,6 +183,18 @@ class DPOTrainer(trl.DPOTrainer):
         if not self._groups_by_length(eval_dataset):
             return super()._get_eval_sampler(eval_dataset)
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+
+def run_mean_loss(log_history: Sequence[Mapping[str, Any]], unlogged: float, global_step: int) -> float:
+    """Mean training loss per optimizer step over the whole run, as the Trainer computes it for one
+    uninterrupted ``train()`` call: the logged losses (each a mean over the steps since the log before it)
+    weighted by their steps, plus the loss summed since the last log, over ``global_step`` steps."""
+    total, last_step = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last_step)
+            last_step = entry["step"]
+    return (total + unlogged) / max(global_step, 0.001)
 
 
 def logged_train_tokens(checkpoint: Path) -> int:

@@ -119,7 +119,9 @@ def test_sigterm_saves_at_the_next_step_then_resume_option_finishes(baseline: Pa
     stopped = latest_complete(run_dir / "checkpoints")
     assert 4 < stopped.step < 8, "the preemption checkpoint is the step after the signal"
     assert f"SIGTERM received: saving a checkpoint at step {stopped.step}" in read(run_dir / "run.log")
-    assert not (run_dir / "metrics.json").exists()
+    record = json.loads((run_dir / "metrics.json").read_text())  # no launcher to requeue it: say so
+    assert record["status"] == "preempted" and record["global_step"] == stopped.step
+    assert record["checkpoint"] == str(stopped.path) and record["requeued"] is False
     [preempted] = wandb_run_dirs(run_dir)
     summary = attempt_summary(preempted)
     assert summary["exit_code"] == 143

@@ -7,15 +7,19 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from dpo_lab.config.schemas import ConfigError
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.runs.atomic import atomic_write_text, partial_path, replace_dir
+from dpo_lab.track.history import read_history
 from dpo_lab.train.checkpoints import (
     MARKER,
     Checkpoint,
     CheckpointCallback,
+    corruption,
     incompleteness,
     latest_complete,
     list_checkpoints,
@@ -34,7 +38,7 @@ from tests.helpers import compose_config
 
 PARTS = {
     "trainer_state.json": '{"global_step": 1}',
-    "adapter_model.safetensors": "w" * 64,
+    "adapter_model.safetensors": "w" * 64,  # replaced by a real safetensors file of two small tensors
     "optimizer.pt": "o" * 128,
     "scheduler.pt": "s",
     "rng_state.pth": "r" * 16,
@@ -42,15 +46,35 @@ PARTS = {
 }
 
 
-def fake_checkpoint(folder: Path, step: int, complete: bool = True, skip: str | None = None) -> Path:
+def fake_checkpoint(
+    folder: Path,
+    step: int,
+    complete: bool = True,
+    skip: str | None = None,
+    weight: float = 0.5,
+    losses: list[float] | None = None,
+) -> Path:
+    """A checkpoint folder with every part; its adapter's tensors hold ``weight``, its log history the
+    training ``losses`` of steps 1, 2, ..."""
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
     for name, text in PARTS.items():
         if name != skip:
             (path / name).write_text(text)
+    if skip != "adapter_model.safetensors":
+        tensors = {"lora_A": torch.full((2, 3), weight), "lora_B": torch.zeros(3, 2)}
+        save_file(tensors, str(path / "adapter_model.safetensors"))
+    if losses is not None:
+        history = [{"step": i + 1, "loss": loss} for i, loss in enumerate(losses)]
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
     if complete:
         mark_complete(path, step)
     return path
+
+
+def overwrite_with_garbage(file: Path) -> None:
+    """The same number of bytes, none of them the ones that were written."""
+    file.write_bytes(bytes((b + 1) % 256 for b in file.read_bytes()))
 
 
 def test_marked_checkpoint_is_complete(tmp_path: Path) -> None:
@@ -242,3 +266,74 @@ def test_save_steps_must_be_a_multiple_of_logging_steps() -> None:
 
 def test_resume_key_defaults_to_a_new_run() -> None:
     assert to_run_config(compose_config()).resume is None
+
+
+def test_newest_checkpoint_overwritten_with_same_size_garbage_falls_back(tmp_path: Path, caplog) -> None:
+    fake_checkpoint(tmp_path / "checkpoints", 4)
+    newest = fake_checkpoint(tmp_path / "checkpoints", 8)
+    overwrite_with_garbage(newest / "adapter_model.safetensors")
+    assert incompleteness(Checkpoint(8, newest)) is None  # every size matches: the marker's sizes cannot tell
+
+    plan = plan_resume(tmp_path, {"seed": 1})
+
+    assert plan.checkpoint == Checkpoint(4, tmp_path / "checkpoints" / "checkpoint-4")
+    assert f"skipping checkpoint {newest}: adapter_model.safetensors does not hold the bytes that were " \
+           "written (sha256 differs: corrupt)" in caplog.text  # fmt: skip
+    assert not newest.exists(), "a resumed run writes its own checkpoint-8; the corrupt one must not linger"
+
+
+def test_checkpoint_marked_before_digests_is_checked_by_its_header(tmp_path: Path) -> None:
+    path = fake_checkpoint(tmp_path, 4)
+    record = json.loads((path / MARKER).read_text())
+    (path / MARKER).write_text(json.dumps({"step": 4, "files": record["files"]}))  # an older marker
+    assert corruption(Checkpoint(4, path)) is None
+    overwrite_with_garbage(path / "adapter_model.safetensors")
+    assert "adapter_model.safetensors is not a readable safetensors file" in corruption(Checkpoint(4, path))
+
+
+def _failed_before_training(tmp_path: Path) -> Path:
+    """What a run that failed on its data leaves: its config, overrides and failure, no checkpoint."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_run_config(folder, {"seed": 1, "data": {"path": "empty.jsonl"}}, ["data.path=empty.jsonl"])
+    (folder / "metrics.json").write_text(json.dumps({"status": "failed", "error": "DataError: no rows"}))
+    (folder / "log_history.jsonl").write_text('{"step": 0, "eval_loss": 0.69}\n')
+    return folder
+
+
+def test_folder_that_failed_before_training_starts_again_with_a_new_config(tmp_path: Path) -> None:
+    folder = _failed_before_training(tmp_path)
+    fixed = {"seed": 1, "data": {"path": "good.jsonl"}}
+
+    plan = plan_resume(folder, fixed)  # no checkpoint, no result: nothing to keep, so no refusal
+
+    assert plan.checkpoint is None and plan.completed is None
+    assert not (folder / "log_history.jsonl").exists(), (
+        "the new start's history must not follow the old one's"
+    )
+    save_run_config(folder, fixed, ["data.path=good.jsonl"], fresh=True)
+    assert resume_overrides([f"resume={folder}"])[0] == "data.path=good.jsonl"  # resume= repeats the new one
+    check_same_config(folder, fixed)
+
+
+def test_folder_with_a_checkpoint_still_refuses_a_new_config(tmp_path: Path) -> None:
+    folder = _failed_before_training(tmp_path)
+    fake_checkpoint(folder / "checkpoints", 2)
+    with pytest.raises(ConfigError, match="differs from the config") as info:
+        plan_resume(folder, {"seed": 1, "data": {"path": "good.jsonl"}})
+    assert info.value.key == "data.path"
+    assert (folder / "checkpoints" / "checkpoint-2").exists()
+
+
+def test_resumed_history_is_the_checkpoints_own(tmp_path: Path) -> None:
+    fake_checkpoint(tmp_path / "checkpoints", 2, losses=[0.69, 0.61])
+    # the killed attempt had logged steps 3 and 4 after checkpoint-2 (and its final eval)
+    rows = [
+        {"step": 1, "loss": 0.69},
+        {"step": 2, "loss": 0.61},
+        {"step": 3, "loss": 0.5},
+        {"step": 4, "x": 1},
+    ]
+    (tmp_path / "log_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan_resume(tmp_path, {"seed": 1})
+    assert read_history(tmp_path) == rows[:2]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from dpo_lab.config.schemas import ConfigError
 from dpo_lab.train import distributed
 from dpo_lab.train.guards import NonFiniteError, NonFiniteGuard, first_nonfinite_grad
-from dpo_lab.train.preemption import Preemption
+from dpo_lab.train.preemption import Preemption, Terminated, terminate_as_interrupt
 from tests.train.test_checkpoints import fake_checkpoint
 
 
@@ -76,6 +78,40 @@ def test_guard_stops_before_the_optimizer_step_naming_step_and_checkpoint(tmp_pa
     assert info.value.step == 5 and info.value.what == "loss (nan)"
     assert "non-finite loss (nan) at step 5" in str(info.value)
     assert info.value.last_checkpoint == tmp_path / "checkpoint-4"
+
+
+def test_guard_passes_over_checkpoints_of_a_diverging_run(tmp_path) -> None:
+    fake_checkpoint(tmp_path, 2, losses=[0.69, 0.66])
+    fake_checkpoint(tmp_path, 4, weight=5e29, losses=[0.69, 0.66, 9.8, 1.7e9])  # finite, but diverged
+    fake_checkpoint(tmp_path, 6, weight=float("inf"), losses=[0.69, 0.66, 9.8, 1.7e9, 0.7, 0.7])
+    guard = NonFiniteGuard(tmp_path)
+    model = torch.nn.Linear(2, 1)
+    model(torch.ones(1, 2)).sum().backward()
+    guard.observe(7, torch.tensor(float("nan")), {})
+    with pytest.raises(NonFiniteError) as info:
+        guard.on_pre_optimizer_step(
+            _args(tmp_path), TrainerState(global_step=6), TrainerControl(), model=model
+        )
+    assert info.value.last_checkpoint == tmp_path / "checkpoint-2"
+    assert str(info.value).endswith(
+        f"Last good checkpoint: {tmp_path / 'checkpoint-2'}; checkpoint-6 passed over: non-finite adapter "
+        "weights (lora_A); checkpoint-4 passed over: training loss 1.7e+09 at step 4, over 4x the first "
+        "(0.69)"
+    )
+
+
+def test_sigterm_outside_training_stops_like_ctrl_c() -> None:
+    with terminate_as_interrupt(), pytest.raises(Terminated, match="SIGTERM received"):
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the process with the default handler
+        time.sleep(5)  # not reached: the handler raises as soon as the signal is delivered
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    preemption = Preemption()
+    with terminate_as_interrupt(), preemption.armed():  # in training: recorded, handled at the step boundary
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert preemption.signum == signal.SIGTERM
+    assert preemption._launcher_handler() is None, "our own handler is no launcher's requeue handler"
+    record = preemption.summary(5, Path("/runs/a/checkpoints/checkpoint-5"))
+    assert record["status"] == "preempted" and record["global_step"] == 5 and not record["requeued"]
 
 
 def test_guard_without_checkpoint_says_so(tmp_path) -> None:

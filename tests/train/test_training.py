@@ -9,7 +9,7 @@ from dpo_lab.config.resolvers import asset_path
 from dpo_lab.config.schemas import DataConfig, DPOConfig, LoraConfig, ModelConfig, Precision, TrainConfig
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
-from dpo_lab.train.trainer import build_dpo_args, build_trainer
+from dpo_lab.train.trainer import build_dpo_args, build_trainer, run_mean_loss
 
 
 def _build(tmp_path, **train_overrides):
@@ -57,3 +57,11 @@ def test_dpo_args_follow_the_schema(tmp_path) -> None:
     assert args.save_strategy == "steps" and args.save_steps == 20
     assert args.seed == 7 and args.report_to == []
     assert args.lr_scheduler_kwargs == {"min_lr": 1e-6}
+
+
+def test_run_mean_loss_weights_each_log_by_its_steps() -> None:
+    # logs at steps 2 (mean of steps 1-2) and 5 (mean of 3-5), evaluations between, 1.5 summed since step 5
+    history = [{"step": 0, "eval_loss": 0.7}, {"step": 2, "loss": 0.6}, {"step": 2, "eval_loss": 0.5},
+               {"step": 5, "loss": 0.4}]  # fmt: skip
+    assert run_mean_loss(history, 1.5, 7) == pytest.approx((0.6 * 2 + 0.4 * 3 + 1.5) / 7)
+    assert run_mean_loss([], 0.0, 0) == 0.0
