@@ -193,7 +193,7 @@ def test_card_commands_run(trained_run: Path, tmp_path: Path) -> None:
     """The card's dpo_lab commands, as written, with the run folder filled in."""
     card = (trained_run / "adapter" / "README.md").read_text()
     commands = re.search(r"```bash\n(.*?)```", card, re.S).group(1).strip().splitlines()
-    assert [c.split()[2] for c in commands] == ["dpo_lab.cli.generate", "dpo_lab.cli.merge"]
+    assert [c.split()[:2] for c in commands] == [["dpo-lab", "generate"], ["dpo-lab", "merge"]]
     script = "\n".join(c.replace("<run folder>", str(trained_run)) for c in commands)
     proc = subprocess.run(
         ["bash", "-e", "-c", script], cwd=ROOT, env={**env(tmp_path), "PATH": str(Path(sys.executable).parent)
