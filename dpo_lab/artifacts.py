@@ -17,6 +17,8 @@ from typing import Any
 
 from dpo_lab.distributed import is_main_process, wait_for_everyone
 
+TRAINING_ARGS_FILE = "training_args.bin"  # what Trainer.save_model writes beside the weights
+
 
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
@@ -85,6 +87,8 @@ def save_adapter(trainer: Any, tokenizer: Any, dest: Path, card: str) -> None:
     wait_for_everyone()
     trainer.save_model(str(tmp))
     if is_main_process():
+        # the pickled TrainingArguments hold every train.extra value (a hub_token too): not for sharing
+        (tmp / TRAINING_ARGS_FILE).unlink(missing_ok=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(card)
         replace_dir(tmp, dest)

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from dpo_lab.config import WandbMode
 from dpo_lab.naming import format_value, run_group, run_name
-from dpo_lab.tracking import network_reachable, prefixed, redact, resolve_mode
+from dpo_lab.redaction import redact
+from dpo_lab.tracking import network_reachable, prefixed, resolve_mode
 from tests.helpers import cli_env, run_cli, wandb_records, wandb_summary
 
 SMALL = ["train.max_steps=3", "train.logging_steps=1", "data.max_train_samples=24", "data.max_eval_samples=8"]
