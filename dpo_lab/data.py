@@ -113,10 +113,13 @@ def load_preference_data(
     """
     _check_split_keys(cfg)
     raws = {"train": read_split(cfg, cfg.split, "data.split")}
-    if cfg.test_split is not None:
-        raws["eval"] = read_split(cfg, cfg.test_split, "data.test_split")
+    if cfg.held_out_split is not None:
+        raws["eval"] = read_split(cfg, cfg.held_out_split, "data.test_split")
     parsed = {name: _parse_split(raw, cfg) for name, raw in raws.items()}
     _refuse_or_log(cfg, [p.problems for p in parsed.values()])
+    for name, p in parsed.items():
+        if len(p.valid) == 0:
+            raise DataError("data.path", _nothing_left(name, p, cfg))
 
     train = parsed["train"].valid
     if "eval" in parsed:
@@ -157,8 +160,21 @@ def load_preference_data(
     )
 
 
+def _nothing_left(name: str, parsed: _Parsed, cfg: DataConfig) -> str:
+    """Why a split has no row left: every row invalid (and dropped), or the held-out carving / caps."""
+    origin, invalid = parsed.raw.origin, len(parsed.problems.rows)
+    if invalid and invalid == len(parsed.raw.dataset):
+        counts = ", ".join(f"{reason}={n}" for reason, n in parsed.problems.counts().items())
+        return (
+            f"no valid {name} rows left from {origin}: all {invalid} {parsed.raw.unit}s are invalid "
+            f"({counts}) and data.on_invalid={cfg.on_invalid.value} dropped them; fix the data, or "
+            "data.columns / data.format if they name the wrong fields"
+        )
+    return f"no valid {name} rows left from {origin}"
+
+
 def _check_split_keys(cfg: DataConfig) -> None:
-    if cfg.test_split is not None and single_split_source(cfg):
+    if cfg.held_out_split is not None and single_split_source(cfg):
         raise ConfigError(
             "data.test_split",
             f"{cfg.path} holds a single split; set data.test_split=null and data.test_size (a fraction or a "
@@ -365,7 +381,9 @@ def load_held_out_rows(cfg: DataConfig) -> list[dict[str, Any]]:
     rows are carved off ``data.split`` after normalisation, so this returns all of ``data.split``: match
     the held-out pairs to their rows by prompt."""
     split, key = (
-        (cfg.test_split, "data.test_split") if cfg.test_split is not None else (cfg.split, "data.split")
+        (cfg.held_out_split, "data.test_split")
+        if cfg.held_out_split is not None
+        else (cfg.split, "data.split")
     )
     raw = read_split(cfg, split, key)
     rows = (_record(row, raw.json_text) for row in raw.dataset)

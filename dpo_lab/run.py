@@ -36,21 +36,23 @@ from dpo_lab.distributed import (
     rank_overrides,
     rank_report,
 )
+from dpo_lab.failures import check_output_dirs, describe_write_failure
 from dpo_lab.guards import NonFiniteError, NonFiniteGuard
 from dpo_lab.hardware import describe, device_type, resolve_precision
 from dpo_lab.history import HISTORY_FILE
-from dpo_lab.model import adapter_state_dict, build_lora_config, load_tokenizer
+from dpo_lab.model import adapter_state_dict, build_lora_config, check_lora_targets, load_tokenizer
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.objective import check_finite, objective_value
-from dpo_lab.overrides import check_overrides
+from dpo_lab.overrides import check_overrides, dict_overrides_as_force_add
 from dpo_lab.preemption import Preemption
+from dpo_lab.redaction import redact_hydra_outputs
 from dpo_lab.resolvers import CONF_DIR, register_resolvers
 from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
 from dpo_lab.reuse import job_cache
 from dpo_lab.task_eval import evaluate_task, load_task_prompts, task_metrics
 from dpo_lab.throughput import StepClock, job_started_at, speed_metrics
 from dpo_lab.tracking import LogHistoryCallback, MetricsCallback, Tracker, git_state, start_run
-from dpo_lab.trainer import build_dpo_args, build_trainer
+from dpo_lab.trainer import build_dpo_args, build_trainer, check_extra_keys
 
 log = logging.getLogger("dpo_lab")
 
@@ -67,6 +69,7 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
         raise ConfigError(key, str(err).splitlines()[0]) from None
     assert isinstance(run_cfg, RunConfig)
     validate(run_cfg)
+    check_extra_keys(run_cfg.train.extra)  # before anything loads, not when DPOConfig is built
     return run_cfg
 
 
@@ -125,6 +128,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     log.info("run folder %s; device %s, precision %s", run_dir, device, precision.value)
 
     tokenizer = load_tokenizer(run_cfg.model)
+    check_lora_targets(run_cfg.model, run_cfg.lora)
     cache = job_cache(run_cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
     data = cache.preference_data(run_cfg.data, run_cfg.seed, tokenizer, run_cfg.dpo.max_length, run_cfg.model)
     log.info("%s", format_report(data.summary()))
@@ -278,10 +282,13 @@ def record_failure(run_dir: Path, err: BaseException, tracker: Tracker) -> None:
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
     error = f"{type(err).__name__}: {err}".strip()
     log.error("run %s: %s", status, error)
-    if is_main_process():
-        atomic_write_json(run_dir / "metrics.json", {"status": status, "error": error})
-    tracker.summarize({"status": status, "error": error[:2000]})
-    tracker.finish(exit_code=1)
+    try:
+        if is_main_process():
+            atomic_write_json(run_dir / "metrics.json", {"status": status, "error": error})
+        tracker.summarize({"status": status, "error": error[:2000]})
+        tracker.finish(exit_code=1)
+    except OSError as write_err:  # a full disk or a read-only folder: the error above is the one to show
+        log.error("could not record the failure in %s: %s", run_dir, write_err)
 
 
 def held_out(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -335,6 +342,7 @@ def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = in_multirun()
+    redact_hydra_outputs(run_dir, hydra_cfg.output_subdir, Path(hydra_cfg.sweep.dir) if in_sweep else None)
     try:
         metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
     except ConfigError as err:  # also raised late, e.g. a tokenizer without a chat template
@@ -345,6 +353,10 @@ def train(cfg: DictConfig) -> float | None:
     except Exception as err:
         if not in_sweep and isinstance(err, NonFiniteError):
             print(f"dpo_lab: training stopped: {err}", file=sys.stderr)
+            sys.exit(1)
+        write_failure = describe_write_failure(err, run_dir)
+        if not in_sweep and write_failure is not None:
+            print(f"dpo_lab: {write_failure}", file=sys.stderr)
             sys.exit(1)
         if not in_sweep:
             raise
@@ -358,7 +370,10 @@ def train(cfg: DictConfig) -> float | None:
 def _record_failed_job(run_dir: Path, err: BaseException) -> None:
     path = run_dir / "metrics.json"
     if not path.exists() and is_main_process():  # errors before training started: nothing recorded yet
-        atomic_write_json(path, {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+        try:
+            atomic_write_json(path, {"status": "failed", "error": f"{type(err).__name__}: {err}"})
+        except OSError as write_err:
+            log.error("could not record the failure in %s: %s", path, write_err)
 
 
 def exit_with_config_error(err: ConfigError) -> None:
@@ -381,6 +396,8 @@ def main() -> None:
     try:
         sys.argv[1:] = launch_args(sys.argv[1:])
         check_overrides(sys.argv[1:])
+        check_output_dirs(sys.argv[1:])
+        sys.argv[1:] = dict_overrides_as_force_add(sys.argv[1:])
     except ConfigError as err:
         exit_with_config_error(err)
     train()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from transformers import PreTrainedModel, TrainerCallback
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.batching import PAIR_ID_COLUMNS, dpo_length_sampler
-from dpo_lab.config import DPOConfig, Precision, TrainConfig
+from dpo_lab.config import ConfigError, DPOConfig, Precision, TrainConfig
 
 
 def build_dpo_args(
@@ -76,8 +78,27 @@ def build_dpo_args(
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": True,
     }
+    check_extra_keys(train.extra)
     kwargs.update(train.extra)
-    return trl.DPOConfig(**kwargs)
+    try:
+        return trl.DPOConfig(**kwargs)
+    except (ValueError, TypeError) as err:  # a value TrainingArguments refuses (e.g. in train.extra)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError("train", f"trl.DPOConfig refuses these settings: {first}") from None
+
+
+def check_extra_keys(extra: Mapping[str, Any]) -> None:
+    """ConfigError naming ``train.extra.<key>`` for a key that is no field of trl.DPOConfig (whose
+    constructor would fail with a TypeError after the model loaded)."""
+    known = {f.name for f in dataclasses.fields(trl.DPOConfig) if f.init}
+    for key in extra:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean train.extra.{close[0]}? " if close else ""
+            raise ConfigError(
+                f"train.extra.{key}",
+                f"no such trl.DPOConfig / TrainingArguments field; {hint}see trl.DPOConfig for the fields",
+            )
 
 
 @dataclass
