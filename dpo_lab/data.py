@@ -23,13 +23,15 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from dpo_lab.config import ConfigError, DataColumns, DataConfig, DataFormat, OnInvalid
 from dpo_lab.data_checks import DataError, SplitProblems, invalid_rows_message, prompt_length_problem, tally
 from dpo_lab.data_formats import Pair, Reason, RowProblem, detect_format, normalise_record
-from dpo_lab.data_report import split_report, token_lengths
+from dpo_lab.data_report import pair_token_ids, split_report
 from dpo_lab.data_sources import RawSplit, read_split, single_split_source
 
 log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 LENGTH_COLUMNS = ("prompt_tokens", "chosen_tokens", "rejected_tokens")
+# the token ids TRL's DPOTrainer trains on, made while counting tokens and handed to it (trainer.py)
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 CHECK_COLUMNS = ("_row", "_reason", "_field", "_detail")
 DETECT_ROWS = 100  # rows looked at to detect the shape with data.format=auto
 
@@ -58,6 +60,16 @@ class PreferenceData:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> reason -> rows dropped
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> rows, token stats, truncation
     max_length: int | None = None
+    # the held-out pairs' source split and their row numbers in it ("_row"): their stored rows, every column
+    # kept (the ground truth a task checker needs), without reading the source a second time
+    held_out_source: RawSplit | None = None
+    held_out_row_numbers: list[int] = field(default_factory=list)
+
+    def held_out_rows(self) -> list[dict[str, Any]]:
+        """The stored rows of the held-out pairs, in their order (rows that are not JSON objects skipped)."""
+        if self.held_out_source is None:
+            return []
+        return source_rows(self.held_out_source, self.held_out_row_numbers)
 
     @property
     def fingerprint(self) -> str:
@@ -150,6 +162,8 @@ def load_preference_data(
             raise DataError("data.path", f"no valid {name} rows left from {origins[name].origin}")
 
     return PreferenceData(
+        held_out_source=origins["eval"],
+        held_out_row_numbers=list(splits["eval"]["_row"]),
         train=_pairs_only(splits["train"]),
         eval=_pairs_only(splits["eval"]),
         source=cfg.path,
@@ -336,10 +350,14 @@ def _row_output(number: int, result: Pair | RowProblem) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def measure_row(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    """``datasets.map`` function: prompt / chosen / rejected token counts of a normalised row."""
-    lengths = token_lengths(tokenizer, row["prompt"], row["chosen"][0], row["rejected"][0])
-    return dict(zip(LENGTH_COLUMNS, lengths, strict=True))
+def measure_row(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """``datasets.map`` function: prompt / chosen / rejected token ids (TRL's columns) and counts of a
+    normalised row."""
+    ids = pair_token_ids(tokenizer, row["prompt"], row["chosen"][0], row["rejected"][0])
+    return {
+        **dict(zip(ID_COLUMNS, ids, strict=True)),
+        **dict(zip(LENGTH_COLUMNS, (len(i) for i in ids), strict=True)),
+    }
 
 
 def _carve_held_out(train: Dataset, test_size: float | None, seed: int) -> tuple[Dataset, Dataset]:
@@ -362,7 +380,8 @@ def _split_report(ds: Dataset, max_length: int | None) -> dict[str, Any]:
 
 
 def _pairs_only(ds: Dataset) -> Dataset:
-    extra = [c for c in ds.column_names if c not in PAIR_COLUMNS]
+    """The pair columns, and the token ids when they were counted (TRL trains on those)."""
+    extra = [c for c in ds.column_names if c not in PAIR_COLUMNS + ID_COLUMNS]
     return ds.remove_columns(extra) if extra else ds
 
 
@@ -373,6 +392,18 @@ def _log_dropped(problems: SplitProblems) -> None:
     log.warning("data: dropped %d invalid rows of %s (%s)", len(problems.rows), problems.origin, counts)
     for group in problems.groups.values():
         log.warning("data:   %s", problems.describe(group))
+
+
+def source_rows(raw: RawSplit, numbers: list[int]) -> list[dict[str, Any]]:
+    """The rows of ``raw`` numbered ``numbers`` (the ``_row`` of normalised rows: a JSON file's line, else
+    the index), as stored; rows that are not JSON objects are skipped."""
+    if raw.json_text:
+        position = {line: i for i, line in enumerate(raw.dataset["_line"])}
+        picked = raw.dataset.select([position[n] for n in numbers])
+    else:
+        picked = raw.dataset.select(numbers)
+    rows = (_record(row, raw.json_text) for row in picked)
+    return [row for row in rows if isinstance(row, dict)]
 
 
 def load_held_out_rows(cfg: DataConfig) -> list[dict[str, Any]]:

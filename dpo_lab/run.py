@@ -37,6 +37,7 @@ from dpo_lab.distributed import (
     rank_report,
 )
 from dpo_lab.failures import check_output_dirs, describe_write_failure
+from dpo_lab.final_eval import HeldOutAfter
 from dpo_lab.guards import NonFiniteError, NonFiniteGuard
 from dpo_lab.hardware import describe, device_type, resolve_precision
 from dpo_lab.history import HISTORY_FILE
@@ -132,7 +133,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     cache = job_cache(run_cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
     data = cache.preference_data(run_cfg.data, run_cfg.seed, tokenizer, run_cfg.dpo.max_length, run_cfg.model)
     log.info("%s", format_report(data.summary()))
-    task_prompts = load_task_prompts(run_cfg.eval, run_cfg.data, data.eval)
+    task_prompts = load_task_prompts(run_cfg.eval, run_cfg.data, data.eval, data.held_out_rows)
 
     name, group = run_identity(cfg, run_dir)
     tracker = start_run(
@@ -152,6 +153,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         group=group,
     )
     guard, preemption, batches = NonFiniteGuard(run_dir / "checkpoints"), Preemption(), BatchCounter()
+    after_eval = HeldOutAfter()
     before_eval = HeldOutBefore(
         run_dir, run_cfg.train.eval_before_training, resuming=plan.checkpoint is not None
     )
@@ -181,6 +183,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
                 guard,
                 preemption.callback(),
                 before_eval,
+                after_eval,
                 clock,
                 LogHistoryCallback(run_dir / HISTORY_FILE),
             ],
@@ -193,7 +196,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         if preemption.stopped_training:
             tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
             preemption.exit_for_requeue()
-        after = trainer.evaluate(metric_key_prefix="eval")
+        after = after_eval.final_metrics(trainer)  # the Trainer's evaluation at its last step
         check_finite(train_out.metrics, after)  # a diverged job is a failed job
         plain_ddp = not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
         # one process generates and writes the samples; sharded weights (FSDP, ZeRO) need every rank
