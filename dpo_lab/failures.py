@@ -26,8 +26,6 @@ _WORDED = {
     "disk quota exceeded": errno.EDQUOT,
     "read-only file system": errno.EROFS,
     "os error 30": errno.EROFS,
-    "permission denied": errno.EACCES,
-    "os error 13": errno.EACCES,
 }
 
 
@@ -75,14 +73,29 @@ def describe_write_failure(err: BaseException, run_dir: Path) -> str | None:
             )
         return f"disk full ({os.strerror(number)}){where}; {kept}"
     return (
-        f"cannot write{where}: {os.strerror(number)}; make the folder writable or point hydra.run.dir "
-        "at a writable folder"
+        f"{os.strerror(number)}{where}; make the run folder writable or point hydra.run.dir at a writable "
+        "folder"
     )
+
+
+_NO_RUN_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "--version",
+    "--shell-completion",
+    "-sc",
+}
 
 
 def check_output_dirs(args: list[str]) -> None:
     """ConfigError when the run (or sweep) folder given on the command line, or the default ``runs/`` /
     ``multirun/`` under the working directory, is a file or cannot be written."""
+    if any(a in _NO_RUN_FLAGS or a.startswith(("--cfg=", "--info=")) for a in args):
+        return  # Hydra prints and exits: nothing is written
     multirun = any(a in ("-m", "--multirun") for a in args)
     key, default = ("hydra.sweep.dir", "multirun") if multirun else ("hydra.run.dir", "runs")
     given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith(f"{key}=")]
