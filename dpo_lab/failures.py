@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 from dpo_lab.checkpoints import latest_complete
 from dpo_lab.config import ConfigError
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+FULL_BELOW = 1 << 20  # bytes left under which a write error is put down to a full disk
 NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 # how libraries that do not raise OSError word the same reasons
 _WORDED = {
@@ -54,12 +56,30 @@ def write_errno(err: BaseException) -> tuple[int, str | None] | None:
     return None
 
 
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged process can still write on the file system holding ``path`` (None if unknown)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return None
+
+
 def describe_write_failure(err: BaseException, run_dir: Path) -> str | None:
     """The one line for a full disk or an unwritable folder met while running in ``run_dir``; None for any
-    other error. On a full disk it names the last complete checkpoint, which is kept, and how to resume."""
+    other error. On a full disk it names the last complete checkpoint, which is kept, and how to resume.
+
+    torch.save on a full disk raises neither an OSError nor the system's words (``RuntimeError: [enforce
+    fail at inline_container.cc] . unexpected pos ...``), so an error met while the run folder's file
+    system has less than :data:`FULL_BELOW` bytes left counts as a full disk too."""
     found = write_errno(err)
     if found is None:
-        return None
+        free = free_bytes(run_dir)
+        if free is None or free >= FULL_BELOW:
+            return None
+        found = (errno.ENOSPC, None)
     number, filename = found
     where = f" writing {filename}" if filename else f" in {run_dir}"
     if number in DISK_FULL:

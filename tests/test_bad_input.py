@@ -345,6 +345,18 @@ def test_full_disk_line_names_the_kept_checkpoint(tmp_path) -> None:
     assert describe_write_failure(ValueError("bad"), tmp_path) is None
 
 
+def test_torch_save_on_a_full_disk_counts_as_a_full_disk(tmp_path, monkeypatch) -> None:
+    """What torch.save raises when a real disk fills (seen on a full tmpfs): no errno, no system words."""
+    from dpo_lab import failures
+
+    torn = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 427776 vs 427664")
+    monkeypatch.setattr(failures, "free_bytes", lambda path: 0)
+    line = describe_write_failure(torn, tmp_path)
+    assert line.startswith(f"disk full (No space left on device) in {tmp_path}")
+    monkeypatch.setattr(failures, "free_bytes", lambda path: 10 << 30)
+    assert describe_write_failure(torn, tmp_path) is None  # room left: another error, shown as it is
+
+
 @pytest.mark.slow
 def test_full_disk_mid_run_keeps_the_last_complete_checkpoint(tmp_path) -> None:
     """A tiny run whose disk fills while it writes its second checkpoint (``torch.save`` raises ENOSPC, as
