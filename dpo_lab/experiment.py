@@ -17,7 +17,7 @@ from dpo_lab.config.schemas import Precision, RunConfig
 from dpo_lab.data.report import format_report
 from dpo_lab.evaluation.task import evaluate_task, load_task_prompts
 from dpo_lab.model.hardware import describe, device_type, resolve_precision
-from dpo_lab.model.loading import adapter_state_dict, build_lora_config, load_tokenizer
+from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets, load_tokenizer
 from dpo_lab.runs.atomic import write_final_artifacts
 from dpo_lab.runs.card import card_hyperparameters, display_name, framework_versions, render_model_card
 from dpo_lab.runs.job import in_multirun, run_identity, task_overrides
@@ -31,6 +31,7 @@ from dpo_lab.track.tracker import Tracker, git_state, start_run
 from dpo_lab.train.before_eval import HeldOutBefore
 from dpo_lab.train.checkpoints import CheckpointCallback
 from dpo_lab.train.distributed import BatchCounter, check_same_run_dir, is_main_process, rank_report
+from dpo_lab.train.final_eval import HeldOutAfter
 from dpo_lab.train.guards import NonFiniteGuard
 from dpo_lab.train.preemption import Preemption
 from dpo_lab.train.resume import ResumePlan, plan_resume, save_run_config
@@ -70,6 +71,7 @@ class Training:
     preemption: Preemption
     batches: BatchCounter
     before_eval: HeldOutBefore
+    after_eval: HeldOutAfter = field(default_factory=HeldOutAfter)
     clock: StepClock = field(default_factory=StepClock)
     trainer: Any = None
 
@@ -122,10 +124,11 @@ def load_data(job: Job) -> JobData:
     the task-evaluation prompts."""
     cfg = job.cfg
     tokenizer = load_tokenizer(cfg.model)
+    check_lora_targets(cfg.model, cfg.lora)
     cache = job_cache(cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
     data = cache.preference_data(cfg.data, cfg.seed, tokenizer, cfg.dpo.max_length, cfg.model)
     log.info("%s", format_report(data.summary()))
-    task_prompts = load_task_prompts(cfg.eval, cfg.data, data.eval)
+    task_prompts = load_task_prompts(cfg.eval, cfg.data, data.eval, data.held_out_rows)
     return JobData(tokenizer, cache, data, task_prompts)
 
 
@@ -177,6 +180,7 @@ def build(job: Job, data: JobData, tracker: Tracker, training: Training, name: s
         training.guard,
         training.preemption.callback(),
         training.before_eval,
+        training.after_eval,
         training.clock,
         LogHistoryCallback(job.layout.history),
         ProgressBar(),
@@ -204,7 +208,7 @@ def train_and_evaluate(job: Job, training: Training, tracker: Tracker) -> tuple[
         tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
         preemption.record(job.layout.root, trainer.state.global_step)  # metrics.json: preempted, and where
         preemption.exit_for_requeue()
-    after = trainer.evaluate(metric_key_prefix="eval")
+    after = training.after_eval.final_metrics(trainer)  # the Trainer's evaluation at its last step
     check_finite(train_out.metrics, after)  # a diverged job is a failed job
     return train_out, training.before_eval.metrics, after
 

@@ -15,15 +15,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dpo_lab.cli.common import exit_with_config_error
-from dpo_lab.config.overrides import check_overrides
+from dpo_lab.config.overrides import check_overrides, dict_overrides_as_force_add
 from dpo_lab.config.resolvers import CONF_PATH, register_resolvers
-from dpo_lab.config.schemas import ConfigError, register_configs
+from dpo_lab.config.schemas import ConfigError, RunConfig, register_configs
 from dpo_lab.config.user_configs import check_user_config_dirs
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.experiment import run_experiment
+from dpo_lab.runs.failures import check_output_dirs, describe_write_failure
 from dpo_lab.runs.job import in_multirun
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.lock import RunFolderBusy, hold_run_folder
+from dpo_lab.runs.redaction import redact_hydra_outputs
 from dpo_lab.runs.result import record_failed_job
 from dpo_lab.train.distributed import (
     agree_on_launch_time,
@@ -34,6 +36,7 @@ from dpo_lab.train.distributed import (
 from dpo_lab.train.guards import NonFiniteError
 from dpo_lab.train.preemption import Terminated, record_interrupted, terminate_as_interrupt
 from dpo_lab.train.resume import resume_overrides
+from dpo_lab.train.trainer import check_extra_keys
 
 log = logging.getLogger("dpo_lab")
 
@@ -47,9 +50,10 @@ def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = in_multirun()
+    redact_hydra_outputs(run_dir, hydra_cfg.output_subdir, Path(hydra_cfg.sweep.dir) if in_sweep else None)
     try:
         with hold_run_folder(run_dir), terminate_as_interrupt():
-            metrics = run_experiment(to_run_config(cfg), cfg, run_dir)
+            metrics = run_experiment(typed_run_config(cfg), cfg, run_dir)
     except RunFolderBusy as err:  # another launch's folder: nothing is written into it
         if not in_sweep:
             print(f"dpo_lab: {err}", file=sys.stderr)
@@ -70,6 +74,10 @@ def train(cfg: DictConfig) -> float | None:
         if not in_sweep and isinstance(err, NonFiniteError):
             print(f"dpo_lab: training stopped: {err}", file=sys.stderr)
             sys.exit(1)
+        write_failure = describe_write_failure(err, run_dir)
+        if not in_sweep and write_failure is not None:
+            print(f"dpo_lab: {write_failure}", file=sys.stderr)
+            sys.exit(1)
         if not in_sweep:
             raise
         # one failed job (bad value, NaN, out of memory) must not stop the rest of the sweep
@@ -77,6 +85,13 @@ def train(cfg: DictConfig) -> float | None:
         record_failed_job(run_dir, err)
         return None  # Optuna's sweeper records a trial without a number as failed and goes on
     return metrics["objective"]["value"]
+
+
+def typed_run_config(cfg: DictConfig) -> RunConfig:
+    """The typed, validated config; ``train.extra`` keys checked against trl.DPOConfig before any load."""
+    run_cfg = to_run_config(cfg)
+    check_extra_keys(run_cfg.train.extra)
+    return run_cfg
 
 
 def launch_args(args: list[str]) -> list[str]:
@@ -94,6 +109,8 @@ def main() -> None:
         sys.argv[1:] = launch_args(sys.argv[1:])
         check_overrides(sys.argv[1:])
         check_user_config_dirs(sys.argv[1:])
+        check_output_dirs(sys.argv[1:])
+        sys.argv[1:] = dict_overrides_as_force_add(sys.argv[1:])
     except ConfigError as err:
         exit_with_config_error(err)
     train()

@@ -1,8 +1,9 @@
 """``dpo-lab generate run=<run folder> prompt="..." | prompts_file=<file> | chat=true``
 
 Loads the run's base model (in the run's quantization, or ``quantization=...``) with its adapter and
-answers prompts from the command line, a .txt / .jsonl file, or a multi-turn chat on stdin (a terminal
-or a pipe), streaming the answer to stdout as it is generated. Logs go to stderr.
+answers prompts from the command line, a .txt / .jsonl file, standard input (``echo "question" |``, one
+prompt per line), or a multi-turn chat on stdin (``chat=true``, a terminal or a pipe), streaming the
+answer to stdout as it is generated. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ def read_prompts(path: str, field: str = "prompt") -> list[str | Messages]:
         prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ConfigError("prompts_file", f"{path} holds no prompt")
+    return prompts
+
+
+def read_stdin_prompts(stdin: TextIO) -> list[str | Messages]:
+    """The prompts piped on standard input, one per line (blank lines skipped), when no prompt, prompts_file
+    or chat is given; ConfigError when stdin is a terminal (nothing was piped) or the pipe held no prompt."""
+    if stdin.isatty():
+        raise ConfigError(
+            "prompt", "give prompt=..., prompts_file=... or chat=true, or pipe prompts on standard input"
+        )
+    prompts: list[str | Messages] = [line.strip() for line in stdin if line.strip()]
+    if not prompts:
+        raise ConfigError("prompt", "standard input held no prompt (give prompt=..., prompts_file=...)")
     return prompts
 
 
@@ -180,6 +194,8 @@ def generate(cfg: GenerateConfig, stdin: TextIO, stdout: TextIO) -> list[dict[st
     """Everything after the config is checked: read the run and prompts, load, answer, save."""
     run = read_run(cfg.run)
     prompts = read_prompts(cfg.prompts_file, cfg.prompt_field) if cfg.prompts_file else None
+    if prompts is None and cfg.prompt is None and not cfg.chat:
+        prompts = read_stdin_prompts(stdin)  # before the model loads: a terminal with no prompt fails fast
     model, tokenizer = load_model(cfg, run)
     system_prompt = cfg.system_prompt if cfg.system_prompt is not None else run.data.system_prompt
     set_seed(cfg.seed)

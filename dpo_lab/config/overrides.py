@@ -1,8 +1,9 @@
 """Check command-line overrides against the schemas before Hydra composes, for one-line errors.
 
 Hydra rejects a misspelt key or a wrong type too, but with a multi-line message that does not say what
-is allowed. This check covers plain ``key=value`` overrides (and each value of a discrete sweep); group
-choices, ``+``/``~`` overrides and ``hydra.*`` keys are left to Hydra.
+is allowed. This check covers ``key=value`` and ``+key=value`` overrides (and each value of a discrete
+sweep) and the option named by a group choice (``experiment=...``, ``sweep=...``: Hydra silently skips an
+unknown option of an ``optional`` group); ``~`` overrides and ``hydra.*`` keys are left to Hydra.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dpo_lab.config.schemas import GROUPS, ConfigError, RunConfig
+from dpo_lab.config.user_configs import group_names, group_options
 
 _OTHER_GROUPS = {"experiment", "sweep", "hydra"}
+_SETS = (OverrideType.CHANGE, OverrideType.ADD, OverrideType.FORCE_ADD)
 _PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 
@@ -35,16 +38,70 @@ def check_overrides(args: list[str], root: type = RunConfig) -> None:
     except HydraException:
         return  # a syntax error: Hydra's own message says where
     for override in overrides:
-        if _is_checked(override, root):
+        if root is RunConfig and _is_group_choice(override, args):
+            _check_group_choice(override, args)
+        elif _is_checked(override, root):
             _check_one(override, root)
 
 
 def _is_checked(override: Override, root: type = RunConfig) -> bool:
     key = override.key_or_group
-    if override.type is not OverrideType.CHANGE or override.package is not None:
+    if override.type not in _SETS or override.package is not None:
         return False
     groups = GROUPS if root is RunConfig else {}
     return "/" not in key and key.split(".", 1)[0] not in _OTHER_GROUPS and key not in groups
+
+
+def _is_group_choice(override: Override, args: list[str]) -> bool:
+    key = override.key_or_group
+    return override.type in _SETS and "." not in key and key in group_names(args)
+
+
+def _check_group_choice(override: Override, args: list[str]) -> None:
+    group = override.key_or_group
+    if override.is_sweep_override():
+        if not override.is_discrete_sweep():
+            return
+        values = list(override.sweep_iterator())
+    else:
+        values = [override.value()]
+    options = group_options(group, args)
+    for value in values:
+        if value is not None and str(value) not in options:
+            close = difflib.get_close_matches(str(value), options, n=1)
+            hint = f" (did you mean {group}={close[0]}?)" if close else ""
+            raise ConfigError(
+                group, f"no option {value!r}{hint}; the {group} options are: {', '.join(options)}"
+            )
+
+
+def dict_overrides_as_force_add(args: list[str], root: type = RunConfig) -> list[str]:
+    """``train.extra={...}`` and ``train.extra.key=v`` as ``++train.extra...``: a free-form mapping of the
+    schema is struct-locked once Hydra composes, so a plain override of it fails ("not in struct") and only
+    ``+`` worked; ``++`` merges into the mapping the same way, with or without a key there already."""
+    out = []
+    for arg in args:
+        out.append(f"++{arg}" if _sets_into_mapping(arg, root) else arg)
+    return out
+
+
+def _sets_into_mapping(arg: str, root: type) -> bool:
+    if "=" not in arg or arg.startswith(("-", "+", "~")):
+        return False
+    try:
+        (override,) = OverridesParser.create().parse_overrides([arg])
+    except (HydraException, ValueError):
+        return False
+    if not _is_checked(override, root):
+        return False
+    node: Any = root
+    for part in override.key_or_group.split("."):
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return False
+        node = typing.get_type_hints(node).get(part)
+        if typing.get_origin(node) is dict:
+            return True
+    return False
 
 
 def _check_one(override: Override, root: type = RunConfig) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -114,6 +115,10 @@ class ModelConfig:
     def problems(self) -> Iterator[tuple[str, str]]:
         if not self.name_or_path.strip():
             yield "name_or_path", "must name a hub id or a local model folder"
+        elif self.name_or_path.startswith(("/", "./", "../", "~")):
+            path = Path(self.name_or_path).expanduser()
+            if not path.exists():
+                yield "name_or_path", f"no such folder: {path}; give a local model folder or a hub id"
 
 
 @dataclass
@@ -208,7 +213,8 @@ class DataConfig:
     split: str = "train"
     # held-out split to evaluate on; null = carve test_size off the train split
     test_split: str | None = "test"
-    # fraction (0-1) or row count held out when test_split is null; split with the run's seed
+    # fraction (0-1) or row count held out when test_split is null, or when data.path is a single file
+    # (it has no other split); split with the run's seed
     test_size: float | None = None
     # auto | standard | conversational | implicit_prompt | hh
     format: DataFormat = DataFormat.auto
@@ -223,12 +229,22 @@ class DataConfig:
     # system message prepended to every prompt that has none; null = none
     system_prompt: str | None = None
 
+    @property
+    def is_single_file(self) -> bool:
+        """``path`` names one local file: it holds a single split, so ``test_size`` alone says what to do."""
+        return bool(self.path.strip()) and Path(self.path).expanduser().is_file()
+
+    @property
+    def held_out_split(self) -> str | None:
+        """The split read as the held-out one; None when ``test_size`` rows are carved off ``split``."""
+        return None if self.test_size is not None else self.test_split
+
     def problems(self) -> Iterator[tuple[str, str]]:
         if not self.path.strip():
             yield "path", "must name a file, a folder or a hub dataset id"
         if self.test_split is None and self.test_size is None:
             yield "test_size", "set data.test_split to a held-out split, or data.test_size to carve one off"
-        if self.test_split is not None and self.test_size is not None:
+        if self.test_split is not None and self.test_size is not None and not self.is_single_file:
             yield "test_size", "set data.test_split=null to carve test_size off data.split, or test_size=null"
         if self.test_size is not None and self.test_size <= 0:
             yield "test_size", f"must be a fraction in (0, 1) or a row count >= 1, got {self.test_size}"
@@ -538,7 +554,8 @@ def register_configs() -> None:
 class GenerateConfig:
     # run folder written by python -m dpo_lab.run (holds config.yaml and adapter/)
     run: str = MISSING
-    # one prompt to answer
+    # one prompt to answer; with no prompt, prompts_file or chat, the prompts piped on standard input
+    # (one per line) are answered
     prompt: str | None = None
     # prompts to answer: .txt (one per line, blank lines skipped) or .jsonl (a prompt field per line)
     prompts_file: str | None = None
@@ -564,9 +581,9 @@ class GenerateConfig:
     def problems(self) -> Iterator[tuple[str, str]]:
         sources = [k for k in ("prompt", "prompts_file") if getattr(self, k) is not None]
         sources += ["chat"] if self.chat else []
-        if len(sources) != 1:
-            found = ", ".join(sources) or "none"
-            yield "prompt", f"give exactly one of prompt=..., prompts_file=... or chat=true (got {found})"
+        if len(sources) > 1:
+            found = ", ".join(sources)
+            yield "prompt", f"give one of prompt=..., prompts_file=... or chat=true (got {found})"
         if self.prompt is not None and not self.prompt.strip():
             yield "prompt", "must not be empty"
         yield from _nested("generation", self.generation.problems())

@@ -25,6 +25,27 @@ def config_dirs(args: list[str]) -> list[Path]:
     return found
 
 
+def config_roots(args: list[str]) -> list:
+    """Where Hydra looks for options: the shipped configs, then each ``--config-dir`` folder."""
+    return [files(CONF_PACKAGE), *(d for d in config_dirs(args) if d.is_dir())]
+
+
+def group_names(args: list[str] = ()) -> list[str]:
+    """The config groups (folders of the config roots), Hydra's own left out."""
+    names = {p.name for root in config_roots(list(args)) for p in root.iterdir() if p.is_dir()}
+    return sorted(names - {"hydra", "__pycache__"})
+
+
+def group_options(group: str, args: list[str] = ()) -> list[str]:
+    """The options of a config group: ``<root>/<group>/*.yaml`` of every config root."""
+    options = set()
+    for root in config_roots(list(args)):
+        folder = root.joinpath(group)
+        if folder.is_dir():
+            options |= {p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml")}
+    return sorted(options)
+
+
 def shipped_config_files() -> set[str]:
     """Every YAML path of the shipped configs, relative to their root (``data/finance.yaml``, ...)."""
     names: set[str] = set()

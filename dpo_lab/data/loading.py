@@ -23,13 +23,15 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from dpo_lab.config.schemas import ConfigError, DataColumns, DataConfig, DataFormat, OnInvalid
 from dpo_lab.data.checks import DataError, SplitProblems, invalid_rows_message, prompt_length_problem, tally
 from dpo_lab.data.formats import FORMATS, Pair, Reason, RowProblem, detect_format, normalise_record
-from dpo_lab.data.report import split_report, token_lengths
+from dpo_lab.data.report import pair_token_ids, split_report
 from dpo_lab.data.sources import RawSplit, read_split, single_split_source
 
 log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 LENGTH_COLUMNS = ("prompt_tokens", "chosen_tokens", "rejected_tokens")
+# the token ids TRL's DPOTrainer trains on, made while counting tokens and handed to it (trainer.py)
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 CHECK_COLUMNS = ("_row", "_reason", "_field", "_detail")
 DETECT_ROWS = 100  # rows looked at to detect the shape with data.format=auto
 
@@ -58,6 +60,16 @@ class PreferenceData:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> reason -> rows dropped
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> rows, token stats, truncation
     max_length: int | None = None
+    # the held-out pairs' source split and their row numbers in it ("_row"): their stored rows, every column
+    # kept (the ground truth a task checker needs), without reading the source a second time
+    held_out_source: RawSplit | None = None
+    held_out_row_numbers: list[int] = field(default_factory=list)
+
+    def held_out_rows(self) -> list[dict[str, Any]]:
+        """The stored rows of the held-out pairs, in their order (rows that are not JSON objects skipped)."""
+        if self.held_out_source is None:
+            return []
+        return source_rows(self.held_out_source, self.held_out_row_numbers)
 
     @property
     def fingerprint(self) -> str:
@@ -113,10 +125,13 @@ def load_preference_data(
     """
     _check_split_keys(cfg)
     raws = {"train": read_split(cfg, cfg.split, "data.split")}
-    if cfg.test_split is not None:
-        raws["eval"] = read_split(cfg, cfg.test_split, "data.test_split")
+    if cfg.held_out_split is not None:
+        raws["eval"] = read_split(cfg, cfg.held_out_split, "data.test_split")
     parsed = {name: _parse_split(raw, cfg) for name, raw in raws.items()}
     _refuse_or_log(cfg, [p.problems for p in parsed.values()])
+    for name, p in parsed.items():
+        if len(p.valid) == 0:
+            raise DataError("data.path", _nothing_left(name, p, cfg))
 
     train = parsed["train"].valid
     if "eval" in parsed:
@@ -147,6 +162,8 @@ def load_preference_data(
             raise DataError("data.path", f"no valid {name} rows left from {origins[name].origin}")
 
     return PreferenceData(
+        held_out_source=origins["eval"],
+        held_out_row_numbers=list(splits["eval"]["_row"]),
         train=_pairs_only(splits["train"]),
         eval=_pairs_only(splits["eval"]),
         source=cfg.path,
@@ -157,8 +174,21 @@ def load_preference_data(
     )
 
 
+def _nothing_left(name: str, parsed: _Parsed, cfg: DataConfig) -> str:
+    """Why a split has no row left: every row invalid (and dropped), or the held-out carving / caps."""
+    origin, invalid = parsed.raw.origin, len(parsed.problems.rows)
+    if invalid and invalid == len(parsed.raw.dataset):
+        counts = ", ".join(f"{reason}={n}" for reason, n in parsed.problems.counts().items())
+        return (
+            f"no valid {name} rows left from {origin}: all {invalid} {parsed.raw.unit}s are invalid "
+            f"({counts}) and data.on_invalid={cfg.on_invalid.value} dropped them; fix the data, or "
+            "data.columns / data.format if they name the wrong fields"
+        )
+    return f"no valid {name} rows left from {origin}"
+
+
 def _check_split_keys(cfg: DataConfig) -> None:
-    if cfg.test_split is not None and single_split_source(cfg):
+    if cfg.held_out_split is not None and single_split_source(cfg):
         raise ConfigError(
             "data.test_split",
             f"{cfg.path} holds a single split; set data.test_split=null and data.test_size (a fraction or a "
@@ -317,10 +347,14 @@ def _row_output(number: int, result: Pair | RowProblem) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def measure_row(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    """``datasets.map`` function: prompt / chosen / rejected token counts of a normalised row."""
-    lengths = token_lengths(tokenizer, row["prompt"], row["chosen"][0], row["rejected"][0])
-    return dict(zip(LENGTH_COLUMNS, lengths, strict=True))
+def measure_row(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """``datasets.map`` function: prompt / chosen / rejected token ids (TRL's columns) and counts of a
+    normalised row."""
+    ids = pair_token_ids(tokenizer, row["prompt"], row["chosen"][0], row["rejected"][0])
+    return {
+        **dict(zip(ID_COLUMNS, ids, strict=True)),
+        **dict(zip(LENGTH_COLUMNS, (len(i) for i in ids), strict=True)),
+    }
 
 
 def _carve_held_out(train: Dataset, test_size: float | None, seed: int) -> tuple[Dataset, Dataset]:
@@ -343,7 +377,8 @@ def _split_report(ds: Dataset, max_length: int | None) -> dict[str, Any]:
 
 
 def _pairs_only(ds: Dataset) -> Dataset:
-    extra = [c for c in ds.column_names if c not in PAIR_COLUMNS]
+    """The pair columns, and the token ids when they were counted (TRL trains on those)."""
+    extra = [c for c in ds.column_names if c not in PAIR_COLUMNS + ID_COLUMNS]
     return ds.remove_columns(extra) if extra else ds
 
 
@@ -356,13 +391,27 @@ def _log_dropped(problems: SplitProblems) -> None:
         log.warning("data:   %s", problems.describe(group))
 
 
+def source_rows(raw: RawSplit, numbers: list[int]) -> list[dict[str, Any]]:
+    """The rows of ``raw`` numbered ``numbers`` (the ``_row`` of normalised rows: a JSON file's line, else
+    the index), as stored; rows that are not JSON objects are skipped."""
+    if raw.json_text:
+        position = {line: i for i, line in enumerate(raw.dataset["_line"])}
+        picked = raw.dataset.select([position[n] for n in numbers])
+    else:
+        picked = raw.dataset.select(numbers)
+    rows = (_record(row, raw.json_text) for row in picked)
+    return [row for row in rows if isinstance(row, dict)]
+
+
 def load_held_out_rows(cfg: DataConfig) -> list[dict[str, Any]]:
     """The source rows of the held-out split as stored, every column kept (e.g. the ground truth a task
     checker needs); rows that are not JSON objects are skipped. Without ``data.test_split`` the held-out
     rows are carved off ``data.split`` after normalisation, so this returns all of ``data.split``: match
     the held-out pairs to their rows by prompt."""
     split, key = (
-        (cfg.test_split, "data.test_split") if cfg.test_split is not None else (cfg.split, "data.split")
+        (cfg.held_out_split, "data.test_split")
+        if cfg.held_out_split is not None
+        else (cfg.split, "data.split")
     )
     raw = read_split(cfg, split, key)
     rows = (_record(row, raw.json_text) for row in raw.dataset)

@@ -32,15 +32,24 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def token_lengths(
+def pair_token_ids(
     tokenizer: PreTrainedTokenizerBase, prompt: list[Message], chosen: Message, rejected: Message
-) -> tuple[int, int, int]:
-    """(prompt, chosen, rejected) token counts of one conversational pair, as TRL's DPOTrainer splits them."""
+) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) token ids of one conversational pair, split as TRL's DPOTrainer splits
+    them: its ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids``, so that TRL need not tokenise again."""
     prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
     with_chosen = _chat_ids(tokenizer, [*prompt, chosen])
     with_rejected = _chat_ids(tokenizer, [*prompt, rejected])
     n = min(common_prefix_length(prompt_ids, with_chosen), common_prefix_length(prompt_ids, with_rejected))
-    return n, len(with_chosen) - n, len(with_rejected) - n
+    return prompt_ids[:n], with_chosen[n:], with_rejected[n:]
+
+
+def token_lengths(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[Message], chosen: Message, rejected: Message
+) -> tuple[int, int, int]:
+    """(prompt, chosen, rejected) token counts of one conversational pair, as TRL's DPOTrainer splits them."""
+    p, c, r = pair_token_ids(tokenizer, prompt, chosen, rejected)
+    return len(p), len(c), len(r)
 
 
 def length_stats(values: Sequence[int]) -> dict[str, float] | None:

@@ -95,6 +95,8 @@ def _looks_local(value: str) -> bool:
 
 
 def read_file(path: Path) -> RawSplit:
+    if path.stat().st_size == 0:
+        raise DataError("data.path", f"{path} is empty (0 bytes): it holds no preference rows")
     suffix = file_suffix(path)
     if suffix in JSON_SUFFIXES:
         return _read_json(path)
@@ -157,7 +159,12 @@ def _read_json(path: Path) -> RawSplit:
             fingerprint=fingerprint,
         )
 
-    dataset = _wrap_load_errors(build, str(path))
+    try:
+        dataset = _wrap_load_errors(build, str(path))
+    except ValueError as err:  # datasets: 'Instruction "train" corresponds to no data!'
+        if "no data" not in str(err):
+            raise
+        raise DataError("data.path", f"{path} holds no rows") from None
     if len(dataset) == 0:
         raise DataError("data.path", f"{path} holds no rows")
     return RawSplit(dataset, origin=str(path), unit=unit, json_text=True)

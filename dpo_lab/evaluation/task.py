@@ -206,15 +206,22 @@ class TaskPrompt:
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
 
 
-def load_task_prompts(cfg: TaskEvalConfig, data_cfg: DataConfig, held_out: Dataset) -> list[TaskPrompt]:
+def load_task_prompts(
+    cfg: TaskEvalConfig,
+    data_cfg: DataConfig,
+    held_out: Dataset,
+    stored_rows: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
+) -> list[TaskPrompt]:
     """The prompts of the task evaluation (none when it is off); called before training, so that an
-    unknown checker or missing ground truth stops the run before any step is paid for."""
+    unknown checker or missing ground truth stops the run before any step is paid for. ``stored_rows``
+    gives the held-out rows as stored (``PreferenceData.held_out_rows``, kept when the data was loaded);
+    without it they are read from the source again."""
     if not cfg.enabled:
         return []
     raw = None
     if cfg.checker.name is not None:
         get_checker(cfg.checker.name)
-        raw = load_held_out_rows(data_cfg)
+        raw = stored_rows() if stored_rows is not None else load_held_out_rows(data_cfg)
     return task_prompts(held_out, raw, data_cfg, cfg.num_prompts, cfg.checker)
 
 

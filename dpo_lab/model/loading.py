@@ -15,7 +15,7 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model_state_dict, prepare_model_for_kbit_training
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.config.schemas import ConfigError, LoraConfig, ModelConfig, Precision, Quantization
@@ -26,9 +26,20 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """Load the tokenizer, install ``model.chat_template`` if given, and insist on a chat template."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    folder = Path(cfg.name_or_path).expanduser()
+    if folder.is_dir() and not any((folder / n).is_file() for n in ("config.json", "tokenizer_config.json")):
+        raise ConfigError(
+            "model.name_or_path", f"{folder} is not a model folder (no config.json or tokenizer_config.json)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as err:  # not a model folder, an unknown hub id, or no network for it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            "model.name_or_path", f"cannot load a tokenizer from {cfg.name_or_path!r}: {first}"
+        ) from None
     if cfg.chat_template is not None:
         tokenizer.chat_template = read_chat_template(cfg.chat_template)
     if not tokenizer.chat_template:
@@ -92,6 +103,39 @@ def load_base_model(cfg: ModelConfig, precision: Precision, gradient_checkpointi
     if "quantization_config" in kwargs:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
+
+
+def check_lora_targets(model_cfg: ModelConfig, lora: LoraConfig) -> None:
+    """:func:`check_target_modules` on the model's architecture built without weights (on the meta device),
+    so that a misspelt ``lora.target_modules`` fails before the weights load (``all-linear`` needs none)."""
+    if list(lora.target_modules) == ["all-linear"]:
+        return
+    from accelerate import init_empty_weights
+
+    config = AutoConfig.from_pretrained(
+        model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    check_target_modules(skeleton, list(lora.target_modules))
+
+
+def check_target_modules(model: torch.nn.Module, target_modules: object) -> None:
+    """ConfigError naming ``lora.target_modules`` when one of the listed module names matches no module of
+    ``model`` (PEFT matches a name, or a name's last dotted parts); lists the linear layers there are."""
+    if not isinstance(target_modules, (list, tuple, set)):
+        return  # "all-linear" or a regular expression: PEFT resolves it
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        raise ConfigError(
+            "lora.target_modules",
+            f"no module named {', '.join(map(repr, missing))} in {type(model).__name__}; its linear layers: "
+            f"{', '.join(linear)} (or [all-linear])",
+        )
 
 
 def build_lora_config(cfg: LoraConfig) -> PeftLoraConfig:

@@ -18,6 +18,8 @@ from typing import Any
 from dpo_lab.runs.layout import CARD_FILE, RunLayout
 from dpo_lab.train.distributed import is_main_process, wait_for_everyone
 
+TRAINING_ARGS_FILE = "training_args.bin"  # what Trainer.save_model writes beside the weights
+
 
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
@@ -86,6 +88,8 @@ def save_adapter(trainer: Any, tokenizer: Any, dest: Path, card: str) -> None:
     wait_for_everyone()
     trainer.save_model(str(tmp))
     if is_main_process():
+        # the pickled TrainingArguments hold every train.extra value (a hub_token too): not for sharing
+        (tmp / TRAINING_ARGS_FILE).unlink(missing_ok=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / CARD_FILE).write_text(card)
         replace_dir(tmp, dest)

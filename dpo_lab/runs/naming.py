@@ -10,6 +10,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from dpo_lab.runs.redaction import REDACTED, is_secret_key, redact, redact_text
+
 # Short forms of the keys people sweep, for names like beta=0.05,r=8,lr=5e-06.
 ALIASES = {
     "learning_rate": "lr",
@@ -64,7 +66,8 @@ def run_name(
         if defaults is None or value != default:
             plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             short = ALIASES.get(key.rsplit(".", 1)[-1], key.rsplit(".", 1)[-1])
-            parts.append(f"{short}={format_value(plain)}")
+            value_text = REDACTED if is_secret_key(short) else format_value(redact(plain))
+            parts.append(redact_text(f"{short}={value_text}"))
     return ",".join(parts)
 
 

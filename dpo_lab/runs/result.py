@@ -96,14 +96,20 @@ def record_failure(run_dir: Path, err: BaseException, tracker: Any) -> None:
     """Mark the run failed in metrics.json and W&B, keeping the error, and finish the W&B run."""
     record = failure_record(err)
     log.error("run %s: %s", record["status"], record["error"])
-    if is_main_process():
-        atomic_write_json(RunLayout(run_dir).metrics, record)
-    tracker.summarize({"status": record["status"], "error": record["error"][:2000]})
-    tracker.finish(exit_code=1)
+    try:
+        if is_main_process():
+            atomic_write_json(RunLayout(run_dir).metrics, record)
+        tracker.summarize({"status": record["status"], "error": record["error"][:2000]})
+        tracker.finish(exit_code=1)
+    except OSError as write_err:  # a full disk or a read-only folder: the error above is the one to show
+        log.error("could not record the failure in %s: %s", run_dir, write_err)
 
 
 def record_failed_job(run_dir: Path, err: BaseException) -> None:
     """A sweep job that failed before training started: nothing recorded yet, so record it now."""
     path = RunLayout(run_dir).metrics
     if not path.exists() and is_main_process():
-        atomic_write_json(path, failure_record(err))
+        try:
+            atomic_write_json(path, failure_record(err))
+        except OSError as write_err:
+            log.error("could not record the failure in %s: %s", path, write_err)

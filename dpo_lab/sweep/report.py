@@ -185,6 +185,19 @@ class SweepReportCallback(Callback):
             log.exception("the sweep report failed; the run folders are intact: dpo-lab report %s", sweep_dir)
             raise
         print(report.summary())
+        failure = no_job_completed(report)
+        if failure is not None:
+            print(f"dpo_lab: {failure}", file=sys.stderr)
+            sys.exit(1)  # a script or CI must see that the sweep produced nothing
+
+
+def no_job_completed(report: Report) -> str | None:
+    """The one line for a sweep in which no job completed (None when one did); names the failed jobs."""
+    jobs = report.sweep.jobs
+    if any(j.status == "completed" for j in jobs):
+        return None
+    named = ", ".join(f"{j.name} ({j.status})" for j in jobs) or "none"
+    return f"no job of the sweep completed (jobs: {named}); see {report.sweep.path / 'results.md'}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -20,25 +19,13 @@ from typing import Any, Protocol
 
 from dpo_lab.config.schemas import LoggerBackend, LoggerConfig, WandbMode
 from dpo_lab.runs.atomic import atomic_write_json
+from dpo_lab.runs.redaction import redact, redact_text, redacted_argv
 from dpo_lab.train.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
 WANDB_HOST = ("api.wandb.ai", 443)
 RUN_ID_FILE = "wandb_run.json"
-
-
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-REDACTED = "<redacted>"
-
-
-def redact(value: Any) -> Any:
-    """A copy of a nested config with the values of secret-looking keys replaced."""
-    if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEY.search(str(k)) and v else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
 
 
 def git_state(path: Path) -> dict[str, Any]:
@@ -204,22 +191,24 @@ def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name:
     mode = resolve_mode(cfg.mode)
     wandb_dir = Path(cfg.dir).expanduser() if cfg.dir else run_dir
     wandb_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=cfg.project,
-        entity=cfg.entity,
-        name=name,
-        group=group,
-        tags=list(cfg.tags),
-        job_type=cfg.job_type,
-        notes=cfg.notes,
-        config=redact(config),
-        dir=str(wandb_dir),
-        mode=mode,
-        reinit="finish_previous",
-        id=run_id,
-        resume="allow" if run_id else None,
-        settings=wandb.Settings(init_timeout=60, console="off"),
-    )
+    name, group = redact_text(name), redact_text(group)
+    with redacted_argv():  # W&B records the command line in its run metadata
+        run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            name=name,
+            group=group,
+            tags=list(cfg.tags),
+            job_type=cfg.job_type,
+            notes=cfg.notes,
+            config=redact(config),
+            dir=str(wandb_dir),
+            mode=mode,
+            reinit="finish_previous",
+            id=run_id,
+            resume="allow" if run_id else None,
+            settings=wandb.Settings(init_timeout=60, console="off"),
+        )
     run.define_metric("train/global_step")
     run.define_metric("*", step_metric="train/global_step", step_sync=True)
     atomic_write_json(

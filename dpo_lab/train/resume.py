@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from dpo_lab.config.schemas import ConfigError
 from dpo_lab.runs.atomic import atomic_write_text
 from dpo_lab.runs.layout import EVAL_BEFORE_FILE, OVERRIDES_FILE, RunLayout
+from dpo_lab.runs.redaction import REDACTED, redact
 from dpo_lab.track.history import HISTORY_FILE, restore_history
 from dpo_lab.train.checkpoints import Checkpoint, discard, newest_intact
 from dpo_lab.train.distributed import is_main_process
@@ -68,6 +69,13 @@ def resume_overrides(args: list[str]) -> list[str]:
         if arg.startswith("hydra.run.dir=") and Path(arg.split("=", 1)[1]).resolve() != folder.resolve():
             raise ConfigError("resume", f"names {folder} but hydra.run.dir names another folder; give one")
     original = [o for o in yaml.safe_load(stored.read_text()) or [] if not o.startswith("resume=")]
+    secret = next((o for o in original if REDACTED in o), None)
+    if secret is not None:
+        raise ConfigError(
+            "resume",
+            f"{folder} was started with a secret ({secret}) that dpo_lab does not store; rerun its command "
+            f"with the secret and hydra.run.dir={folder}, or pass the secret through the environment",
+        )
     rest = [a for a in args if not a.startswith(("resume=", "hydra.run.dir="))]
     log.info("resuming %s with its overrides: %s", folder, " ".join(original) or "(none)")
     return [*original, *rest, f"hydra.run.dir={folder}", f"resume={folder}"]
@@ -96,7 +104,7 @@ def check_same_config(run_dir: Path, resolved: dict[str, Any]) -> None:
         return
     old = yaml.safe_load(stored.read_text())
     # compare through YAML, written the way config.yaml is written (enums -> strings)
-    new = yaml.safe_load(OmegaConf.to_yaml(resolved))
+    new = yaml.safe_load(OmegaConf.to_yaml(redact(resolved)))
     key = first_difference(old, new)
     if key is not None:
         raise ConfigError(
@@ -113,9 +121,9 @@ def save_run_config(
     to resume), ``overrides.yaml`` (the command-line overrides it was started with, which
     ``resume=<folder>`` reuses)."""
     if fresh or not (run_dir / OVERRIDES_FILE).is_file():
-        kept = [o for o in overrides if not o.startswith("resume=")]
+        kept = redact([o for o in overrides if not o.startswith("resume=")], text=True)
         atomic_write_text(run_dir / OVERRIDES_FILE, yaml.safe_dump(kept, default_flow_style=False))
-    atomic_write_text(RunLayout(run_dir).config, OmegaConf.to_yaml(resolved))
+    atomic_write_text(RunLayout(run_dir).config, OmegaConf.to_yaml(redact(resolved)))
 
 
 def completed_result(run_dir: Path) -> dict[str, Any] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +18,8 @@ from torch.utils.data import Sampler, SequentialSampler
 from transformers import PreTrainedModel, PrinterCallback, TrainerCallback
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import DPOConfig, Precision, TrainConfig
-from dpo_lab.train.batching import PAIR_ID_COLUMNS, dpo_length_sampler
+from dpo_lab.config.schemas import ConfigError, DPOConfig, Precision, TrainConfig
+from dpo_lab.train.batching import PAIR_ID_COLUMNS, dpo_length_sampler, pair_token_lengths
 
 
 def build_dpo_args(
@@ -76,8 +78,27 @@ def build_dpo_args(
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": True,
     }
+    check_extra_keys(train.extra)
     kwargs.update(train.extra)
-    return trl.DPOConfig(**kwargs)
+    try:
+        return trl.DPOConfig(**kwargs)
+    except (ValueError, TypeError) as err:  # a value TrainingArguments refuses (e.g. in train.extra)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError("train", f"trl.DPOConfig refuses these settings: {first}") from None
+
+
+def check_extra_keys(extra: Mapping[str, Any]) -> None:
+    """ConfigError naming ``train.extra.<key>`` for a key that is no field of trl.DPOConfig (whose
+    constructor would fail with a TypeError after the model loaded)."""
+    known = {f.name for f in dataclasses.fields(trl.DPOConfig) if f.init}
+    for key in extra:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean train.extra.{close[0]}? " if close else ""
+            raise ConfigError(
+                f"train.extra.{key}",
+                f"no such trl.DPOConfig / TrainingArguments field; {hint}see trl.DPOConfig for the fields",
+            )
 
 
 @dataclass
@@ -120,13 +141,28 @@ class DPOTrainer(trl.DPOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """TRL's preparation (chat template, tokenisation), or the one an earlier sweep job made."""
         if self._prepared is None:
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return self._tokenized_once(dataset, processing_class, args, dataset_name)
         cached = self._prepared.tokenized.get(dataset_name)
         if cached is None:
-            cached = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            cached = self._tokenized_once(dataset, processing_class, args, dataset_name)
             self._prepared.tokenized[dataset_name] = cached
             self._prepared.computed["tokenized"] += 1
         return cached
+
+    def _tokenized_once(self, dataset, processing_class, args, dataset_name):
+        """A dataset whose pairs dpo_lab already tokenised while checking them (``prompt_ids``,
+        ``chosen_ids``, ``rejected_ids``, split as TRL splits them: data_report.pair_token_ids) is not
+        tokenised again; only TRL's last step applies, dropping pairs whose prompt alone fills
+        ``max_length`` (with ``keep_start`` truncation the collator would cut every response token).
+        Anything else goes through TRL's own preparation."""
+        if not set(PAIR_ID_COLUMNS) <= set(getattr(dataset, "column_names", None) or ()):
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if args.max_length is None or args.truncation_mode != "keep_start":
+            return dataset
+        limit = args.max_length
+        lengths = pair_token_lengths(dataset)
+        keep = [i for i, (prompt, _, _) in enumerate(lengths) if prompt < limit]
+        return dataset if len(keep) == len(dataset) else dataset.select(keep)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """TRL's reference log-probs, or the ones an earlier sweep job computed on the same inputs."""

@@ -43,7 +43,6 @@ def test_entry_point_configs_compose() -> None:
 @pytest.mark.parametrize(
     ("name", "overrides", "key"),
     [
-        ("generate", ["run=/r"], "prompt"),  # no prompt source
         ("generate", ["run=/r", "prompt=hi", "chat=true"], "prompt"),  # two sources
         ("generate", ["run=/r", "prompt=hi", "generation.top_p=0"], "generation.top_p"),
         ("compare", ["a=/r", "judge=reward_model"], "reward_model"),

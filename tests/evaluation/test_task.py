@@ -119,12 +119,12 @@ def always_right(answer: str, row: Mapping[str, Any], cfg: CheckerConfig) -> Che
 
 def test_checker_registry() -> None:
     assert get_checker("finance_number") is finance_number
-    assert get_checker("tests.test_task_eval:always_right") is always_right
+    assert get_checker("tests.evaluation.test_task:always_right") is always_right
     with pytest.raises(ConfigError) as info:
         get_checker("financ_number")
     assert info.value.key == "eval.checker.name" and "finance_number" in str(info.value)
     with pytest.raises(ConfigError, match="cannot import"):
-        get_checker("tests.test_task_eval:no_such_function")
+        get_checker("tests.evaluation.test_task:no_such_function")
     exact = get_checker("exact_match")
     cfg = CheckerConfig(name="exact_match", answer_column="label")
     assert exact("The answer is Paris.", {"label": "paris"}, cfg).correct
@@ -146,7 +146,7 @@ def test_task_prompts_carry_their_ground_truth() -> None:
         assert prompt.row["answer"] == row["answer"] and prompt.chosen == row["chosen"]
     records = score(prompts, [p.chosen for p in prompts], CheckerConfig())
     assert [r["correct"] for r in records] == [True, True, True] and accuracy(records) == 1.0
-    plugged = score(prompts, ["x", "y", "z"], CheckerConfig(name="tests.test_task_eval:always_right"))
+    plugged = score(prompts, ["x", "y", "z"], CheckerConfig(name="tests.evaluation.test_task:always_right"))
     assert accuracy(plugged) == 1.0 and plugged[0]["extracted"] == 1
 
 
