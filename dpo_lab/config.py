@@ -96,8 +96,10 @@ LORA_BIAS = ("none", "all", "lora_only")
 
 @dataclass
 class ModelConfig:
-    # a hub id or a local folder with config.json, weights and tokenizer
+    # a hub id, a local folder (config.json, weights, tokenizer), or package:<module> of a pip-installed one
     name_or_path: str = MISSING
+    # a GGUF file in that folder / hub repo, dequantized once into a cached plain copy; null = not GGUF
+    gguf_file: str | None = None
     # none | nf4 | int8: nf4 is QLoRA; quantized weights cut memory ~4x and stay frozen
     quantization: Quantization = Quantization.none
     # auto | float32 | bfloat16 | float16: dtype of unquantized weights; auto follows train.precision
@@ -114,6 +116,11 @@ class ModelConfig:
     def problems(self) -> Iterator[tuple[str, str]]:
         if not self.name_or_path.strip():
             yield "name_or_path", "must name a hub id or a local model folder"
+        if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
+            yield (
+                "gguf_file",
+                f"must name a .gguf file in model.name_or_path, or be null; got {self.gguf_file!r}",
+            )
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dpo_lab.cli import exit_with_config_error, run_entry_point, setup_logging, 
 from dpo_lab.config import ConfigError, DType, MergeConfig
 from dpo_lab.generation import chat_inputs
 from dpo_lab.model import load_tokenizer, merge_adapter
+from dpo_lab.model_source import model_name
 from dpo_lab.resolvers import CONF_DIR
 from dpo_lab.run_folder import read_run
 
@@ -45,7 +46,7 @@ def merge(cfg: MergeConfig) -> Path:
     run = read_run(cfg.run)
     out = output_folder(cfg, run.path)
     saved = dataclasses.replace(
-        run.model, name_or_path=str(run.adapter_dir), revision=None, chat_template=None
+        run.model, name_or_path=str(run.adapter_dir), gguf_file=None, revision=None, chat_template=None
     )
     tokenizer = load_tokenizer(saved)
     probe = chat_inputs(tokenizer, [PROBE], "cpu")["input_ids"]
@@ -54,7 +55,7 @@ def merge(cfg: MergeConfig) -> Path:
     merged.model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     card = render_merged_card(
-        base_model=run.model.name_or_path,
+        base_model=model_name(run.model),
         adapter=str(run.adapter_dir),
         dtype=str(merged.dtype).removeprefix("torch."),
         dequantized_from=merged.dequantized_from,

@@ -74,16 +74,16 @@ def data_key(data: DataConfig, seed: int) -> str:
 
 
 def _tokenizer_key(model: ModelConfig) -> str:
-    return _key(path=model.name_or_path, revision=model.revision, template=model.chat_template,
-                trust_remote_code=model.trust_remote_code)  # fmt: skip
+    return _key(path=model.name_or_path, gguf=model.gguf_file, revision=model.revision,
+                template=model.chat_template, trust_remote_code=model.trust_remote_code)  # fmt: skip
 
 
 def tokenized_key(cfg: RunConfig) -> str:
     """Everything that changes TRL's tokenised datasets: the data, the tokenizer and its chat template,
     ``dpo.max_length`` (examples whose prompt fills it are dropped), and every pass-through trainer option."""
     model = cfg.model
-    tokenizer = _key(path=model.name_or_path, revision=model.revision, template=model.chat_template,
-                     trust_remote_code=model.trust_remote_code)  # fmt: skip
+    tokenizer = _key(path=model.name_or_path, gguf=model.gguf_file, revision=model.revision,
+                     template=model.chat_template, trust_remote_code=model.trust_remote_code)  # fmt: skip
     return _key(data=data_key(cfg.data, cfg.seed), tokenizer=tokenizer, max_length=cfg.dpo.max_length,
                 extra=cfg.train.extra)  # fmt: skip
 

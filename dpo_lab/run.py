@@ -40,6 +40,7 @@ from dpo_lab.guards import NonFiniteError, NonFiniteGuard
 from dpo_lab.hardware import describe, device_type, resolve_precision
 from dpo_lab.history import HISTORY_FILE
 from dpo_lab.model import adapter_state_dict, build_lora_config, load_tokenizer
+from dpo_lab.model_source import check_source, model_name
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.objective import check_finite, objective_value
 from dpo_lab.overrides import check_overrides
@@ -112,6 +113,7 @@ def peak_memory_mb() -> float:
 
 def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = job_started_at()  # process start for the first job, so imports and Hydra count
+    check_source(run_cfg.model)  # an unfetched or contradicting base stops here, before anything loads
     set_seed(run_cfg.seed)
     device = device_type()
     precision = resolve_precision(run_cfg.train.precision, device)
@@ -226,7 +228,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             "reused": dict(cache.last_job),
         }
         card = render_model_card(
-            base_model=run_cfg.model.name_or_path,
+            base_model=model_name(run_cfg.model),
             dataset=run_cfg.data.path,
             hyperparameters=_card_hyperparameters(run_cfg, precision.value),
             metrics={
