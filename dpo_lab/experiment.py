@@ -18,6 +18,7 @@ from dpo_lab.data.report import format_report
 from dpo_lab.evaluation.task import evaluate_task, load_task_prompts
 from dpo_lab.model.hardware import describe, device_type, resolve_precision
 from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets, load_tokenizer
+from dpo_lab.model.source import check_source, model_name
 from dpo_lab.runs.atomic import write_final_artifacts
 from dpo_lab.runs.card import card_hyperparameters, display_name, framework_versions, render_model_card
 from dpo_lab.runs.job import in_multirun, run_identity, task_overrides
@@ -105,6 +106,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
 def start_job(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> Job:
     """Seed, hardware, and what the folder holds already (resume, or a completed run); saves config.yaml."""
     started = job_started_at()  # process start for the first job, so imports and Hydra count
+    check_source(run_cfg.model)  # an unfetched or contradicting base stops here, before anything loads
     set_seed(run_cfg.seed)
     device = device_type()
     precision = resolve_precision(run_cfg.train.precision, device)
@@ -265,7 +267,7 @@ def save(job: Job, data: JobData, training: Training, tracker: Tracker, result: 
     """Adapter, model card and metrics.json (last), the W&B summary, and the adapter as a W&B artifact."""
     cfg = job.cfg
     card = render_model_card(
-        base_model=display_name(cfg.model.name_or_path),
+        base_model=display_name(model_name(cfg.model)),
         dataset=display_name(cfg.data.path),
         hyperparameters=card_hyperparameters(cfg, job.precision.value),
         metrics=result.card_metrics(),

@@ -50,7 +50,7 @@ def compare_prompts(run: RunFolder, cfg: CompareConfig) -> list[TaskPrompt]:
 
 def load_run_model(run: RunFolder) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     saved = dataclasses.replace(
-        run.model, name_or_path=str(run.adapter_dir), revision=None, chat_template=None
+        run.model, name_or_path=str(run.adapter_dir), gguf_file=None, revision=None, chat_template=None
     )
     return load_adapter_model(run.model, run.adapter_dir, run.precision), load_tokenizer(saved)
 

@@ -184,7 +184,7 @@ def load_model(cfg: GenerateConfig, run: RunFolder) -> tuple[PreTrainedModel, Pr
     if cfg.quantization is not None:
         model_cfg = dataclasses.replace(model_cfg, quantization=cfg.quantization)
     saved = dataclasses.replace(
-        model_cfg, name_or_path=str(run.adapter_dir), revision=None, chat_template=None
+        model_cfg, name_or_path=str(run.adapter_dir), gguf_file=None, revision=None, chat_template=None
     )
     tokenizer = load_tokenizer(saved)
     return load_adapter_model(model_cfg, run.adapter_dir, run.precision), tokenizer

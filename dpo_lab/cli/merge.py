@@ -22,6 +22,7 @@ from dpo_lab.config.validation import typed_config
 from dpo_lab.evaluation.generation import chat_inputs
 from dpo_lab.model.hardware import torch_dtype
 from dpo_lab.model.loading import load_tokenizer, merge_adapter
+from dpo_lab.model.source import model_name
 from dpo_lab.runs.card import render_merged_card
 from dpo_lab.runs.folder import read_run
 from dpo_lab.runs.layout import CARD_FILE
@@ -66,7 +67,7 @@ def merge(cfg: MergeConfig) -> Path:
     run = read_run(cfg.run)
     out = output_folder(cfg, run.path, run.model.name_or_path)
     saved = dataclasses.replace(
-        run.model, name_or_path=str(run.adapter_dir), revision=None, chat_template=None
+        run.model, name_or_path=str(run.adapter_dir), gguf_file=None, revision=None, chat_template=None
     )
     tokenizer = load_tokenizer(saved)
     probe = chat_inputs(tokenizer, [PROBE], "cpu")["input_ids"]
@@ -75,7 +76,7 @@ def merge(cfg: MergeConfig) -> Path:
     merged.model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     card = render_merged_card(
-        base_model=run.model.name_or_path,
+        base_model=model_name(run.model),
         adapter=str(run.adapter_dir),
         dtype=str(merged.dtype).removeprefix("torch."),
         dequantized_from=merged.dequantized_from,

@@ -97,8 +97,10 @@ LORA_BIAS = ("none", "all", "lora_only")
 
 @dataclass
 class ModelConfig:
-    # a hub id or a local folder with config.json, weights and tokenizer
+    # a hub id, a local folder (config.json, weights, tokenizer), or package:<module> of a pip-installed one
     name_or_path: str = MISSING
+    # a GGUF file in that folder / hub repo, dequantized once into a cached plain copy; null = not GGUF
+    gguf_file: str | None = None
     # none | nf4 | int8: nf4 is QLoRA; quantized weights cut memory ~4x and stay frozen
     quantization: Quantization = Quantization.none
     # auto | float32 | bfloat16 | float16: dtype of unquantized weights; auto follows train.precision
@@ -119,6 +121,11 @@ class ModelConfig:
             path = Path(self.name_or_path).expanduser()
             if not path.exists():
                 yield "name_or_path", f"no such folder: {path}; give a local model folder or a hub id"
+        if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
+            yield (
+                "gguf_file",
+                f"must name a .gguf file in model.name_or_path, or be null; got {self.gguf_file!r}",
+            )
 
 
 @dataclass

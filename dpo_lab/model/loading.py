@@ -20,6 +20,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.config.schemas import ConfigError, LoraConfig, ModelConfig, Precision, Quantization
 from dpo_lab.model.hardware import compute_dtype, device_type, resolve_dtype
+from dpo_lab.model.source import loadable, model_name
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,16 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         raise ConfigError(
             "model.name_or_path", f"cannot load a tokenizer from {cfg.name_or_path!r}: {first}"
         ) from None
+    source = loadable(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.name_or_path, revision=source.revision, trust_remote_code=cfg.trust_remote_code
+    )
     if cfg.chat_template is not None:
         tokenizer.chat_template = read_chat_template(cfg.chat_template)
     if not tokenizer.chat_template:
         raise ConfigError(
             "model.chat_template",
-            f"the tokenizer of {cfg.name_or_path} has no chat template; set model.chat_template to a Jinja "
+            f"the tokenizer of {model_name(cfg)} has no chat template; set model.chat_template to a Jinja "
             "template (inline, or a path to a .jinja file)",
         )
     if tokenizer.pad_token is None:
@@ -97,9 +102,10 @@ def base_model_kwargs(cfg: ModelConfig, precision: Precision) -> dict:
 
 def load_base_model(cfg: ModelConfig, precision: Precision, gradient_checkpointing: bool) -> PreTrainedModel:
     """Load the frozen base model in the dtype / quantization the config asks for."""
-    kwargs = base_model_kwargs(cfg, precision)
-    log.info("loading %s (%s, quantization=%s)", cfg.name_or_path, kwargs["dtype"], cfg.quantization.value)
-    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    source = loadable(cfg)
+    kwargs = base_model_kwargs(source, precision)
+    log.info("loading %s (%s, quantization=%s)", model_name(cfg), kwargs["dtype"], cfg.quantization.value)
+    model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
     if "quantization_config" in kwargs:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
@@ -157,9 +163,10 @@ def build_lora_config(cfg: LoraConfig) -> PeftLoraConfig:
 
 def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, precision: Precision) -> PeftModel:
     """The run's base model (its dtype and quantization) with the trained adapter attached, for inference."""
-    kwargs = base_model_kwargs(cfg, precision)
-    log.info("loading %s (%s, quantization=%s)", cfg.name_or_path, kwargs["dtype"], cfg.quantization.value)
-    base = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    source = loadable(cfg)
+    kwargs = base_model_kwargs(source, precision)
+    log.info("loading %s (%s, quantization=%s)", model_name(cfg), kwargs["dtype"], cfg.quantization.value)
+    base = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
     if "device_map" not in kwargs and device_type() == "cuda":
         base = base.to("cuda")
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
@@ -200,6 +207,7 @@ def merge_adapter(
     The quantized base is dequantized straight after loading: on CPUs with AVX512-BF16, bitsandbytes
     repacks 4-bit weights into a CPU layout at the first forward in eval mode, and dequantizing a
     repacked weight gives wrong values. So the reference logits come from a separate load."""
+    cfg = loadable(cfg)
     kwargs = base_model_kwargs(cfg, precision)
     quantized = "quantization_config" in kwargs
     if dtype is not None and not quantized:

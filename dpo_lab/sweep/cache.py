@@ -75,8 +75,8 @@ def data_key(data: DataConfig, seed: int) -> str:
 
 def tokenizer_key(model: ModelConfig) -> str:
     """Everything that changes the tokenizer: where it loads from and the chat template installed in it."""
-    return _key(path=model.name_or_path, revision=model.revision, template=model.chat_template,
-                trust_remote_code=model.trust_remote_code)  # fmt: skip
+    return _key(path=model.name_or_path, gguf=model.gguf_file, revision=model.revision,
+                template=model.chat_template, trust_remote_code=model.trust_remote_code)  # fmt: skip
 
 
 def tokenized_key(cfg: RunConfig) -> str:

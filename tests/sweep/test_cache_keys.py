@@ -48,6 +48,7 @@ DATA_CHANGES: dict[str, Any] = {
 TOKENIZER_CHANGES: dict[str, Any] = {
     "name_or_path": "/other/model",
     "revision": "abc123",
+    "gguf_file": "other.Q8_0.gguf",  # a GGUF file carries its own tokenizer
     "chat_template": "{{ messages }}",
     "trust_remote_code": True,
 }
