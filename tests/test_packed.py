@@ -1,0 +1,152 @@
+"""Packed training (dpo_lab.packed): K adapters trained together give each job what it gets alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpo_lab.config import DataConfig, DPOConfig, LoraConfig, ModelConfig, Precision, TrainConfig
+from dpo_lab.data import load_preference_data
+from dpo_lab.model import (
+    adapter_state_dict,
+    build_lora_config,
+    load_base_model,
+    load_tokenizer,
+    strip_adapters,
+)
+from dpo_lab.packed import PackJob, adapters_by_slice, build_pack, finish_as_trained
+from dpo_lab.resolvers import asset_path
+from dpo_lab.reuse import ModelSnapshot
+from dpo_lab.trainer import build_dpo_args, build_trainer
+
+MODEL = ModelConfig(name_or_path=asset_path("tiny-llama"))
+# three jobs that differ in beta, learning rate, LoRA rank (and so scaling), schedule and weight decay
+JOBS = [
+    dict(
+        dpo=DPOConfig(beta=0.1, max_length=192),
+        lr=5e-3,
+        lora=LoraConfig(r=4, alpha=8),
+        wd=0.0,
+        sched="linear",
+    ),
+    dict(
+        dpo=DPOConfig(beta=0.5, max_length=192),
+        lr=2e-3,
+        lora=LoraConfig(r=8, alpha=8),
+        wd=0.1,
+        sched="cosine",
+    ),
+    dict(
+        dpo=DPOConfig(beta=0.3, loss_type=["ipo"], max_length=192),
+        lr=1e-2,
+        lora=LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]),
+        wd=0.0,
+        sched="constant",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    data = load_preference_data(
+        DataConfig(path=asset_path("finance"), max_train_samples=12, max_eval_samples=6), seed=0
+    )
+    tokenizer = load_tokenizer(MODEL)
+    model = load_base_model(MODEL, Precision.fp32, gradient_checkpointing=False)
+    return data, tokenizer, model, ModelSnapshot.capture(model)
+
+
+def _reset(setup) -> None:
+    """The shared base as loaded again (no adapter, no PEFT or TRL leftovers), as the sweep cache does."""
+    _, _, model, snapshot = setup
+    strip_adapters(model)
+    snapshot.restore(model)
+    assert not snapshot.differences(model)
+
+
+def _job(job: dict, tmp_path, name: str) -> PackJob:
+    train = TrainConfig(
+        learning_rate=job["lr"], per_device_train_batch_size=4, per_device_eval_batch_size=6, max_steps=3,
+        logging_steps=1, precision=Precision.fp32, weight_decay=job["wd"], lr_scheduler_type=job["sched"],
+        warmup_steps=1, max_grad_norm=0.5,
+    )  # fmt: skip
+    args = build_dpo_args(job["dpo"], train, output_dir=tmp_path / name, seed=0, precision=Precision.fp32,
+                          device="cpu")  # fmt: skip
+    return PackJob(args=args, lora=build_lora_config(job["lora"]))
+
+
+def _alone(setup, job: PackJob):
+    """The job through the normal path: a DPOTrainer with a fresh adapter, trained, evaluated."""
+    data, tokenizer, model, _ = setup
+    trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora)
+    trainer.train()
+    out = {
+        "adapter": {k: v.detach().clone() for k, v in adapter_state_dict(trainer.model).items()},
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "eval": trainer.evaluate(),
+    }
+    _reset(setup)
+    return out
+
+
+def test_slices_get_their_own_adapter(setup) -> None:
+    """Each slice of a packed forward equals that adapter alone on that input."""
+    data, tokenizer, model, _ = setup
+    from peft import get_peft_model
+
+    packed = get_peft_model(model, build_lora_config(LoraConfig(r=4)), adapter_name="one")
+    packed.add_adapter("two", build_lora_config(LoraConfig(r=2, target_modules=["q_proj"])))
+    for name, param in packed.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_()
+    packed.eval()
+    ids = torch.randint(0, 100, (2, 7))
+    try:
+        singles = []
+        for name in ("one", "two"):
+            packed.set_adapter(name)
+            singles.append(packed(input_ids=ids).logits)
+        with torch.no_grad(), adapters_by_slice(packed, ["one", "two", None], 2):
+            out = packed(input_ids=ids.repeat(3, 1)).logits
+        with packed.disable_adapter():
+            base = packed(input_ids=ids).logits
+        assert torch.allclose(out[:2], singles[0], atol=1e-5)
+        assert torch.allclose(out[2:4], singles[1], atol=1e-5)
+        assert torch.allclose(out[4:], base, atol=1e-5)
+        assert not torch.allclose(singles[0], singles[1], atol=1e-3)  # the adapters really differ
+    finally:
+        _reset(setup)
+
+
+@pytest.mark.slow
+def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
+    data, tokenizer, model, _ = setup
+    jobs = [_job(j, tmp_path, f"job{i}") for i, j in enumerate(JOBS)]
+    alone = [_alone(setup, job) for job in jobs]
+
+    pack = build_pack(model, tokenizer, [_job(j, tmp_path, f"p{i}") for i, j in enumerate(JOBS)],
+                      data.train, data.eval)  # fmt: skip
+    results = pack.train()
+    _reset(setup)
+
+    for i, (single, packed) in enumerate(zip(alone, results, strict=True)):
+        assert packed.error is None
+        assert packed.adapter.keys() == single["adapter"].keys()
+        diff = max((packed.adapter[k] - single["adapter"][k]).abs().max().item() for k in packed.adapter)
+        assert diff <= 1e-5, f"job {i}: adapter differs by {diff}"
+        # the loss TRL logs at every step, packed against alone
+        losses = [h["loss"] for h in packed.log_history if "loss" in h]
+        assert losses == pytest.approx(single["losses"], abs=1e-5), f"job {i}"
+        moved = max(v.abs().max().item() for k, v in packed.adapter.items() if "lora_B" in k)
+        assert moved > 0, "training moved nothing"
+
+        # the job finished as a normal run would: fresh trainer, the pack's weights, TRL's evaluate
+        job = _job(JOBS[i], tmp_path, f"finish{i}")
+        job.args.eval_on_start = False
+        trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora)
+        finish_as_trained(trainer, packed)
+        evaluated = trainer.evaluate()
+        _reset(setup)
+        for key in ("eval_loss", "eval_rewards/margins", "eval_rewards/chosen", "eval_logps/rejected"):
+            assert evaluated[key] == pytest.approx(single["eval"][key], abs=1e-5), f"job {i} {key}"
