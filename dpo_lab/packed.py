@@ -347,7 +347,8 @@ class Pack:
             metrics["train_loss"] = member.total_loss / max(steps, 0.001)
             trainer.log(metrics)
             trainer.control = trainer.callback_handler.on_train_end(trainer.args, state, trainer.control)
-            result.metrics = metrics
+            # in metrics.json's "train": how many adapters trained together in this job's step
+            result.metrics = {**metrics, "pack_size": len(self.members)}
             result.training_loss = metrics["train_loss"]
         result.adapter = {
             k: v.detach().clone()

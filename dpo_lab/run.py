@@ -43,6 +43,7 @@ from dpo_lab.model import adapter_state_dict, build_lora_config, load_tokenizer
 from dpo_lab.naming import run_group, run_name
 from dpo_lab.objective import check_finite, objective_value
 from dpo_lab.overrides import check_overrides
+from dpo_lab.packing import train_or_finish
 from dpo_lab.preemption import Preemption
 from dpo_lab.resolvers import CONF_DIR, register_resolvers
 from dpo_lab.resume import HeldOutBefore, plan_resume, resume_overrides, save_run_config
@@ -184,7 +185,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
             prepared=cache.prepared_datasets(run_cfg, precision),
         )
         with preemption.armed():
-            train_out = trainer.train(resume_from_checkpoint=plan.checkpoint and str(plan.checkpoint.path))
+            train_out = train_or_finish(trainer, plan.checkpoint and str(plan.checkpoint.path))
         before = before_eval.metrics
         if preemption.stopped_training:
             tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
