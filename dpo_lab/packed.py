@@ -76,6 +76,9 @@ class PackedTraining:
     step_times: list[tuple[float, float]] = field(default_factory=list)
     pack_size: int = 1
     error: NonFiniteError | None = None
+    # the task evaluation's answers, generated in the pack (see Pack.generate): conversations, answers of
+    # the base ("before") and of this job's adapter ("after"), and the seconds the pack's generation took
+    task_answers: dict[str, Any] | None = None
 
 
 @dataclass
@@ -316,6 +319,41 @@ class Pack:
             self._trainable()
             self.model.train()
         return metrics
+
+    @torch.inference_mode()
+    def generate(
+        self, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Any], cfg: Any, seed: int
+    ) -> tuple[list[str], dict[str, list[str]]]:
+        """Greedy answers to ``conversations`` by the base (adapters off) and by every job's adapter, in one
+        ``generate`` per prompt batch: the batch of ``cfg.batch_size`` prompts is replicated 1 + K times
+        (the base's slice first), as :func:`dpo_lab.generation.generate_answers` would batch it for one
+        model. Returns (the base's answers, {adapter name: its answers})."""
+        from transformers import set_seed
+
+        from dpo_lab.generation import chat_inputs, generate_kwargs
+
+        names = [m.name for m in self._alive()]
+        before: list[str] = []
+        after: dict[str, list[str]] = {name: [] for name in names}
+        set_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(conversations), cfg.batch_size):
+                batch = chat_inputs(
+                    tokenizer, conversations[start : start + cfg.batch_size], self.model.device
+                )
+                rows, width = batch["input_ids"].shape
+                copies = {k: v.repeat(1 + len(names), 1) for k, v in batch.items()}
+                with adapters_by_slice(self.model, [None, *names], rows):
+                    out = self.model.generate(**copies, **generate_kwargs(cfg, tokenizer))
+                texts = [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+                before += texts[:rows]
+                for k, name in enumerate(names, start=1):
+                    after[name] += texts[k * rows : (k + 1) * rows]
+        finally:
+            self.model.train(was_training)
+        return before, after
 
     def _trainable(self) -> None:
         """Every adapter of the pack trainable (PEFT's set_adapter / disable_adapter turn the others off)."""

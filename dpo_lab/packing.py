@@ -166,21 +166,22 @@ _lent: Any = None  # the PackedTraining of the job about to run (set by the laun
 @contextmanager
 def lend(training: Any) -> Iterator[None]:
     """Around one job's run: its share of the packed training, for :func:`train_or_finish` to take."""
-    global _lent
+    global _lent, _answers
     _lent = training
     try:
         yield
     finally:
-        _lent = None
+        _lent, _answers = None, None
 
 
 def train_or_finish(trainer: Any, resume_from_checkpoint: str | None) -> Any:
     """``trainer.train(...)``, or, for a job whose adapter a pack trained, the same outcome from the pack
     (dpo_lab.packed.finish_as_trained)."""
-    global _lent
+    global _lent, _answers
     training, _lent = _lent, None
     if training is None:
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    _answers = training.task_answers
     from dpo_lab.packed import finish_as_trained
 
     return finish_as_trained(trainer, training)
@@ -223,13 +224,55 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
         pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared)
         built = time.perf_counter()
         results = pack.train()
+        trained = time.perf_counter()
+        _generate_together(pack, jobs, tokenizer, data, results)
         unpack(model)
     finally:
         cache.end_job()
     log.info(
-        "packed %d jobs: %.1f s to build, %.1f s training",
+        "packed %d jobs: %.1f s to build, %.1f s training, %.1f s generating the task answers",
         len(jobs),
         built - started,
-        time.perf_counter() - built,
+        trained - built,
+        time.perf_counter() - trained,
     )
     return results
+
+
+def _generate_together(
+    pack: Any, jobs: Sequence[PackedJobInfo], tokenizer: Any, data: Any, results: list
+) -> None:
+    """The task evaluation's answers of every job, generated in the pack, when the jobs ask for the same
+    greedy evaluation (sampled answers would draw other random numbers than the job alone: those jobs
+    generate their own)."""
+    from dpo_lab.task_eval import load_task_prompts
+
+    first = jobs[0].run_config
+    if not first.eval.enabled or first.eval.generation.do_sample:
+        return
+    if any(job.run_config.eval != first.eval for job in jobs):
+        return
+    prompts = load_task_prompts(first.eval, first.data, data.eval)
+    if not prompts:
+        return
+    conversations = [p.messages for p in prompts]
+    started = time.perf_counter()
+    before, after = pack.generate(tokenizer, conversations, first.eval.generation, first.seed)
+    seconds = time.perf_counter() - started
+    for member, result in zip(pack.members, results, strict=True):
+        if member.name in after:
+            result.task_answers = {"conversations": conversations, "before": before,
+                                   "after": after[member.name], "generation_s": seconds}  # fmt: skip
+
+
+_answers: dict[str, Any] | None = None  # the running job's task answers from its pack
+
+
+def packed_answers(conversations: Sequence[Any]) -> tuple[list[str], list[str], float] | None:
+    """(before, after, seconds) the running job's pack generated for exactly these conversations, or None
+    (then the job generates its own)."""
+    global _answers
+    answers, _answers = _answers, None
+    if answers is None or list(answers["conversations"]) != list(conversations):
+        return None
+    return answers["before"], answers["after"], answers["generation_s"]

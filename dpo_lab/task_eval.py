@@ -27,6 +27,7 @@ from dpo_lab.config import CheckerConfig, ConfigError, DataConfig, TaskEvalConfi
 from dpo_lab.data import load_held_out_rows
 from dpo_lab.generation import Messages, generate_answers
 from dpo_lab.model import adapter_disabled
+from dpo_lab.packing import packed_answers
 from dpo_lab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -340,10 +341,14 @@ def evaluate_task(
         return {}
     started = time.perf_counter()
     conversations = [p.messages for p in prompts]
-    after = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
-    with adapter_disabled(model):
-        before = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
-    seconds = time.perf_counter() - started
+    packed = packed_answers(conversations)  # generated together with the other jobs of a packed sweep
+    if packed is not None:
+        before, after, seconds = packed
+    else:
+        after = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
+        with adapter_disabled(model):
+            before = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
+        seconds = time.perf_counter() - started
     result: dict[str, Any] = {
         "num_prompts": len(prompts),
         "checker": cfg.checker.name,

@@ -5,9 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpo_lab.config import DataConfig, DPOConfig, LoraConfig, ModelConfig, Precision, TrainConfig
+from dpo_lab.config import (
+    DataConfig,
+    DPOConfig,
+    GenerationConfig,
+    LoraConfig,
+    ModelConfig,
+    Precision,
+    TrainConfig,
+)
 from dpo_lab.data import load_preference_data
+from dpo_lab.generation import generate_answers
 from dpo_lab.model import (
+    adapter_disabled,
     adapter_state_dict,
     build_lora_config,
     load_base_model,
@@ -119,6 +129,31 @@ def test_slices_get_their_own_adapter(setup) -> None:
         _reset(setup)
 
 
+def test_packed_generation_gives_each_adapter_its_own_answers(setup, tmp_path) -> None:
+    """Pack.generate: one generate over base + K copies equals each adapter generating alone (greedy)."""
+    data, tokenizer, model, _ = setup
+    pack = build_pack(model, tokenizer, [_job(j, tmp_path, f"g{i}") for i, j in enumerate(JOBS[:2])],
+                      data.train, data.eval)  # fmt: skip
+    torch.manual_seed(0)
+    for name, param in pack.model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(std=0.5)  # trained-looking adapters, so that their answers differ
+    conversations = [row["prompt"] for row in data.eval][:3]
+    generation = GenerationConfig(max_new_tokens=10, batch_size=2)
+    try:
+        base, answers = pack.generate(tokenizer, conversations, generation, seed=0)
+        alone = {}
+        for name in ("job0", "job1"):
+            pack.model.set_adapter(name)
+            alone[name] = generate_answers(pack.model, tokenizer, conversations, generation, seed=0)
+        with adapter_disabled(pack.model):
+            alone_base = generate_answers(pack.model, tokenizer, conversations, generation, seed=0)
+    finally:
+        _reset(setup)
+    assert answers == alone and base == alone_base
+    assert len({tuple(a) for a in (*answers.values(), base)}) == 3, "the adapters must answer differently"
+
+
 @pytest.mark.slow
 def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
     data, tokenizer, model, _ = setup
@@ -128,6 +163,9 @@ def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
     pack = build_pack(model, tokenizer, [_job(j, tmp_path, f"p{i}") for i, j in enumerate(JOBS)],
                       data.train, data.eval)  # fmt: skip
     results = pack.train()
+    conversations = [row["prompt"] for row in data.eval][:3]
+    generation = GenerationConfig(max_new_tokens=12, batch_size=2)
+    base_answers, packed_answers = pack.generate(tokenizer, conversations, generation, seed=0)
     _reset(setup)
 
     for i, (single, packed) in enumerate(zip(alone, results, strict=True)):
@@ -147,6 +185,13 @@ def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
         trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora)
         finish_as_trained(trainer, packed)
         evaluated = trainer.evaluate()
+        # the task answers generated in the pack are the job's own greedy answers, and the base's
+        answers = generate_answers(trainer.model, tokenizer, conversations, generation, seed=0)
+        assert packed_answers[f"job{i}"] == answers, f"job {i}"
+        with adapter_disabled(trainer.model):
+            assert base_answers == generate_answers(
+                trainer.model, tokenizer, conversations, generation, seed=0
+            )
         _reset(setup)
         for key in ("eval_loss", "eval_rewards/margins", "eval_rewards/chosen", "eval_logps/rejected"):
             assert evaluated[key] == pytest.approx(single["eval"][key], abs=1e-5), f"job {i} {key}"
