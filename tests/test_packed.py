@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +15,7 @@ from dpo_lab.config import (
     LoraConfig,
     ModelConfig,
     Precision,
+    RunConfig,
     TrainConfig,
 )
 from dpo_lab.data import load_preference_data
@@ -25,6 +29,7 @@ from dpo_lab.model import (
     strip_adapters,
 )
 from dpo_lab.packed import PackJob, adapters_by_slice, build_pack, finish_as_trained
+from dpo_lab.packing import PackedJobInfo, pack_key, plan_groups, why_alone
 from dpo_lab.resolvers import asset_path
 from dpo_lab.reuse import ModelSnapshot
 from dpo_lab.trainer import build_dpo_args, build_trainer
@@ -195,3 +200,31 @@ def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
         _reset(setup)
         for key in ("eval_loss", "eval_rewards/margins", "eval_rewards/chosen", "eval_logps/rejected"):
             assert evaluated[key] == pytest.approx(single["eval"][key], abs=1e-5), f"job {i} {key}"
+
+
+def _info(index: int, **changes) -> PackedJobInfo:
+    cfg = RunConfig(model=MODEL, data=DataConfig(path=asset_path("finance")))
+    for group, values in changes.items():
+        new = dataclasses.replace(getattr(cfg, group), **values) if isinstance(values, dict) else values
+        setattr(cfg, group, new)
+    return PackedJobInfo(
+        index, None, cfg, Path(f"/nonexistent/{index}"), why_alone(cfg, Path("/nonexistent"))
+    )
+
+
+def test_jobs_that_share_a_base_are_grouped_and_the_rest_run_alone() -> None:
+    jobs = [
+        _info(0),
+        _info(1, dpo={"beta": 0.5, "loss_type": ["ipo"]}, lora={"r": 4, "target_modules": ["q_proj"]}),
+        _info(2, dpo={"max_length": 64}),  # other batches: its own group
+        _info(3, train={"learning_rate": 1e-3, "weight_decay": 0.1, "lr_scheduler_type": "cosine"}),
+        _info(4, lora={"use_dora": True}),  # DoRA: alone
+        _info(5, train={"save_steps": 5}),  # checkpoints: alone
+        _info(6, train={"per_device_train_batch_size": 2}),  # other batches
+        _info(7, dpo={"max_length": 64}, lora={"r": 8}),
+    ]
+    assert jobs[4].why_alone.startswith("lora.use_dora") and jobs[5].why_alone.startswith("train.save_steps")
+    groups = [[job.index for job in group] for group in plan_groups(jobs, "auto")]
+    assert groups == [[0, 1, 3], [2, 7], [4], [5], [6]]
+    assert [[j.index for j in g] for g in plan_groups(jobs, 2)] == [[0, 1], [3], [2, 7], [4], [5], [6]]
+    assert pack_key(jobs[0].run_config) != pack_key(_info(8, seed=7).run_config)  # the data order differs
