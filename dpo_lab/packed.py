@@ -458,6 +458,8 @@ def build_pack(
         # leaves its config on the base: back to the base as it came, for the next job's build
         patched_forward = model.__dict__.get("forward")
         snapshot.restore(model)
+        if trainer.aux_loss_enabled or trainer.ld_alpha is not None:
+            raise ValueError("a job with a MoE router loss or TRL's ld_alpha (train.extra) cannot be packed")
         trainers.append(trainer)
     if patched_forward is not None:
         model.forward = patched_forward

@@ -84,7 +84,7 @@ def _job(job: dict, tmp_path, name: str) -> PackJob:
     train = TrainConfig(
         learning_rate=job["lr"], per_device_train_batch_size=4, per_device_eval_batch_size=6, max_steps=3,
         logging_steps=1, precision=Precision.fp32, weight_decay=job["wd"], lr_scheduler_type=job["sched"],
-        warmup_steps=1, max_grad_norm=0.5,
+        warmup_steps=1, max_grad_norm=0.5, eval_steps=2,
     )  # fmt: skip
     args = build_dpo_args(job["dpo"], train, output_dir=tmp_path / name, seed=0, precision=Precision.fp32,
                           device="cpu")  # fmt: skip
@@ -99,6 +99,7 @@ def _alone(setup, job: PackJob):
     out = {
         "adapter": {k: v.detach().clone() for k, v in adapter_state_dict(trainer.model).items()},
         "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "evals": [h for h in trainer.state.log_history if "eval_loss" in h],
         "eval": trainer.evaluate(),
     }
     _reset(setup)
@@ -181,6 +182,13 @@ def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
         # the loss TRL logs at every step, packed against alone
         losses = [h["loss"] for h in packed.log_history if "loss" in h]
         assert losses == pytest.approx(single["losses"], abs=1e-5), f"job {i}"
+        # the held-out evaluation during training (train.eval_steps), by the job's trainer on its adapter
+        evals = [h for h in packed.log_history if "eval_loss" in h]
+        assert [h["step"] for h in evals] == [h["step"] for h in single["evals"]]
+        assert 2 in [h["step"] for h in evals]
+        for mine, theirs in zip(evals, single["evals"], strict=True):
+            for key in ("eval_loss", "eval_rewards/margins", "eval_logps/chosen"):
+                assert mine[key] == pytest.approx(theirs[key], abs=1e-5), (i, key)
         moved = max(v.abs().max().item() for k, v in packed.adapter.items() if "lora_B" in k)
         assert moved > 0, "training moved nothing"
 
