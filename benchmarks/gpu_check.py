@@ -7,6 +7,10 @@ runs dpo_lab and the tuned plain script (``--with-defaults``: TRL's defaults too
 and writes one JSON with tokens/s, seconds per step, MFU (FLOP model over a measured bf16 matmul peak),
 peak CUDA memory, the held-out metrics and the card's name.
 
+``--packed-sweep`` adds, for each (model, weight format), the 4-job beta sweep (``dpo.beta`` = 0.05, 0.1,
+0.2, 0.5) through one ``dpo_lab.run -m`` with the basic launcher and again with ``hydra/launcher=packed``:
+end-to-end wall time, the sweep process's peak memory, the jobs' tokens/s and the packed/sequential ratios.
+
 ``--dry-run`` runs the same pipeline on CPU with a small "large" model and 2 steps (a check of the
 script itself, not a benchmark).
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.compare import (
+    SWEEP_BETAS,
     Side,
     Workload,
     add_mfu,
@@ -31,8 +36,10 @@ from benchmarks.compare import (
     markdown_table,
     measure_round_peak,
     ratios,
+    run_process,
     run_side,
     summarize,
+    sweep_commands,
 )
 from dpo_lab.config.resolvers import asset_path
 
@@ -92,6 +99,41 @@ def run_config(model: str | None, quantization: str, workload: Workload, sides: 
             "table": markdown_table(summary, ratios(summary))}  # fmt: skip
 
 
+def packed_sweep(model: str | None, quantization: str, workload: Workload, work: Path, env: dict[str, str],
+                 timeout_s: float) -> dict[str, Any]:  # fmt: skip
+    """The 4-job beta sweep sequential (basic launcher, same-process reuse), then packed."""
+    load = Workload(**{**asdict(workload), "model": model, "quantization": quantization})
+    out: dict[str, Any] = {"workload": asdict(load)}
+    for name, extra in (("sequential", []), ("packed", ["hydra/launcher=packed"])):
+        folder = Path(tempfile.mkdtemp(prefix=f"sweep-{name}-", dir=work))
+        multirun, _ = sweep_commands(load, folder, load.precision, extra)
+        started, load_before = time.perf_counter(), os.getloadavg()
+        proc = run_process(multirun, env, folder / "dpo_lab.log", timeout_s)
+        jobs = [json.loads(p.read_text()) for p in sorted((folder / "dpo_lab").glob("[0-9]*/metrics.json"))]
+        done = [j for j in jobs if j.get("status") == "completed"]
+        out[name] = {
+            "returncode": proc.returncode,
+            "wall_s": time.perf_counter() - started,
+            "cpu_s": proc.cpu_s,
+            "max_rss_mb": proc.max_rss_mb,
+            "peak_memory_mb": max((j.get("peak_memory_mb", 0.0) for j in done), default=None),
+            "tokens_per_second_per_job": [j.get("tokens_per_second") for j in done],
+            "pack_size": [j.get("train", {}).get("pack_size", 1) for j in done],
+            "eval_loss": [j.get("eval", {}).get("eval_loss") for j in done],
+            "jobs_completed": len(done),
+            "load_before": load_before,
+        }
+        if proc.returncode != 0 or len(done) != len(SWEEP_BETAS):
+            out[name]["error"] = f"returncode {proc.returncode}, {len(done)} jobs completed; logs in {folder}"
+        print(f"  {name} sweep: {out[name]['wall_s']:.0f} s, {len(done)} jobs completed", flush=True)
+    seq, packed = out["sequential"], out["packed"]
+    if "error" not in seq and "error" not in packed:
+        out["speedup_wall"] = seq["wall_s"] / packed["wall_s"]
+        if seq["peak_memory_mb"] and packed["peak_memory_mb"]:
+            out["peak_memory_ratio"] = packed["peak_memory_mb"] / seq["peak_memory_mb"]
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="folder for the JSON")
@@ -104,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quantizations", nargs="*", default=["none", "nf4"], choices=["none", "nf4"])
     p.add_argument(
         "--with-defaults", action="store_true", help="also run the plain script with TRL's defaults"
+    )
+    p.add_argument(
+        "--packed-sweep", action="store_true", help="also the 4-job sweep, sequential against packed"
     )
     p.add_argument("--timeout", type=float, default=300, help="seconds per process before it is killed")
     p.add_argument(
@@ -157,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{name}/{'bf16' if quant == 'none' else quant}"
             print(f"{key}:", flush=True)
             report["results"][key] = run_config(folder, quant, workload, sides, work, env, peak, args.timeout)
+            if args.packed_sweep:
+                report.setdefault("packed_sweeps", {})[key] = packed_sweep(
+                    folder, quant, workload, work, env, 4 * args.timeout
+                )
             path.write_text(json.dumps(report, indent=2, default=str))  # keep what finished if time runs out
     report["environment"]["load_at_end"] = os.getloadavg()
     path.write_text(json.dumps(report, indent=2, default=str))

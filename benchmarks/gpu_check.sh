@@ -5,6 +5,8 @@
 #   device call:  bash benchmarks/gpu_check.sh           # with .whl carried; JSON -> $OUT/gpu_check.json
 #
 # Extra arguments go to `python -m benchmarks.gpu_check` (e.g. --with-defaults, --steps 20, --dry-run).
+# Packed sweeps (docs/packed-sweeps.md), 4 jobs sequential against packed, bf16 and nf4 on the 1B-shaped model:
+#   bash benchmarks/gpu_check.sh --packed-sweep --models llama-1b-random
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

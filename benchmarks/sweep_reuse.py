@@ -1,13 +1,19 @@
 """What a same-process sweep saves: the 4-job tiny sweep (2 betas x 2 LoRA ranks) run three ways.
 
-    python benchmarks/sweep_reuse.py [--steps 4 --train 32 --eval 16] [--out FILE.json]
+    python benchmarks/sweep_reuse.py [--steps 4 --train 32 --eval 16] [--order multirun,packed]
+        [--override train.precision=fp32] [--out FILE.json]
 
 1. ``separate``: the 4 jobs as 4 ``python -m dpo_lab.run`` processes, one after another (what a shell loop,
    or a launcher that starts a process per job, pays);
 2. ``multirun_no_reuse``: one ``python -m dpo_lab.run -m`` (Hydra's basic launcher, one process) with
    ``reuse=false``: saves the process start-up and imports only;
 3. ``multirun``: the same with ``reuse=true`` (the default): the base model, tokenised data and reference
-   log-probs of job 1 serve jobs 2-4.
+   log-probs of job 1 serve jobs 2-4;
+4. ``packed``: the same with ``hydra/launcher=packed``: the 4 adapters train together in one packed run over
+   one base (dpo_lab.train.packed), then each job evaluates and writes its folder
+   (``--order multirun,packed``).
+   Peak memory (the sweep process's peak RSS, from the jobs' metrics.json) and the jobs' tokens/s are
+   recorded for every mode.
 
 Every mode starts with an empty datasets cache of its own (HF_DATASETS_CACHE), W&B off. The jobs' held-out
 metrics must agree between the modes (reuse must not change results); the script checks that. The machine is
@@ -81,6 +87,9 @@ def job_results(folder: Path) -> dict[str, dict]:
             "eval_rewards/accuracies": metrics["eval"]["eval_rewards/accuracies"],
             "job_seconds": round(metrics["total_runtime_s"], 1),
             "reused": metrics.get("reused"),
+            "tokens_per_second": round(metrics.get("tokens_per_second", 0.0), 1),
+            "peak_memory_mb": round(metrics.get("peak_memory_mb", 0.0), 1),
+            "pack_size": metrics.get("train", {}).get("pack_size", 1),
         }
     return out
 
@@ -108,7 +117,18 @@ def measure(work: Path, overrides: list[str], order: list[str], repeats: int, pa
 
         return action
 
-    actions = {"separate": separate, "multirun_no_reuse": multirun(False), "multirun": multirun(True)}
+    def packed(folder: Path) -> tuple[float, float]:
+        return run(
+            ["-m", *overrides, "hydra/launcher=packed", f"hydra.sweep.dir={folder / 'runs'}"],
+            folder / "hf-cache",
+        )
+
+    actions = {
+        "separate": separate,
+        "multirun_no_reuse": multirun(False),
+        "multirun": multirun(True),
+        "packed": packed,
+    }
     modes: dict[str, dict] = {name: {"runs": []} for name in order}
     for rep in range(repeats):  # interleaved, so a burst of load elsewhere hits every mode alike
         for name in order:
@@ -124,11 +144,16 @@ def measure(work: Path, overrides: list[str], order: list[str], repeats: int, pa
                     "jobs": job_results(work / f"{name}-{rep}" / "runs"),
                 }
             )
+            jobs = modes[name]["runs"][-1]["jobs"].values()
+            modes[name]["runs"][-1]["peak_memory_mb"] = max((j["peak_memory_mb"] for j in jobs), default=0.0)
+            modes[name]["runs"][-1]["tokens_per_second_per_job"] = round(
+                sum(j["tokens_per_second"] for j in jobs) / max(len(jobs), 1), 1
+            )
             load = f"load {load_before[0]:.2f} -> {load_after[0]:.2f}"
             print(f"{name} #{rep}: {wall:.1f} s wall, {cpu:.1f} s CPU ({load})", flush=True)
             partial.write_text(json.dumps(modes, indent=2))  # kept if a later run fails
     for mode in modes.values():
-        for unit in ("wall_s", "cpu_s"):
+        for unit in ("wall_s", "cpu_s", "peak_memory_mb", "tokens_per_second_per_job"):
             values = [run[unit] for run in mode["runs"]]
             mode[unit] = {"min": min(values), "median": statistics.median(values)}
     return modes
@@ -137,7 +162,8 @@ def measure(work: Path, overrides: list[str], order: list[str], repeats: int, pa
 def check_same_results(modes: dict[str, dict]) -> list[str]:
     """Differences in held-out metrics between modes and repeats (empty: reuse changed nothing)."""
     problems = []
-    reference = modes["separate"]["runs"][0]["jobs"]
+    first = "separate" if "separate" in modes else next(iter(modes))
+    reference = modes[first]["runs"][0]["jobs"]
     for name, mode in modes.items():
         for rep, run_ in enumerate(mode["runs"]):
             if set(run_["jobs"]) != set(reference):
@@ -156,7 +182,23 @@ def summarize(modes: dict[str, dict], overrides: list[str], problems: list[str])
     def ratio(slow: str, fast: str, unit: str, stat: str) -> float:
         return round(modes[slow][unit][stat] / modes[fast][unit][stat], 2)
 
-    pairs = (("separate", "multirun"), ("separate", "multirun_no_reuse"), ("multirun_no_reuse", "multirun"))
+    pairs = [
+        pair
+        for pair in (
+            ("separate", "multirun"),
+            ("separate", "multirun_no_reuse"),
+            ("multirun_no_reuse", "multirun"),
+            ("multirun", "packed"),
+            ("separate", "packed"),
+        )
+        if all(name in modes for name in pair)
+    ]
+    memory = {}
+    if "packed" in modes and "multirun" in modes:  # the packed sweep's peak over one-job-at-a-time's
+        memory = {
+            f"packed/multirun (peak_memory_mb {stat})": ratio("packed", "multirun", "peak_memory_mb", stat)
+            for stat in ("min", "median")
+        }
     return {
         "command": " ".join(["python", "benchmarks/sweep_reuse.py", *sys.argv[1:]]),
         "job_overrides": overrides,
@@ -169,6 +211,8 @@ def summarize(modes: dict[str, dict], overrides: list[str], problems: list[str])
             for unit in ("wall_s", "cpu_s")
             for stat in ("min", "median")
         },
+        "memory_ratios": memory,
+        "load_average_note": "2 shared cores; load_before/load_after per run: compare ratios within a round",
         "same_results": not problems,
         "differences": problems,
     }
@@ -181,9 +225,15 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=16, help="data.max_eval_samples")
     parser.add_argument("--order", default="separate,multirun_no_reuse,multirun", help="modes, in run order")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each mode (min and median reported)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra override for every job, e.g. train.precision=fp32",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_reuse.json")
     args = parser.parse_args()
-    overrides = common_overrides(args.steps, args.train, args.eval)
+    overrides = [*common_overrides(args.steps, args.train, args.eval), *args.override]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial.json")
     with tempfile.TemporaryDirectory(prefix="sweep-reuse-") as tmp:
@@ -193,7 +243,7 @@ def main() -> None:
     result = summarize(modes, overrides, problems)
     args.out.write_text(json.dumps(result, indent=2))
     partial.unlink()
-    for key, value in result["ratios"].items():
+    for key, value in {**result["ratios"], **result["memory_ratios"]}.items():
         print(f"{key}: {value}")
     print(
         "DIFFERENT RESULTS:\n" + "\n".join(problems)

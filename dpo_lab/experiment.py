@@ -26,6 +26,7 @@ from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.result import RunResult, record_failure
 from dpo_lab.sweep.cache import SweepCache, job_cache
 from dpo_lab.sweep.objective import check_finite, objective_value
+from dpo_lab.sweep.packing import train_or_finish
 from dpo_lab.track.callbacks import LogHistoryCallback, MetricsCallback
 from dpo_lab.track.console import ProgressBar
 from dpo_lab.track.tracker import Tracker, git_state, start_run
@@ -205,7 +206,8 @@ def train_and_evaluate(job: Job, training: Training, tracker: Tracker) -> tuple[
     trainer, preemption = training.trainer, training.preemption
     checkpoint = job.plan.checkpoint
     with preemption.armed():
-        train_out = trainer.train(resume_from_checkpoint=checkpoint and str(checkpoint.path))
+        # train; a job of a packed sweep takes what its pack trained instead
+        train_out = train_or_finish(trainer, checkpoint and str(checkpoint.path))
     if preemption.stopped_training:
         tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
         preemption.record(job.layout.root, trainer.state.global_step)  # metrics.json: preempted, and where

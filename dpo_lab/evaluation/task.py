@@ -25,6 +25,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.config.schemas import CheckerConfig, ConfigError, DataConfig, TaskEvalConfig
 from dpo_lab.data.loading import load_held_out_rows
+from dpo_lab.evaluation.ahead import take_answers
 from dpo_lab.evaluation.generation import Messages, generate_answers
 from dpo_lab.model.loading import adapter_disabled
 from dpo_lab.runs.layout import RunLayout
@@ -348,10 +349,14 @@ def evaluate_task(
         return {}
     started = time.perf_counter()
     conversations = [p.messages for p in prompts]
-    after = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
-    with adapter_disabled(model):
-        before = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
-    seconds = time.perf_counter() - started
+    packed = take_answers(conversations)  # generated together with the other jobs of a packed sweep
+    if packed is not None:
+        before, after, seconds = packed
+    else:
+        after = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
+        with adapter_disabled(model):
+            before = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
+        seconds = time.perf_counter() - started
     result: dict[str, Any] = {
         "num_prompts": len(prompts),
         "checker": cfg.checker.name,

@@ -192,7 +192,8 @@ class DPOTrainer(trl.DPOTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # the Trainer's train_loss is the mean over this train() call only; a resumed run reports the run's
-        if "train_loss" in logs:  # in place: the same dict is the train() output's metrics
+        # (a packed sweep logs its jobs' end of training itself, outside train(): it computes the mean loss)
+        if "train_loss" in logs and hasattr(self, "_tr_loss"):  # in place: it is train()'s output metrics
             unlogged = float(self._tr_loss.item())
             logs["train_loss"] = run_mean_loss(self.state.log_history, unlogged, self.state.global_step)
         super().log(logs, start_time)

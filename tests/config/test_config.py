@@ -175,13 +175,19 @@ def _launcher(option: str, *overrides: str):
 @pytest.mark.parametrize("option", LAUNCHERS)
 def test_every_launcher_preset_composes(option: str) -> None:
     launcher = _launcher(option, "hydra.launcher.partition=gpu" if option == "slurm" else "seed=1")
+    if option == "packed":  # dpo_lab's own launcher (hydra_plugins/dpo_lab_packed_launcher)
+        assert launcher._target_.startswith("hydra_plugins.dpo_lab_packed_launcher.")
+        return
     assert launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher.")
     assert OmegaConf.select(launcher, "timeout_min") > 0
 
 
-def test_launcher_presets_are_slurm_and_local() -> None:
-    assert LAUNCHERS == ["local", "slurm"]
+def test_launcher_presets_are_slurm_local_and_packed() -> None:
+    assert LAUNCHERS == ["local", "packed", "slurm"]
     assert _launcher("local")._target_.endswith("LocalLauncher")
+    assert _launcher("packed")._target_.endswith("PackedLauncher")
+    assert _launcher("packed").pack_size == "auto"
+    assert _launcher("packed", "hydra.launcher.pack_size=3").pack_size == 3
 
 
 def test_slurm_preset_becomes_an_sbatch_script_that_requeues(tmp_path) -> None:

@@ -1,0 +1,267 @@
+"""Which jobs of a sweep train together, and how a packed group runs (``hydra/launcher=packed``).
+
+The launcher (``hydra_plugins/dpo_lab_packed_launcher``) hands this module the composed config of every
+job of a batch. :func:`plan_groups` sorts them into groups that can share one frozen base: every config
+value that changes the base model, the batches or the number of steps is the same (:func:`pack_key`). In a
+group they may differ in ``dpo.beta`` / ``loss_type`` / ``loss_weights`` / ``label_smoothing``,
+``train.learning_rate`` / ``lr_scheduler_type`` / ``warmup_steps`` / ``weight_decay`` / ``max_grad_norm`` /
+``logging_steps`` / ``eval_steps``, ``lora.r`` / ``alpha`` / ``dropout`` / ``target_modules`` /
+``use_rslora``, and in anything after training (``eval``, ``logger``, ``objective``). The ``seed`` is part
+of the key: dpo_lab draws the data order and the held-out split from it, so jobs of different seeds do not
+see the same batches. Jobs that fit no group (another app's jobs, DoRA, a trained LoRA bias, checkpointing
+with ``train.save_steps``, a resumed folder, several processes) run one by one as the basic launcher runs
+them.
+
+A group of two or more trains in :func:`train_group` (dpo_lab.train.packed), then each of its jobs runs
+through the normal entry point, where :func:`train_or_finish` hands the job its share of the packed training
+instead of training again: the job evaluates, writes its folder, its W&B run and its report row as usual.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dpo_lab.config.schemas import RunConfig
+from dpo_lab.evaluation.ahead import lend_answers
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+# per-job keys that may differ inside a pack (everything else in these groups must be equal)
+FREE_KEYS = {
+    "dpo": {"beta", "loss_type", "loss_weights", "label_smoothing"},
+    "train": {"learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
+              "logging_steps", "eval_steps", "save_total_limit"},
+    "lora": {"r", "alpha", "dropout", "target_modules", "use_rslora"},
+}  # fmt: skip
+SHARED_GROUPS = ("model", "data", "dpo", "train", "lora")
+
+
+@dataclass
+class PackedJobInfo:
+    """A job of a sweep batch as the packed launcher sees it."""
+
+    index: int  # position in the batch
+    config: DictConfig  # the job's composed config, hydra node included
+    run_config: RunConfig | None  # None: not a dpo_lab job (or one that does not validate)
+    run_dir: Path | None
+    why_alone: str | None = None  # why the job cannot be packed (None: it can)
+
+
+def task_config(sweep_config: DictConfig) -> DictConfig:
+    """The job's config as its task function receives it (without the ``hydra`` node)."""
+    cfg = copy.deepcopy(sweep_config)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def describe_job(index: int, sweep_config: DictConfig) -> PackedJobInfo:
+    """Validate a job's config as dpo_lab's; say why it must run alone if it must."""
+    from dpo_lab.config.validation import to_run_config
+
+    cfg = task_config(sweep_config)
+    if OmegaConf.get_type(cfg) is not RunConfig:
+        return PackedJobInfo(index, sweep_config, None, None, "not a dpo_lab job")
+    try:
+        run_cfg = to_run_config(cfg)
+    except Exception as err:  # the job reports its own error when it runs
+        return PackedJobInfo(index, sweep_config, None, None, f"invalid config ({err})")
+    hydra = sweep_config.hydra
+    run_dir = Path(str(hydra.sweep.dir)) / str(hydra.sweep.subdir)
+    return PackedJobInfo(index, sweep_config, run_cfg, run_dir, why_alone(run_cfg, run_dir))
+
+
+def why_alone(cfg: RunConfig, run_dir: Path) -> str | None:
+    """Why a dpo_lab job cannot train in a pack, or None."""
+    if cfg.lora.use_dora:
+        return "lora.use_dora=true (packing applies plain LoRA only)"
+    if cfg.lora.bias != "none":
+        return f"lora.bias={cfg.lora.bias} (a trained bias is shared by the base layer)"
+    if cfg.train.save_steps > 0:
+        return "train.save_steps > 0 (a pack writes no checkpoints)"
+    if cfg.resume is not None or (run_dir / "config.yaml").is_file():
+        return f"{run_dir} was started before (it resumes or reports as a normal job)"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "several processes (WORLD_SIZE > 1)"
+    return None
+
+
+def pack_key(cfg: RunConfig) -> str:
+    """Every value jobs of one pack must share (see the module docstring)."""
+    parts: dict[str, Any] = {"seed": cfg.seed, "reuse": cfg.reuse}
+    for group in SHARED_GROUPS:
+        values = dataclasses.asdict(getattr(cfg, group))
+        parts[group] = {k: v for k, v in values.items() if k not in FREE_KEYS.get(group, set())}
+    return json.dumps(parts, sort_keys=True, default=lambda v: getattr(v, "value", str(v)))
+
+
+def plan_groups(jobs: Sequence[PackedJobInfo], pack_size: int | str) -> list[list[PackedJobInfo]]:
+    """The batch's jobs in groups, in the order of each group's first job: a group of several jobs trains
+    packed, a group of one runs alone. ``pack_size`` caps a group (``auto``: see :func:`auto_pack_size`)."""
+    by_key: dict[str, list[PackedJobInfo]] = {}
+    order: list[list[PackedJobInfo]] = []
+    for job in jobs:
+        if job.why_alone is not None or job.run_config is None:
+            order.append([job])
+            continue
+        key = pack_key(job.run_config)
+        if key not in by_key:
+            by_key[key] = []
+            order.append(by_key[key])
+        by_key[key].append(job)
+    groups = []
+    for group in order:
+        size = auto_pack_size(group) if pack_size == AUTO else int(pack_size)
+        groups.extend(group[i : i + size] for i in range(0, len(group), max(size, 1)))
+    return groups
+
+
+# activations kept for the backward, per token and hidden unit of each layer, in bytes, with one packed copy
+# (a rough count: attention and MLP inputs, norms, LoRA inputs; measured runs sit below it)
+_ACTIVATION_BYTES_PER_TOKEN_UNIT = 40
+_AUTO_CPU_LIMIT = 8
+
+
+def auto_pack_size(group: Sequence[PackedJobInfo]) -> int:
+    """How many jobs of ``group`` train together: on a GPU as many copies of the batch's activations as
+    fit in 80% of the free memory (at least 1); on a CPU the whole group, up to 8."""
+    if not group or group[0].run_config is None:
+        return 1
+    if not torch.cuda.is_available():
+        return min(len(group), _AUTO_CPU_LIMIT)
+    cfg = group[0].run_config
+    free, _ = torch.cuda.mem_get_info()
+    shape = _model_shape(cfg)
+    tokens = 2 * cfg.train.per_device_train_batch_size * cfg.dpo.max_length
+    per_copy = tokens * shape["hidden"] * shape["layers"] * _ACTIVATION_BYTES_PER_TOKEN_UNIT
+    return max(1, min(len(group), int(0.8 * free // max(per_copy, 1))))
+
+
+def _model_shape(cfg: RunConfig) -> dict[str, int]:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision)
+    text = config.get_text_config()
+    return {"hidden": int(text.hidden_size), "layers": int(text.num_hidden_layers)}
+
+
+# ---- the hand-over from the packed training to the job's own run -------------------------------------------
+
+_lent: Any = None  # the PackedTraining of the job about to run (set by the launcher around one job)
+
+
+@contextmanager
+def lend(training: Any) -> Iterator[None]:
+    """Around one job's run: its share of the packed training, for :func:`train_or_finish` to take."""
+    global _lent
+    _lent = training
+    try:
+        yield
+    finally:
+        _lent = None
+        lend_answers(None)
+
+
+def train_or_finish(trainer: Any, resume_from_checkpoint: str | None) -> Any:
+    """``trainer.train(...)``, or, for a job whose adapter a pack trained, the same outcome from the pack
+    (dpo_lab.train.packed.finish_as_trained)."""
+    global _lent
+    training, _lent = _lent, None
+    if training is None:
+        return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    lend_answers(training.task_answers)
+    from dpo_lab.train.packed import finish_as_trained
+
+    return finish_as_trained(trainer, training)
+
+
+# ---- one packed group ----------------------------------------------------------------------------------
+
+
+def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
+    """Train the adapters of ``jobs`` (one pack key) together; one PackedTraining per job, in order.
+
+    The base model, the tokenised data and the reference log-probs come from this process's sweep cache
+    (dpo_lab.sweep.cache), so the jobs' own runs afterwards load none of them again.
+    """
+    from dpo_lab.data.report import format_report
+    from dpo_lab.model.hardware import device_type, resolve_precision
+    from dpo_lab.model.loading import build_lora_config, load_tokenizer
+    from dpo_lab.sweep.cache import job_cache
+    from dpo_lab.train.packed import PackJob, build_pack, unpack
+    from dpo_lab.train.trainer import build_dpo_args
+
+    first = jobs[0].run_config
+    assert first is not None
+    device = device_type()
+    precision = resolve_precision(first.train.precision, device)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(first.model)
+    cache = job_cache(first.reuse, True)
+    data = cache.preference_data(first.data, first.seed, tokenizer, first.dpo.max_length, first.model)
+    log.info("%s", format_report(data.summary()))
+    try:
+        model = cache.base_model(first.model, precision, first.train.gradient_checkpointing)
+        pack_jobs = []
+        for job in jobs:
+            cfg = job.run_config
+            args = build_dpo_args(cfg.dpo, cfg.train, output_dir=job.run_dir / "checkpoints", seed=cfg.seed,
+                                  precision=precision, device=device)  # fmt: skip
+            pack_jobs.append(PackJob(args=args, lora=build_lora_config(cfg.lora)))
+        prepared = cache.prepared_datasets(first, precision)
+        pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared)
+        built = time.perf_counter()
+        results = pack.train()
+        trained = time.perf_counter()
+        _generate_together(pack, jobs, tokenizer, data, results)
+        unpack(model)
+    finally:
+        cache.end_job()
+    log.info(
+        "packed %d jobs: %.1f s to build, %.1f s training, %.1f s generating the task answers",
+        len(jobs),
+        built - started,
+        trained - built,
+        time.perf_counter() - trained,
+    )
+    return results
+
+
+def _generate_together(
+    pack: Any, jobs: Sequence[PackedJobInfo], tokenizer: Any, data: Any, results: list
+) -> None:
+    """The task evaluation's answers of every job, generated in the pack, when the jobs ask for the same
+    greedy evaluation (sampled answers would draw other random numbers than the job alone: those jobs
+    generate their own)."""
+    from dpo_lab.evaluation.task import load_task_prompts
+
+    first = jobs[0].run_config
+    if not first.eval.enabled or first.eval.generation.do_sample:
+        return
+    if any(job.run_config.eval != first.eval for job in jobs):
+        return
+    prompts = load_task_prompts(first.eval, first.data, data.eval)
+    if not prompts:
+        return
+    conversations = [p.messages for p in prompts]
+    started = time.perf_counter()
+    before, after = pack.generate(tokenizer, conversations, first.eval.generation, first.seed)
+    seconds = time.perf_counter() - started
+    for member, result in zip(pack.members, results, strict=True):
+        if member.name in after:
+            result.task_answers = {"conversations": conversations, "before": before,
+                                   "after": after[member.name], "generation_s": seconds}  # fmt: skip

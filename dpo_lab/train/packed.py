@@ -1,0 +1,527 @@
+"""Packed training: K LoRA adapters of K sweep jobs trained together over one frozen base model.
+
+One optimizer step for the whole pack. Each micro-batch is replicated K times along the batch dimension;
+the frozen base layers run once over all K copies, and every LoRA layer adds adapter ``k``'s update to the
+rows of copy ``k`` only (:func:`adapters_by_slice`; PEFT's own mixed batches, ``adapter_names=``, are for
+inference only). The reference log-probs are computed once per micro-batch with every adapter off (or read
+from the precomputed columns). Each job's loss and logged metrics come from TRL: the job's own DPOTrainer
+runs its own ``_compute_loss`` (its beta, loss types, weights, label smoothing) on its slice of the packed
+forward's outputs. The adapters' parameters are disjoint, so the backward of the summed loss gives each
+adapter exactly its own gradient; then each job clips its own gradient norm and steps its own optimizer and
+learning-rate schedule (built by TRL / transformers from the job's arguments, so ``optim``, weight decay,
+scheduler and warm-up are the job's). A job whose loss or gradient goes non-finite leaves the pack alone.
+
+Besides dpo_lab.train.trainer, the only module that reaches into TRL (the DPOTrainer's loss and logging
+methods); it imports trl for one helper only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import Linear as LoraLinear
+from transformers import PreTrainedModel, TrainerState
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers.trainer_utils import TrainOutput, speed_metrics
+from trl.trainer.utils import disable_dropout_in_model
+
+from dpo_lab.model.loading import adapter_state_dict, strip_adapters
+from dpo_lab.sweep.cache import ModelSnapshot
+from dpo_lab.train.guards import NonFiniteError
+from dpo_lab.train.speed import StepClock
+from dpo_lab.train.trainer import DPOTrainer, PreparedDatasets, build_trainer
+
+log = logging.getLogger(__name__)
+
+# the per-token fields of TRL's fused LM head output that its loss and metrics read
+_FUSED_FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
+_REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+@dataclass
+class PackJob:
+    """What one job brings to a pack: its TRL arguments and its LoRA config."""
+
+    args: Any  # trl.DPOConfig of the job (build_dpo_args)
+    lora: PeftLoraConfig
+
+
+@dataclass
+class PackedTraining:
+    """One job's outcome of a packed training, enough to finish the job as if it had trained alone.
+
+    ``adapter``: the trained weights as PEFT saves them; ``log_history``: the job's training log entries
+    (Trainer's ``state.log_history``); ``metrics``: Trainer.train()'s output metrics; ``step_times``: wall and
+    process CPU time at the end of each optimizer step; ``error``: why the job left the pack, if it did.
+    """
+
+    adapter: dict[str, torch.Tensor] = field(default_factory=dict)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    global_step: int = 0
+    epoch: float = 0.0
+    num_input_tokens_seen: int = 0
+    training_loss: float = 0.0
+    step_times: list[tuple[float, float]] = field(default_factory=list)
+    pack_size: int = 1
+    error: NonFiniteError | None = None
+    # the task evaluation's answers, generated in the pack (see Pack.generate): conversations, answers of
+    # the base ("before") and of this job's adapter ("after"), and the seconds the pack's generation took
+    task_answers: dict[str, Any] | None = None
+
+
+@dataclass
+class _Member:
+    name: str  # adapter name in the packed model
+    trainer: DPOTrainer
+    params: list[torch.nn.Parameter]
+    result: PackedTraining
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    tr_loss: float = 0.0
+    total_loss: float = 0.0
+    last_logged: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.result.error is None
+
+
+def adapter_names(count: int) -> list[str]:
+    return [f"job{i}" for i in range(count)]
+
+
+@contextmanager
+def adapters_by_slice(model: torch.nn.Module, names: Sequence[str | None], rows: int) -> Iterator[None]:
+    """Inside the block, every LoRA linear layer of ``model`` applies adapter ``names[k]`` to rows
+    ``[k*rows, (k+1)*rows)`` of its input only (None: no adapter on that slice, the base alone).
+
+    The base layer runs once over the whole batch; each adapter's update is PEFT's own vanilla LoRA term
+    (``lora_B(lora_A(dropout(x))) * scaling``, in the adapter's dtype) on its slice. A layer an adapter does
+    not target leaves that slice to the base. Input shape ``[len(names) * rows, ...]``.
+    """
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    for layer in layers:
+        if any(name in layer.lora_variant for name in names if name is not None):
+            raise ValueError("packed training supports plain LoRA only (not DoRA or other LoRA variants)")
+        layer.forward = _slice_forward(layer, list(names), rows)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # back to the class's forward
+
+
+def _slice_forward(layer: LoraLinear, names: list[str | None], rows: int):
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = layer.base_layer(x, *args, **kwargs)
+        if x.shape[0] != rows * len(names):
+            raise ValueError(f"packed batch of {x.shape[0]} rows, expected {len(names)} x {rows}")
+        pieces = []
+        for k, name in enumerate(names):
+            piece = result[k * rows : (k + 1) * rows]
+            if name is not None and name in layer.lora_A:
+                lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+                xk = layer._cast_input_dtype(x[k * rows : (k + 1) * rows], lora_a.weight.dtype)
+                delta = lora_b(lora_a(layer.lora_dropout[name](xk))) * layer.scaling[name]
+                piece = (piece + delta).to(result.dtype)
+            pieces.append(piece)
+        return torch.cat(pieces, dim=0)
+
+    return forward
+
+
+class _SliceOfOutputs:
+    """Stands in for the model in a job's TRL ``_compute_loss``: returns that job's rows of the packed
+    forward's outputs (whatever the call's arguments, which are the job's own, unreplicated inputs)."""
+
+    def __init__(self, outputs: Any, start: int, stop: int):
+        fields = {}
+        for name in _FUSED_FIELDS:
+            value = getattr(outputs, name, None)
+            fields[name] = value[start:stop] if value is not None else None
+        self.outputs = SimpleNamespace(**fields)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.outputs
+
+
+class Pack:
+    """K jobs' adapters on one base model, each job with its own DPOTrainer (see the module docstring).
+
+    Built by :func:`build_pack`; :meth:`train` runs the packed optimisation and returns one
+    :class:`PackedTraining` per job, in the order of the jobs.
+    """
+
+    def __init__(self, model: PeftModel, members: list[_Member]):
+        self.model = model
+        self.members = members
+
+    @property
+    def leader(self) -> DPOTrainer:
+        return self.members[0].trainer
+
+    def train(self) -> list[PackedTraining]:
+        leader = self.leader
+        args = leader.args
+        dataloader = leader.get_train_dataloader()
+        (num_epochs, updates_per_epoch, _, num_train_samples, _, steps_in_epoch, max_steps) = (
+            leader.set_initial_training_values(args, dataloader)
+        )
+        for member in self.members:
+            self._start(member, max_steps, num_epochs)
+        start_time = time.time()
+        self.model.train()
+        for epoch in range(num_epochs):
+            if hasattr(dataloader, "set_epoch"):
+                dataloader.set_epoch(epoch)
+            batches = iter(dataloader)
+            step = -1
+            for update in range(updates_per_epoch):
+                accumulation = args.gradient_accumulation_steps
+                remainder = steps_in_epoch % accumulation or accumulation
+                num_batches = accumulation if update != updates_per_epoch - 1 else remainder
+                samples, _ = leader.get_batch_samples(batches, num_batches, args.device)
+                for member in self._alive():
+                    member.trainer.control = member.trainer.callback_handler.on_step_begin(
+                        member.trainer.args, member.trainer.state, member.trainer.control
+                    )
+                for inputs in samples:
+                    step += 1
+                    self._micro_step(inputs, len(samples))
+                self._optimizer_step(epoch + (step + 1) / steps_in_epoch, start_time)
+                if all(m.trainer.control.should_training_stop for m in self._alive()):
+                    break
+            if not self._alive() or all(m.trainer.control.should_training_stop for m in self._alive()):
+                break
+        return [self._finish(m, start_time, num_train_samples) for m in self.members]
+
+    def _alive(self) -> list[_Member]:
+        return [m for m in self.members if m.alive]
+
+    def _start(self, member: _Member, max_steps: int, num_epochs: int) -> None:
+        trainer = member.trainer
+        trainer.state = TrainerState()
+        trainer.state.train_batch_size = trainer._train_batch_size
+        trainer.state.compute_steps(trainer.args, max_steps)
+        trainer.state.init_training_references(trainer, max_steps, num_epochs, None)
+        member.optimizer = job_optimizer(trainer, self.model, member.params)
+        trainer.optimizer = member.optimizer
+        trainer.lr_scheduler = None
+        member.scheduler = trainer.create_scheduler(num_training_steps=max_steps, optimizer=member.optimizer)
+        trainer._initial_num_input_tokens_seen = 0
+        trainer.control = trainer.callback_handler.on_train_begin(
+            trainer.args, trainer.state, trainer.control
+        )
+        member.result.pack_size = len(self.members)
+
+    def _micro_step(self, inputs: dict[str, Any], accumulation: int) -> None:
+        leader = self.leader
+        alive = self._alive()
+        inputs = leader._prepare_inputs(inputs)
+        if not all(column in inputs for column in _REF_COLUMNS):
+            inputs = {**inputs, **dict(zip(_REF_COLUMNS, self._reference_logps(inputs), strict=True))}
+        rows = inputs["input_ids"].shape[0]
+        model_kwargs = {
+            k: v.repeat(len(alive), *([1] * (v.dim() - 1)))
+            for k, v in inputs.items()
+            if k not in ("completion_mask", *_REF_COLUMNS)
+        }
+        completion_mask = inputs["completion_mask"].repeat(len(alive), 1)
+        labels = model_kwargs["input_ids"].masked_fill(completion_mask == 0, -100)
+        with (
+            adapters_by_slice(self.model, [m.name for m in alive], rows),
+            leader.compute_loss_context_manager(),
+        ):
+            outputs = self.model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+        total = None
+        for k, member in enumerate(alive):
+            trainer = member.trainer
+            with _reference_from_inputs(trainer), trainer.compute_loss_context_manager():
+                loss = trainer._compute_loss(
+                    _SliceOfOutputs(outputs, k * rows, (k + 1) * rows), inputs, False
+                )
+            loss = loss / accumulation
+            trainer.current_flos += float(trainer.floating_point_ops(inputs))
+            trainer._track_num_input_tokens(inputs)
+            if not bool(torch.isfinite(loss.detach())):
+                self._drop(member, f"loss ({float(loss.detach())})")
+                continue
+            member.tr_loss += float(loss.detach())
+            total = loss if total is None else total + loss
+        if total is not None:
+            leader.accelerator.backward(total)
+
+    @torch.no_grad()
+    def _reference_logps(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference (every adapter off) log-probs of a micro-batch, once for the whole pack, as TRL's
+        ``compute_ref_log_probs`` computes them."""
+        leader = self.leader
+        model_kwargs = {k: v for k, v in inputs.items() if k != "completion_mask"}
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        rows = inputs["input_ids"].shape[0]
+        with adapters_by_slice(self.model, [None], rows), leader.accelerator.autocast():
+            out = self.model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+        seq_len = inputs["completion_mask"].shape[1] - 1
+        return out.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+
+    def _optimizer_step(self, epoch: float, start_time: float) -> None:
+        for member in self._alive():
+            trainer, args = member.trainer, member.trainer.args
+            max_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(member.params, max_norm)
+            if not bool(torch.isfinite(grad_norm)):
+                self._drop(member, "gradient")
+                continue
+            member.optimizer.step()
+            learning_rate = member.scheduler.get_last_lr()[0]
+            member.scheduler.step()
+            member.optimizer.zero_grad(set_to_none=True)
+            state = trainer.state
+            state.global_step += 1
+            state.epoch = epoch
+            member.result.step_times.append((time.time(), time.process_time()))
+            trainer.control = trainer.callback_handler.on_step_end(args, state, trainer.control)
+            if trainer.control.should_log and state.global_step > member.last_logged:
+                logs = {
+                    "loss": member.tr_loss / (state.global_step - member.last_logged),
+                    "grad_norm": float(grad_norm),
+                    "learning_rate": learning_rate,
+                }
+                member.total_loss += member.tr_loss
+                member.tr_loss = 0.0
+                member.last_logged = state.global_step
+                trainer.store_flos()
+                trainer.log(logs, start_time)
+            if trainer.control.should_evaluate:
+                self.evaluate(member)
+        for member in self.members:  # a dropped job's gradients must not linger
+            for param in member.params:
+                param.grad = None
+
+    def evaluate(self, member: _Member) -> dict[str, float]:
+        """The job's held-out evaluation, by its own trainer with its adapter active (TRL's evaluate)."""
+        self.model.set_adapter(member.name)
+        try:
+            metrics = member.trainer.evaluate()
+        finally:
+            self._trainable()
+            self.model.train()
+        return metrics
+
+    @torch.inference_mode()
+    def generate(
+        self, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Any], cfg: Any, seed: int
+    ) -> tuple[list[str], dict[str, list[str]]]:
+        """Greedy answers to ``conversations`` by the base (adapters off) and by every job's adapter, in one
+        ``generate`` per prompt batch: the batch of ``cfg.batch_size`` prompts is replicated 1 + K times
+        (the base's slice first), as :func:`dpo_lab.evaluation.generation.generate_answers` would batch it
+        for one model. Returns (the base's answers, {adapter name: its answers})."""
+        from transformers import set_seed
+
+        from dpo_lab.evaluation.generation import chat_inputs, generate_kwargs
+
+        names = [m.name for m in self._alive()]
+        before: list[str] = []
+        after: dict[str, list[str]] = {name: [] for name in names}
+        set_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(conversations), cfg.batch_size):
+                batch = chat_inputs(
+                    tokenizer, conversations[start : start + cfg.batch_size], self.model.device
+                )
+                rows, width = batch["input_ids"].shape
+                copies = {k: v.repeat(1 + len(names), 1) for k, v in batch.items()}
+                with adapters_by_slice(self.model, [None, *names], rows):
+                    out = self.model.generate(**copies, **generate_kwargs(cfg, tokenizer))
+                texts = [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+                before += texts[:rows]
+                for k, name in enumerate(names, start=1):
+                    after[name] += texts[k * rows : (k + 1) * rows]
+        finally:
+            self.model.train(was_training)
+        return before, after
+
+    def _trainable(self) -> None:
+        """Every adapter of the pack trainable (PEFT's set_adapter / disable_adapter turn the others off)."""
+        for member in self.members:
+            for param in member.params:
+                param.requires_grad_(True)
+
+    def _drop(self, member: _Member, what: str) -> None:
+        step = member.trainer.state.global_step + 1
+        member.result.error = NonFiniteError(step, what, None)
+        for param in member.params:
+            param.grad = None
+        log.error("packed job %s leaves the pack: %s", member.name, member.result.error)
+
+    def _finish(self, member: _Member, start_time: float, num_train_samples: int) -> PackedTraining:
+        trainer, result = member.trainer, member.result
+        state = trainer.state
+        member.total_loss += member.tr_loss
+        steps = state.global_step
+        if member.alive:
+            metrics = speed_metrics(
+                "train",
+                start_time,
+                num_samples=num_train_samples * steps / max(state.max_steps, 1),
+                num_steps=steps,
+            )
+            trainer.store_flos()
+            metrics["total_flos"] = state.total_flos
+            metrics["train_loss"] = member.total_loss / max(steps, 0.001)
+            trainer.log(metrics)
+            trainer.control = trainer.callback_handler.on_train_end(trainer.args, state, trainer.control)
+            # in metrics.json's "train": how many adapters trained together in this job's step
+            result.metrics = {**metrics, "pack_size": len(self.members)}
+            result.training_loss = metrics["train_loss"]
+        result.adapter = {
+            k: v.detach().clone()
+            for k, v in get_peft_model_state_dict(self.model, adapter_name=member.name).items()
+        }
+        result.log_history = list(state.log_history)
+        result.global_step, result.epoch = steps, state.epoch or 0.0
+        result.num_input_tokens_seen = state.num_input_tokens_seen
+        return result
+
+
+@contextmanager
+def _reference_from_inputs(trainer: DPOTrainer) -> Iterator[None]:
+    """TRL's loss reads the reference log-probs from the batch (the pack computed them once)."""
+    saved = trainer.precompute_ref_logps
+    trainer.precompute_ref_logps = True
+    try:
+        yield
+    finally:
+        trainer.precompute_ref_logps = saved
+
+
+def job_optimizer(trainer: DPOTrainer, model: torch.nn.Module, params: Sequence[torch.nn.Parameter]):
+    """The optimizer a Trainer would build for this job (``optim``, learning rate, betas, weight decay on
+    the same parameters), over the job's own adapter parameters only."""
+    own = {id(p) for p in params}
+    decay = set(trainer.get_decay_parameter_names(model))
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in own]
+    groups = [
+        {"params": [p for n, p in named if n in decay], "weight_decay": trainer.args.weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
+    optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+    if any(key in kwargs for key in ("params", "model", "optimizer_dict")) or not isinstance(
+        optimizer_cls, type
+    ):
+        raise ValueError(
+            f"train.optim={trainer.args.optim} cannot be packed (it builds its own parameter groups)"
+        )
+    return optimizer_cls(groups, **kwargs)
+
+
+def build_pack(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    jobs: Sequence[PackJob],
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
+    prepared: PreparedDatasets | None = None,
+) -> Pack:
+    """K adapters on ``model`` (the base, adapter-free), each initialised exactly as the job alone would be.
+
+    Each job's DPOTrainer is built as in a normal run (TRL seeds with the job's seed and creates its adapter);
+    the fresh adapter's weights are copied and the layer unwrapped again, then the pack's PeftModel gets one
+    named adapter per job with those weights. ``prepared`` shares tokenised data and reference log-probs.
+    """
+    if not jobs:
+        raise ValueError("a pack needs at least one job")
+    names = adapter_names(len(jobs))
+    trainers, initial = [], []
+    snapshot = ModelSnapshot.capture(model)
+    for job in jobs:
+        trainer = build_trainer(
+            model, tokenizer, job.args, train_dataset, eval_dataset, job.lora, prepared=prepared
+        )
+        initial.append({k: v.detach().clone() for k, v in adapter_state_dict(trainer.model).items()})
+        strip_adapters(model)
+        # TRL wraps the base's forward with its fused LM head (the pack keeps the first job's wrapping), PEFT
+        # leaves its config on the base: back to the base as it came, for the next job's build
+        patched_forward = model.__dict__.get("forward")
+        snapshot.restore(model)
+        if trainer.aux_loss_enabled or trainer.ld_alpha is not None:
+            raise ValueError("a job with a MoE router loss or TRL's ld_alpha (train.extra) cannot be packed")
+        trainers.append(trainer)
+    if patched_forward is not None:
+        model.forward = patched_forward
+    packed = get_peft_model(model, jobs[0].lora, adapter_name=names[0])
+    for name, job in zip(names[1:], jobs[1:], strict=True):
+        packed.add_adapter(name, job.lora)
+    members = []
+    for name, trainer, weights in zip(names, trainers, initial, strict=True):
+        params = [p for n, p in packed.named_parameters() if f".{name}." in n or n.endswith(f".{name}")]
+        dtype = next(iter(weights.values())).dtype
+        for param in params:
+            param.data = param.data.to(dtype)
+        set_peft_model_state_dict(packed, weights, adapter_name=name)
+        if trainer.args.disable_dropout:
+            disable_dropout_in_model(packed)
+        trainer.model = trainer.model_wrapped = packed
+        members.append(_Member(name=name, trainer=trainer, params=params, result=PackedTraining()))
+    pack = Pack(packed, members)
+    pack._trainable()
+    return pack
+
+
+def unpack(model: torch.nn.Module) -> None:
+    """Take every adapter of a pack off the base model again (in place)."""
+    strip_adapters(model)
+
+
+def finish_as_trained(trainer: DPOTrainer, packed: PackedTraining) -> TrainOutput:
+    """What ``trainer.train()`` would have done, for a job whose adapter the pack trained.
+
+    The trainer (a normal job's, with a fresh adapter and the job's callbacks) runs the held-out evaluation
+    "before" if its arguments ask for it (the adapter is still untrained), takes the pack's weights for its
+    adapter, and replays the pack's training log through its callbacks (log history file, W&B), with the
+    step clock set from the pack's step times. A job that left the pack raises its NonFiniteError.
+    """
+    args, handler = trainer.args, trainer.callback_handler
+    trainer.state = TrainerState()
+    trainer.state.compute_steps(args, max(packed.global_step, 1))
+    trainer.state.init_training_references(trainer, max(packed.global_step, 1), args.num_train_epochs, None)
+    trainer.control = handler.on_train_begin(args, trainer.state, trainer.control)
+    if args.eval_on_start:
+        trainer._evaluate(None, None, skip_scheduler=True)
+    if packed.error is not None:
+        raise packed.error
+    set_peft_model_state_dict(trainer.model, packed.adapter)
+    state = trainer.state
+    for entry in packed.log_history:
+        logs = {k: v for k, v in entry.items() if k != "step"}
+        state.global_step = entry.get("step", packed.global_step)
+        state.epoch = logs.get("epoch", state.epoch)
+        state.num_input_tokens_seen = logs.get("num_input_tokens_seen", state.num_input_tokens_seen)
+        state.log_history.append(dict(entry))
+        trainer.control = handler.on_log(args, state, trainer.control, logs)
+    state.global_step, state.epoch = packed.global_step, packed.epoch
+    state.num_input_tokens_seen = packed.num_input_tokens_seen
+    for callback in handler.callbacks:
+        if isinstance(callback, StepClock) and packed.step_times:
+            (first, first_cpu), (last, last_cpu) = packed.step_times[0], packed.step_times[-1]
+            callback.first_step_at, callback.first_step_cpu = first, first_cpu
+            callback.last_step_at, callback.last_step_cpu = last, last_cpu
+            callback.steps = len(packed.step_times)
+    trainer.control = handler.on_train_end(args, state, trainer.control)
+    if not math.isfinite(packed.training_loss):
+        log.warning("packed job finished with a non-finite mean training loss")
+    return TrainOutput(state.global_step, packed.training_loss, dict(packed.metrics))

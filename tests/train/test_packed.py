@@ -1,0 +1,238 @@
+"""Packed training (dpo_lab.train.packed): K adapters trained together give each job what it gets alone."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpo_lab.config.resolvers import asset_path
+from dpo_lab.config.schemas import (
+    DataConfig,
+    DPOConfig,
+    GenerationConfig,
+    LoraConfig,
+    ModelConfig,
+    Precision,
+    RunConfig,
+    TrainConfig,
+)
+from dpo_lab.data.loading import load_preference_data
+from dpo_lab.evaluation.generation import generate_answers
+from dpo_lab.model.loading import (
+    adapter_disabled,
+    adapter_state_dict,
+    build_lora_config,
+    load_base_model,
+    load_tokenizer,
+    strip_adapters,
+)
+from dpo_lab.sweep.cache import ModelSnapshot
+from dpo_lab.sweep.packing import PackedJobInfo, pack_key, plan_groups, why_alone
+from dpo_lab.train.packed import PackJob, adapters_by_slice, build_pack, finish_as_trained
+from dpo_lab.train.trainer import build_dpo_args, build_trainer
+
+MODEL = ModelConfig(name_or_path=asset_path("tiny-llama"))
+# three jobs that differ in beta, learning rate, LoRA rank (and so scaling), schedule and weight decay
+JOBS = [
+    dict(
+        dpo=DPOConfig(beta=0.1, max_length=192),
+        lr=5e-3,
+        lora=LoraConfig(r=4, alpha=8),
+        wd=0.0,
+        sched="linear",
+    ),
+    dict(
+        dpo=DPOConfig(beta=0.5, max_length=192),
+        lr=2e-3,
+        lora=LoraConfig(r=8, alpha=8),
+        wd=0.1,
+        sched="cosine",
+    ),
+    dict(
+        dpo=DPOConfig(beta=0.3, loss_type=["ipo"], max_length=192),
+        lr=1e-2,
+        lora=LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]),
+        wd=0.0,
+        sched="constant",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    data = load_preference_data(
+        DataConfig(path=asset_path("finance"), max_train_samples=12, max_eval_samples=6), seed=0
+    )
+    tokenizer = load_tokenizer(MODEL)
+    model = load_base_model(MODEL, Precision.fp32, gradient_checkpointing=False)
+    return data, tokenizer, model, ModelSnapshot.capture(model)
+
+
+def _reset(setup) -> None:
+    """The shared base as loaded again (no adapter, no PEFT or TRL leftovers), as the sweep cache does."""
+    _, _, model, snapshot = setup
+    strip_adapters(model)
+    snapshot.restore(model)
+    assert not snapshot.differences(model)
+
+
+def _job(job: dict, tmp_path, name: str) -> PackJob:
+    train = TrainConfig(
+        learning_rate=job["lr"], per_device_train_batch_size=4, per_device_eval_batch_size=6, max_steps=3,
+        logging_steps=1, precision=Precision.fp32, weight_decay=job["wd"], lr_scheduler_type=job["sched"],
+        warmup_steps=1, max_grad_norm=0.5, eval_steps=2,
+    )  # fmt: skip
+    args = build_dpo_args(job["dpo"], train, output_dir=tmp_path / name, seed=0, precision=Precision.fp32,
+                          device="cpu")  # fmt: skip
+    return PackJob(args=args, lora=build_lora_config(job["lora"]))
+
+
+def _alone(setup, job: PackJob):
+    """The job through the normal path: a DPOTrainer with a fresh adapter, trained, evaluated."""
+    data, tokenizer, model, _ = setup
+    trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora)
+    trainer.train()
+    out = {
+        "adapter": {k: v.detach().clone() for k, v in adapter_state_dict(trainer.model).items()},
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "evals": [h for h in trainer.state.log_history if "eval_loss" in h],
+        "eval": trainer.evaluate(),
+    }
+    _reset(setup)
+    return out
+
+
+def test_slices_get_their_own_adapter(setup) -> None:
+    """Each slice of a packed forward equals that adapter alone on that input."""
+    data, tokenizer, model, _ = setup
+    from peft import get_peft_model
+
+    packed = get_peft_model(model, build_lora_config(LoraConfig(r=4)), adapter_name="one")
+    packed.add_adapter("two", build_lora_config(LoraConfig(r=2, target_modules=["q_proj"])))
+    for name, param in packed.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_()
+    packed.eval()
+    ids = torch.randint(0, 100, (2, 7))
+    try:
+        singles = []
+        for name in ("one", "two"):
+            packed.set_adapter(name)
+            singles.append(packed(input_ids=ids).logits)
+        with torch.no_grad(), adapters_by_slice(packed, ["one", "two", None], 2):
+            out = packed(input_ids=ids.repeat(3, 1)).logits
+        with packed.disable_adapter():
+            base = packed(input_ids=ids).logits
+        assert torch.allclose(out[:2], singles[0], atol=1e-5)
+        assert torch.allclose(out[2:4], singles[1], atol=1e-5)
+        assert torch.allclose(out[4:], base, atol=1e-5)
+        assert not torch.allclose(singles[0], singles[1], atol=1e-3)  # the adapters really differ
+    finally:
+        _reset(setup)
+
+
+def test_packed_generation_gives_each_adapter_its_own_answers(setup, tmp_path) -> None:
+    """Pack.generate: one generate over base + K copies equals each adapter generating alone (greedy)."""
+    data, tokenizer, model, _ = setup
+    pack = build_pack(model, tokenizer, [_job(j, tmp_path, f"g{i}") for i, j in enumerate(JOBS[:2])],
+                      data.train, data.eval)  # fmt: skip
+    torch.manual_seed(0)
+    for name, param in pack.model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(std=0.5)  # trained-looking adapters, so that their answers differ
+    conversations = [row["prompt"] for row in data.eval][:3]
+    generation = GenerationConfig(max_new_tokens=10, batch_size=2)
+    try:
+        base, answers = pack.generate(tokenizer, conversations, generation, seed=0)
+        alone = {}
+        for name in ("job0", "job1"):
+            pack.model.set_adapter(name)
+            alone[name] = generate_answers(pack.model, tokenizer, conversations, generation, seed=0)
+        with adapter_disabled(pack.model):
+            alone_base = generate_answers(pack.model, tokenizer, conversations, generation, seed=0)
+    finally:
+        _reset(setup)
+    assert answers == alone and base == alone_base
+    assert len({tuple(a) for a in (*answers.values(), base)}) == 3, "the adapters must answer differently"
+
+
+@pytest.mark.slow
+def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
+    data, tokenizer, model, _ = setup
+    jobs = [_job(j, tmp_path, f"job{i}") for i, j in enumerate(JOBS)]
+    alone = [_alone(setup, job) for job in jobs]
+
+    pack = build_pack(model, tokenizer, [_job(j, tmp_path, f"p{i}") for i, j in enumerate(JOBS)],
+                      data.train, data.eval)  # fmt: skip
+    results = pack.train()
+    conversations = [row["prompt"] for row in data.eval][:3]
+    generation = GenerationConfig(max_new_tokens=12, batch_size=2)
+    base_answers, packed_answers = pack.generate(tokenizer, conversations, generation, seed=0)
+    _reset(setup)
+
+    for i, (single, packed) in enumerate(zip(alone, results, strict=True)):
+        assert packed.error is None
+        assert packed.adapter.keys() == single["adapter"].keys()
+        diff = max((packed.adapter[k] - single["adapter"][k]).abs().max().item() for k in packed.adapter)
+        assert diff <= 1e-5, f"job {i}: adapter differs by {diff}"
+        # the loss TRL logs at every step, packed against alone
+        losses = [h["loss"] for h in packed.log_history if "loss" in h]
+        assert losses == pytest.approx(single["losses"], abs=1e-5), f"job {i}"
+        # the held-out evaluation during training (train.eval_steps), by the job's trainer on its adapter
+        evals = [h for h in packed.log_history if "eval_loss" in h]
+        assert [h["step"] for h in evals] == [h["step"] for h in single["evals"]]
+        assert 2 in [h["step"] for h in evals]
+        for mine, theirs in zip(evals, single["evals"], strict=True):
+            for key in ("eval_loss", "eval_rewards/margins", "eval_logps/chosen"):
+                assert mine[key] == pytest.approx(theirs[key], abs=1e-5), (i, key)
+        moved = max(v.abs().max().item() for k, v in packed.adapter.items() if "lora_B" in k)
+        assert moved > 0, "training moved nothing"
+
+        # the job finished as a normal run would: fresh trainer, the pack's weights, TRL's evaluate
+        job = _job(JOBS[i], tmp_path, f"finish{i}")
+        job.args.eval_on_start = False
+        trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora)
+        finish_as_trained(trainer, packed)
+        evaluated = trainer.evaluate()
+        # the task answers generated in the pack are the job's own greedy answers, and the base's
+        answers = generate_answers(trainer.model, tokenizer, conversations, generation, seed=0)
+        assert packed_answers[f"job{i}"] == answers, f"job {i}"
+        with adapter_disabled(trainer.model):
+            assert base_answers == generate_answers(
+                trainer.model, tokenizer, conversations, generation, seed=0
+            )
+        _reset(setup)
+        for key in ("eval_loss", "eval_rewards/margins", "eval_rewards/chosen", "eval_logps/rejected"):
+            assert evaluated[key] == pytest.approx(single["eval"][key], abs=1e-5), f"job {i} {key}"
+
+
+def _info(index: int, **changes) -> PackedJobInfo:
+    cfg = RunConfig(model=MODEL, data=DataConfig(path=asset_path("finance")))
+    for group, values in changes.items():
+        new = dataclasses.replace(getattr(cfg, group), **values) if isinstance(values, dict) else values
+        setattr(cfg, group, new)
+    return PackedJobInfo(
+        index, None, cfg, Path(f"/nonexistent/{index}"), why_alone(cfg, Path("/nonexistent"))
+    )
+
+
+def test_jobs_that_share_a_base_are_grouped_and_the_rest_run_alone() -> None:
+    jobs = [
+        _info(0),
+        _info(1, dpo={"beta": 0.5, "loss_type": ["ipo"]}, lora={"r": 4, "target_modules": ["q_proj"]}),
+        _info(2, dpo={"max_length": 64}),  # other batches: its own group
+        _info(3, train={"learning_rate": 1e-3, "weight_decay": 0.1, "lr_scheduler_type": "cosine"}),
+        _info(4, lora={"use_dora": True}),  # DoRA: alone
+        _info(5, train={"save_steps": 5}),  # checkpoints: alone
+        _info(6, train={"per_device_train_batch_size": 2}),  # other batches
+        _info(7, dpo={"max_length": 64}, lora={"r": 8}),
+    ]
+    assert jobs[4].why_alone.startswith("lora.use_dora") and jobs[5].why_alone.startswith("train.save_steps")
+    groups = [[job.index for job in group] for group in plan_groups(jobs, "auto")]
+    assert groups == [[0, 1, 3], [2, 7], [4], [5], [6]]
+    assert [[j.index for j in g] for g in plan_groups(jobs, 2)] == [[0, 1], [3], [2, 7], [4], [5], [6]]
+    assert pack_key(jobs[0].run_config) != pack_key(_info(8, seed=7).run_config)  # the data order differs
