@@ -31,7 +31,18 @@ class HeldOutAfter(TrainerCallback):
         return control
 
     def final_metrics(self, trainer: Any) -> dict[str, Any]:
-        """The last step's held-out metrics, evaluating now only if ``train()`` ran no evaluation there."""
+        """The last step's held-out metrics, evaluating now only if no evaluation ran there: not in this
+        ``train()``, nor in the attempt whose final checkpoint a resumed run started from (its log history,
+        restored with the checkpoint, holds that evaluation)."""
         if self.metrics is None:
-            self.metrics = trainer.evaluate(metric_key_prefix="eval")
+            logged = evaluated_at(trainer.state.log_history, trainer.state.global_step)
+            self.metrics = logged if logged is not None else trainer.evaluate(metric_key_prefix="eval")
         return self.metrics
+
+
+def evaluated_at(log_history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The held-out metrics logged at ``step`` (the newest such record, without its ``step``), or None."""
+    for record in reversed(log_history):
+        if record.get("step") == step and "eval_loss" in record:
+            return {k: v for k, v in record.items() if k != "step"}
+    return None
