@@ -109,6 +109,21 @@ class PreferenceData:
         return flat
 
 
+def _train_and_held_out(parsed: dict[str, Any], cfg: DataConfig, seed: int) -> dict[str, Dataset]:
+    """The held-out split (its own, or carved off the train rows with the seed), both capped by
+    ``data.max_*_samples``."""
+    train = parsed["train"].valid
+    if "eval" in parsed:
+        held_out = parsed["eval"].valid
+    else:
+        train, held_out = _carve_held_out(train, cfg.test_size, seed)
+    if cfg.max_train_samples is not None:
+        train = train.select(range(min(cfg.max_train_samples, len(train))))
+    if cfg.max_eval_samples is not None:
+        held_out = held_out.select(range(min(cfg.max_eval_samples, len(held_out))))
+    return {"train": train, "eval": held_out}
+
+
 def load_preference_data(
     cfg: DataConfig,
     seed: int,
@@ -133,16 +148,7 @@ def load_preference_data(
         if len(p.valid) == 0:
             raise DataError("data.path", _nothing_left(name, p, cfg))
 
-    train = parsed["train"].valid
-    if "eval" in parsed:
-        held_out = parsed["eval"].valid
-    else:
-        train, held_out = _carve_held_out(train, cfg.test_size, seed)
-    if cfg.max_train_samples is not None:
-        train = train.select(range(min(cfg.max_train_samples, len(train))))
-    if cfg.max_eval_samples is not None:
-        held_out = held_out.select(range(min(cfg.max_eval_samples, len(held_out))))
-    splits = {"train": train, "eval": held_out}
+    splits = _train_and_held_out(parsed, cfg, seed)
     origins = {name: parsed.get(name, parsed["train"]).raw for name in splits}
 
     dropped = {name: p.problems.counts() for name, p in parsed.items()}

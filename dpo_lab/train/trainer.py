@@ -79,7 +79,10 @@ def build_dpo_args(
         "disable_tqdm": True,
     }
     check_extra_keys(train.extra)
-    kwargs.update(train.extra)
+    return _dpo_config({**kwargs, **train.extra})
+
+
+def _dpo_config(kwargs: dict[str, Any]) -> trl.DPOConfig:
     try:
         return trl.DPOConfig(**kwargs)
     except (ValueError, TypeError) as err:  # a value TrainingArguments refuses (e.g. in train.extra)
