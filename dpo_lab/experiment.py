@@ -74,6 +74,7 @@ class Training:
     batches: BatchCounter
     before_eval: HeldOutBefore
     after_eval: HeldOutAfter = field(default_factory=HeldOutAfter)
+    progress: ProgressBar = field(default_factory=ProgressBar)
     clock: StepClock = field(default_factory=StepClock)
     trainer: Any = None
 
@@ -93,6 +94,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
         result = collect_result(job, data, training, train_out, before, after, task)
         save(job, data, training, tracker, result)
     except BaseException as err:
+        training.progress.close()
         if not training.preemption.stopped_training:  # a preempted run exits on purpose, its checkpoint saved
             record_failure(run_dir, err, tracker)
         raise
@@ -186,7 +188,7 @@ def build(job: Job, data: JobData, tracker: Tracker, training: Training, name: s
         training.after_eval,
         training.clock,
         LogHistoryCallback(job.layout.history),
-        ProgressBar(),
+        training.progress,
     ]
     training.trainer = build_trainer(
         model,

@@ -42,6 +42,10 @@ class ProgressBar(TrainerCallback):
         self.bar.set_postfix(self.shown, refresh=False)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line (also when training failed, so that an error message starts its own line)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
