@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import json
 from collections.abc import Callable, Mapping, Sequence
+from copy import copy as shallow_copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from transformers import PreTrainedModel, PrinterCallback, TrainerCallback
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.config.schemas import ConfigError, DPOConfig, Precision, TrainConfig
+from dpo_lab.runs.redaction import REDACTED, is_secret_key, redact
 from dpo_lab.train.batching import PAIR_ID_COLUMNS, dpo_length_sampler, pair_token_lengths
 
 
@@ -88,6 +90,18 @@ def _dpo_config(kwargs: dict[str, Any]) -> trl.DPOConfig:
     except (ValueError, TypeError) as err:  # a value TrainingArguments refuses (e.g. in train.extra)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError("train", f"trl.DPOConfig refuses these settings: {first}") from None
+
+
+def redacted_args(args: trl.DPOConfig) -> trl.DPOConfig:
+    """A shallow copy of ``args`` whose secret-looking fields (and keys of dict fields) are redacted."""
+    copy = shallow_copy(args)
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if is_secret_key(f.name) and value not in (None, ""):
+            setattr(copy, f.name, REDACTED)
+        elif isinstance(value, dict):
+            setattr(copy, f.name, redact(value))
+    return copy
 
 
 def check_extra_keys(extra: Mapping[str, Any]) -> None:
@@ -183,6 +197,14 @@ class DPOTrainer(trl.DPOTrainer):
         for observe in self.micro_batch_observers:
             observe(self.state.global_step + 1, loss, inputs)
         return loss
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        # training_args.bin pickles every argument, secrets passed in train.extra (hub_token...) included:
+        # each checkpoint keeps a copy with their values redacted (nothing reads them back on resume)
+        path = Path(output_dir or self.args.output_dir) / "training_args.bin"
+        if path.is_file() and self.args.should_save:
+            torch.save(redacted_args(self.args), path)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """No batch once ``max_steps`` is reached: the Trainer checks the step limit only after a step, so a

@@ -385,20 +385,23 @@ def test_full_disk_mid_run_keeps_the_last_complete_checkpoint(tmp_path) -> None:
 @pytest.mark.slow
 def test_a_secret_in_config_reaches_no_file_of_the_run(tmp_path) -> None:
     """``train.extra.hub_token``: not in any file of the run folder (config.yaml, .hydra/,
-    run.log, the W&B run, the adapter), nor in the W&B run's name; training_args.bin is not shipped."""
+    run.log, the W&B run, the adapter, the checkpoints' training_args.bin), nor in the W&B run's name;
+    training_args.bin is not shipped in the adapter."""
     from tests.helpers import run_cli, wandb_summary
 
     run_dir = tmp_path / "run"
     secret = "hf_SECRETvalue4242"
     args = [f"+train.extra={{hub_token: {secret}}}", "+train.extra.adam_beta2=0.99",
             f"hydra.run.dir={run_dir}", "logger.mode=offline",
-            "eval.enabled=false", "train.max_steps=2", "train.logging_steps=1", "data.max_train_samples=16",
+            "eval.enabled=false", "train.max_steps=2", "train.logging_steps=1", "train.save_steps=1",
+            "data.max_train_samples=16",
             "data.max_eval_samples=8"]  # fmt: skip
     proc = run_cli(args, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     leaks = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()
              and secret.encode() in p.read_bytes()]  # fmt: skip
     assert leaks == []
+    assert (run_dir / "checkpoints" / "checkpoint-2" / "training_args.bin").is_file()  # written, redacted
     assert secret not in proc.stdout + proc.stderr
     assert not (run_dir / "adapter" / "training_args.bin").exists()
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
