@@ -28,14 +28,15 @@ from dpo_lab.config.schemas import (
     LoraConfig,
     OnInvalid,
     Precision,
+    Quantization,
     TrainConfig,
 )
+from dpo_lab.config.validation import to_run_config
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.evaluation.generation import generate_answers
 from dpo_lab.model.fetch import MODELS, model_file
 from dpo_lab.model.loading import build_lora_config, load_adapter_model, load_base_model, load_tokenizer
 from dpo_lab.model.source import cache_dir, content_hash, loadable
-from dpo_lab.run import to_run_config
 from dpo_lab.runs.folder import read_run
 from dpo_lab.train.trainer import build_dpo_args, build_trainer
 from tests.helpers import ROOT, compose_config, require_hh_data, run_cli
@@ -313,3 +314,44 @@ def test_qlora_on_smollm2_merges_and_the_adapter_folder_works_in_a_pipeline(
     generator = pipeline("text-generation", model=str(run_dir / "adapter"))
     answer = generator(CHAT, max_new_tokens=16, do_sample=False, return_full_text=False)[0]["generated_text"]
     assert answer.strip(), answer
+
+
+def test_smollm2_saved_in_nf4_trains_resumes_merges_and_generates(model_cfg, tmp_path: Path) -> None:
+    """The seed recipe's kind of base on a real model: SmolLM2 saved already in 4-bit (its config.json
+    carries quantization_config). The storage is read from the checkpoint; a run killed after its first
+    checkpoint resumes; the merge is dequantized; generate answers from the run folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dpo_lab.model.loading import bnb_config
+    from dpo_lab.model.source import stored_quantization
+
+    stored = tmp_path / "smollm2-nf4"
+    plain = loadable(model_cfg).name_or_path  # the converted plain folder
+    model = AutoModelForCausalLM.from_pretrained(
+        plain, dtype=torch.float32, quantization_config=bnb_config(Quantization.nf4, Precision.fp32)
+    )
+    model.save_pretrained(str(stored))
+    AutoTokenizer.from_pretrained(plain).save_pretrained(str(stored))
+    del model
+    assert stored_quantization(str(stored)) is Quantization.nf4
+
+    run_dir = tmp_path / "run"
+    args = [*(a for a in run_args(run_dir) if not a.startswith(("model=", "train.save_steps"))),
+            f"model.name_or_path={stored}", "model.quantization=nf4", "train.save_steps=1"]  # fmt: skip
+    proc = start_cli(args, tmp_path, env=env(tmp_path))
+    wait_for_checkpoint(run_dir, 1, proc, timeout=900)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    cli(args, tmp_path, "dpo_lab.run")  # the same command again resumes
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["global_step"] == 4
+    assert metrics["resumed_from_step"] is not None and metrics["resumed_from_step"] >= 1
+
+    out = tmp_path / "merged"
+    cli([f"run={run_dir}", f"out={out}"], tmp_path, "dpo_lab.cli.merge")
+    assert "| dequantized from | nf4 |" in (out / "README.md").read_text()
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+
+    answer = cli([f"run={run_dir}", "prompt=Name one planet.", "generation.max_new_tokens=12"], tmp_path,
+                 "dpo_lab.cli.generate")  # fmt: skip
+    assert answer.stdout.startswith(">>> Name one planet.\n") and answer.stdout.splitlines()[1].strip()
