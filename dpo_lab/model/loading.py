@@ -27,24 +27,21 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """Load the tokenizer, install ``model.chat_template`` if given, and insist on a chat template."""
-    folder = Path(cfg.name_or_path).expanduser()
+    source = loadable(cfg)  # a GGUF base: its converted plain folder
+    folder = Path(source.name_or_path).expanduser()
     if folder.is_dir() and not any((folder / n).is_file() for n in ("config.json", "tokenizer_config.json")):
         raise ConfigError(
             "model.name_or_path", f"{folder} is not a model folder (no config.json or tokenizer_config.json)"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+            source.name_or_path, revision=source.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as err:  # not a model folder, an unknown hub id, or no network for it
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            "model.name_or_path", f"cannot load a tokenizer from {cfg.name_or_path!r}: {first}"
+            "model.name_or_path", f"cannot load a tokenizer from {model_name(cfg)!r}: {first}"
         ) from None
-    source = loadable(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(
-        source.name_or_path, revision=source.revision, trust_remote_code=cfg.trust_remote_code
-    )
     if cfg.chat_template is not None:
         tokenizer.chat_template = read_chat_template(cfg.chat_template)
     if not tokenizer.chat_template:
@@ -118,8 +115,9 @@ def check_lora_targets(model_cfg: ModelConfig, lora: LoraConfig) -> None:
         return
     from accelerate import init_empty_weights
 
+    source = loadable(model_cfg)
     config = AutoConfig.from_pretrained(
-        model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        source.name_or_path, revision=source.revision, trust_remote_code=model_cfg.trust_remote_code
     )
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)

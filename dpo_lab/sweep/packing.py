@@ -154,7 +154,10 @@ def auto_pack_size(group: Sequence[PackedJobInfo]) -> int:
 def _model_shape(cfg: RunConfig) -> dict[str, int]:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision)
+    from dpo_lab.model.source import loadable
+
+    source = loadable(cfg.model)  # a GGUF base: its converted plain folder
+    config = AutoConfig.from_pretrained(source.name_or_path, revision=source.revision)
     text = config.get_text_config()
     return {"hidden": int(text.hidden_size), "layers": int(text.num_hidden_layers)}
 
