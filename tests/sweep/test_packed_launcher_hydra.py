@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from hydra import version as hydra_version
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import (
@@ -28,6 +29,14 @@ def plugin_on_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     apps run in subprocesses from other folders, so they get the checkout on their path, as a wheel would."""
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+
+
+@pytest.fixture(autouse=True)
+def fresh_version_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra keeps the ``version_base`` of the last ``@hydra.main`` in a process-wide singleton: after a
+    dpo_lab run in this process (version_base 1.3, no chdir) the suites' example apps, which declare none,
+    would not get the defaults they are written for. Each test starts as a fresh process does."""
+    monkeypatch.setattr(hydra_version.VersionBase.instance(), "version_base", hydra_version._UNSPECIFIED_)
 
 
 def test_discovery() -> None:
