@@ -6,15 +6,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
 from dpo_lab.config.schemas import ConfigError, register_configs
 from dpo_lab.config.user_configs import check_user_config_dirs
 from dpo_lab.data.checks import DataError
-
-T = TypeVar("T")
 
 
 def setup_logging() -> None:

@@ -34,14 +34,12 @@ from dpo_lab.sweep.results import Job, ReportError, Sweep, enum_text, load_sweep
 
 log = logging.getLogger(__name__)
 
-# Final held-out metrics shown for every job (the objective metric is added when it is another one).
-EVAL_COLUMNS = SUMMARY_METRICS
 PLOTS_DIR = "plots"
 
 
 def rows(sweep: Sweep) -> list[dict[str, Any]]:
     """One flat row per job: swept values, final held-out metrics, train loss, runtime, status, error."""
-    metrics = [sweep.objective.metric, *[m for m in EVAL_COLUMNS if m != sweep.objective.metric]]
+    metrics = [sweep.objective.metric, *[m for m in SUMMARY_METRICS if m != sweep.objective.metric]]
     best = sweep.best()
     table = []
     for job in sweep.jobs:
@@ -103,7 +101,7 @@ def markdown(sweep: Sweep, table: list[dict[str, Any]], plots: list[Path]) -> st
             "",
             f"Optuna's best trial: value {result.get('best_value')}, params {result.get('best_params')}",
         ]
-    shown = ["job", "status", *sweep.swept, column, *[f"eval/{m}" for m in EVAL_COLUMNS if m != metric],
+    shown = ["job", "status", *sweep.swept, column, *[f"eval/{m}" for m in SUMMARY_METRICS if m != metric],
              "train/mean_loss", "runtime_s"]  # fmt: skip
     lines += ["", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in table:
