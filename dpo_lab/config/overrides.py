@@ -57,14 +57,17 @@ def _is_group_choice(override: Override, args: list[str]) -> bool:
     return override.type in _SETS and "." not in key and key in group_names(args)
 
 
+def set_values(override: Override) -> list[Any]:
+    """The values an override sets: its one value, or each value of a discrete sweep (none for a range or
+    interval sweep, whose values the sweeper draws)."""
+    if not override.is_sweep_override():
+        return [override.value()]
+    return list(override.sweep_iterator()) if override.is_discrete_sweep() else []
+
+
 def _check_group_choice(override: Override, args: list[str]) -> None:
     group = override.key_or_group
-    if override.is_sweep_override():
-        if not override.is_discrete_sweep():
-            return
-        values = list(override.sweep_iterator())
-    else:
-        values = [override.value()]
+    values = set_values(override)
     options = group_options(group, args)
     for value in values:
         if value is not None and str(value) not in options:
@@ -107,12 +110,7 @@ def _sets_into_mapping(arg: str, root: type) -> bool:
 def _check_one(override: Override, root: type = RunConfig) -> None:
     key = override.key_or_group
     field_type = field_type_at(key, root)
-    if override.is_sweep_override():
-        if not override.is_discrete_sweep():
-            return
-        values = list(override.sweep_iterator())
-    else:
-        values = [override.value()]
+    values = set_values(override)
     schema = OmegaConf.structured(root)
     for value in values:
         try:
