@@ -8,9 +8,13 @@ group they may differ in ``dpo.beta`` / ``loss_type`` / ``loss_weights`` / ``lab
 ``logging_steps`` / ``eval_steps``, ``lora.r`` / ``alpha`` / ``dropout`` / ``target_modules`` /
 ``use_rslora``, and in anything after training (``eval``, ``logger``, ``objective``). The ``seed`` is part
 of the key: dpo_lab draws the data order and the held-out split from it, so jobs of different seeds do not
-see the same batches. Jobs that fit no group (another app's jobs, DoRA, a trained LoRA bias, checkpointing
-with ``train.save_steps``, a resumed folder, several processes) run one by one as the basic launcher runs
-them.
+see the same batches. Jobs that fit no group (another app's jobs, DoRA, a trained LoRA bias, a folder started
+before, several processes) run one by one as the basic launcher runs them.
+
+A pack keeps its state in the sweep folder (dpo_lab.sweep.pack_store): a checkpoint every ``train.save_steps``
+optimizer steps and at the last one, and its jobs' outcome once trained. The same command run again after a
+kill resumes the pack from its checkpoint, or hands its saved outcome to the jobs that had not finished
+(:func:`saved_share`).
 
 A group of two or more trains in :func:`train_group` (dpo_lab.train.packed), then each of its jobs runs
 through the normal entry point, where :func:`train_or_finish` hands the job its share of the packed training
@@ -59,6 +63,7 @@ class PackedJobInfo:
     run_config: RunConfig | None  # None: not a dpo_lab job (or one that does not validate)
     run_dir: Path | None
     why_alone: str | None = None  # why the job cannot be packed (None: it can)
+    sweep_dir: Path | None = None  # hydra.sweep.dir (where the packs keep their state)
 
 
 def task_config(sweep_config: DictConfig) -> DictConfig:
@@ -81,8 +86,9 @@ def describe_job(index: int, sweep_config: DictConfig) -> PackedJobInfo:
     except Exception as err:  # the job reports its own error when it runs
         return PackedJobInfo(index, sweep_config, None, None, f"invalid config ({err})")
     hydra = sweep_config.hydra
-    run_dir = Path(str(hydra.sweep.dir)) / str(hydra.sweep.subdir)
-    return PackedJobInfo(index, sweep_config, run_cfg, run_dir, why_alone(run_cfg, run_dir))
+    sweep_dir = Path(str(hydra.sweep.dir))
+    run_dir = sweep_dir / str(hydra.sweep.subdir)
+    return PackedJobInfo(index, sweep_config, run_cfg, run_dir, why_alone(run_cfg, run_dir), sweep_dir)
 
 
 def why_alone(cfg: RunConfig, run_dir: Path) -> str | None:
@@ -91,8 +97,6 @@ def why_alone(cfg: RunConfig, run_dir: Path) -> str | None:
         return "lora.use_dora=true (packing applies plain LoRA only)"
     if cfg.lora.bias != "none":
         return f"lora.bias={cfg.lora.bias} (a trained bias is shared by the base layer)"
-    if cfg.train.save_steps > 0:
-        return "train.save_steps > 0 (a pack writes no checkpoints)"
     if cfg.resume is not None or (run_dir / "config.yaml").is_file():
         return f"{run_dir} was started before (it resumes or reports as a normal job)"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -192,6 +196,32 @@ def train_or_finish(trainer: Any, resume_from_checkpoint: str | None) -> Any:
     return finish_as_trained(trainer, training)
 
 
+# ---- a pack's state on disk (dpo_lab.sweep.pack_store) ---------------------------------------------------
+
+
+def pack_store(jobs: Sequence[PackedJobInfo]) -> Any:
+    """The on-disk state of the pack made of ``jobs`` (None for jobs without a sweep folder)."""
+    from dpo_lab.sweep.pack_store import PackStore
+
+    if any(job.sweep_dir is None or job.run_dir is None for job in jobs):
+        return None
+    return PackStore.for_jobs(jobs[0].sweep_dir, [(job.run_dir, job.run_config) for job in jobs])
+
+
+def saved_share(job: PackedJobInfo) -> Any:
+    """What a finished pack trained for this job before (a sweep killed after its pack had trained, while
+    the jobs wrote their folders), else None (the job trains, packed or alone, or resumes itself). The
+    launcher runs such a job alone with this share, whether its folder was started or not."""
+    from dpo_lab.sweep.pack_store import saved_share as find
+
+    if job.run_config is None or job.sweep_dir is None or job.run_dir is None:
+        return None
+    share = find(job.sweep_dir, job.run_dir, job.run_config)
+    if share is not None:
+        log.info("job %s takes its adapter from the pack that trained it before", job.config.hydra.job.num)
+    return share
+
+
 # ---- one packed group ----------------------------------------------------------------------------------
 
 
@@ -206,10 +236,17 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
     from dpo_lab.model.loading import build_lora_config, load_tokenizer
     from dpo_lab.sweep.cache import job_cache
     from dpo_lab.train.packed import PackJob, build_pack, unpack
+    from dpo_lab.train.preemption import Preemption
     from dpo_lab.train.trainer import build_dpo_args
 
     first = jobs[0].run_config
     assert first is not None
+    store = pack_store(jobs)
+    finished = store.load_result() if store is not None else None
+    if finished is not None and len(finished) == len(jobs):
+        log.info("the pack of jobs %s trained before: its jobs take their adapters from %s",
+                 [job.index for job in jobs], store.folder)  # fmt: skip
+        return finished
     device = device_type()
     precision = resolve_precision(first.train.precision, device)
     started = time.perf_counter()
@@ -228,10 +265,13 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
         prepared = cache.prepared_datasets(first, precision)
         pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared)
         built = time.perf_counter()
-        results = pack.train()
+        with Preemption().armed() as preemption:
+            results = pack.train(store, first.train.save_steps, preemption)
         trained = time.perf_counter()
         _generate_together(pack, jobs, tokenizer, data, results)
         unpack(model)
+        if store is not None:
+            store.save_result(results)
     finally:
         cache.end_job()
     log.info(

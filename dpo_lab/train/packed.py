@@ -17,8 +17,11 @@ methods); it imports trl for one helper only.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
+import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +41,9 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from dpo_lab.model.loading import adapter_state_dict, strip_adapters
 from dpo_lab.sweep.cache import ModelSnapshot
+from dpo_lab.sweep.pack_store import PackStore
 from dpo_lab.train.guards import NonFiniteError
+from dpo_lab.train.preemption import Preemption
 from dpo_lab.train.speed import StepClock
 from dpo_lab.train.trainer import DPOTrainer, PreparedDatasets, build_trainer
 
@@ -79,6 +84,23 @@ class PackedTraining:
     # the task evaluation's answers, generated in the pack (see Pack.generate): conversations, answers of
     # the base ("before") and of this job's adapter ("after"), and the seconds the pack's generation took
     task_answers: dict[str, Any] | None = None
+    # LoRA matrix elements of every job of the pack, in pack order (the FLOP model of a packed step)
+    pack_lora_params: list[int] = field(default_factory=list)
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain values and tensors only (what ``torch.load(weights_only=True)`` reads back)."""
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "error"}
+        state["step_times"] = [list(t) for t in self.step_times]
+        state["error"] = None if self.error is None else [self.error.step, self.error.what]
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> PackedTraining:
+        values = {**state, "step_times": [tuple(t) for t in state["step_times"]], "error": None}
+        result = cls(**values)
+        if state["error"] is not None:
+            result.error = NonFiniteError(state["error"][0], state["error"][1], None)
+        return result
 
 
 @dataclass
@@ -172,7 +194,12 @@ class Pack:
     def leader(self) -> DPOTrainer:
         return self.members[0].trainer
 
-    def train(self) -> list[PackedTraining]:
+    def train(
+        self, store: PackStore | None = None, save_steps: int = 0, preemption: Preemption | None = None
+    ) -> list[PackedTraining]:
+        """The packed optimisation. With ``store``, the pack's state is saved every ``save_steps`` optimizer
+        steps and at the last one, and training resumes from the store's newest checkpoint; a preemption
+        signal (``preemption``) saves a checkpoint at the next step boundary and exits for requeue."""
         leader = self.leader
         args = leader.args
         dataloader = leader.get_train_dataloader()
@@ -181,9 +208,13 @@ class Pack:
         )
         for member in self.members:
             self._start(member, max_steps, num_epochs)
+        saved = store.latest_checkpoint() if store is not None else None
+        done = self._restore(saved) if saved is not None else 0  # optimizer steps taken before
         start_time = time.time()
         self.model.train()
-        for epoch in range(num_epochs):
+        for epoch in range(done // max(updates_per_epoch, 1), num_epochs):
+            if done >= max_steps or not self._training():
+                break
             if hasattr(dataloader, "set_epoch"):
                 dataloader.set_epoch(epoch)
             batches = iter(dataloader)
@@ -193,19 +224,82 @@ class Pack:
                 remainder = steps_in_epoch % accumulation or accumulation
                 num_batches = accumulation if update != updates_per_epoch - 1 else remainder
                 samples, _ = leader.get_batch_samples(batches, num_batches, args.device)
+                step += len(samples)
+                if epoch * updates_per_epoch + update < done:  # trained before the checkpoint
+                    continue
+                if saved is not None:  # the data order is replayed: now the random state of the step
+                    set_rng_state(saved["rng"])
+                    saved = None
                 for member in self._alive():
                     member.trainer.control = member.trainer.callback_handler.on_step_begin(
                         member.trainer.args, member.trainer.state, member.trainer.control
                     )
                 for inputs in samples:
-                    step += 1
                     self._micro_step(inputs, len(samples))
                 self._optimizer_step(epoch + (step + 1) / steps_in_epoch, start_time)
-                if all(m.trainer.control.should_training_stop for m in self._alive()):
+                done += 1
+                self._maybe_checkpoint(store, done, save_steps, max_steps, preemption)
+                if done >= max_steps or not self._training():
                     break
-            if not self._alive() or all(m.trainer.control.should_training_stop for m in self._alive()):
-                break
         return [self._finish(m, start_time, num_train_samples) for m in self.members]
+
+    def _training(self) -> bool:
+        """Some job is still in the pack and has steps to take."""
+        alive = self._alive()
+        return bool(alive) and not all(m.trainer.control.should_training_stop for m in alive)
+
+    def _maybe_checkpoint(
+        self, store: PackStore | None, done: int, save_steps: int, max_steps: int, preemption: Any
+    ) -> None:
+        if store is None:
+            return
+        signalled = preemption is not None and preemption.signum is not None
+        if signalled or done == max_steps or (save_steps > 0 and done % save_steps == 0):
+            store.save_checkpoint(done, self.state_dict(done))
+        if signalled:
+            log.warning("preemption signal: the pack stopped after step %d, its checkpoint saved", done)
+            preemption.stopped_at_step = done
+            preemption.exit_for_requeue()
+
+    def state_dict(self, done: int) -> dict[str, Any]:
+        """Everything a resumed pack needs after ``done`` optimizer steps (plain values and tensors)."""
+        return {"step": done, "rng": rng_state(), "members": [self._member_state(m) for m in self.members]}
+
+    def _member_state(self, member: _Member) -> dict[str, Any]:
+        trainer = member.trainer
+        adapter = get_peft_model_state_dict(self.model, adapter_name=member.name)
+        return {
+            "name": member.name,
+            "adapter": {k: v.detach().clone() for k, v in adapter.items()},
+            "optimizer": member.optimizer.state_dict(),
+            "scheduler": member.scheduler.state_dict(),
+            "trainer_state": json.dumps(dataclasses.asdict(trainer.state)),
+            "pending_metrics": {k: list(v) for k, v in trainer._metrics["train"].items()},
+            "total_train_tokens": int(trainer._total_train_tokens),
+            "current_flos": float(trainer.current_flos),
+            "losses": [member.tr_loss, member.total_loss, member.last_logged],
+            "result": member.result.to_state(),
+        }
+
+    def _restore(self, saved: dict[str, Any]) -> int:
+        """Load a checkpoint's state into the pack (after :meth:`_start`); returns its optimizer steps."""
+        by_name = {m.name: m for m in self.members}
+        if sorted(by_name) != sorted(state["name"] for state in saved["members"]):
+            raise ValueError("the pack checkpoint holds other adapters than this pack")
+        for state in saved["members"]:
+            member = by_name[state["name"]]
+            trainer = member.trainer
+            set_peft_model_state_dict(self.model, state["adapter"], adapter_name=member.name)
+            member.optimizer.load_state_dict(state["optimizer"])
+            member.scheduler.load_state_dict(state["scheduler"])
+            trainer.state = TrainerState(**json.loads(state["trainer_state"]))
+            trainer._metrics["train"].clear()
+            trainer._metrics["train"].update(state["pending_metrics"])
+            trainer._total_train_tokens = state["total_train_tokens"]
+            trainer.current_flos = state["current_flos"]
+            member.tr_loss, member.total_loss, member.last_logged = state["losses"]
+            member.result = PackedTraining.from_state(state["result"])
+        return int(saved["step"])
 
     def _alive(self) -> list[_Member]:
         return [m for m in self.members if m.alive]
@@ -393,6 +487,7 @@ class Pack:
             for k, v in get_peft_model_state_dict(self.model, adapter_name=member.name).items()
         }
         result.log_history = list(state.log_history)
+        result.pack_lora_params = [sum(p.numel() for p in m.params) for m in self.members]
         result.global_step, result.epoch = steps, state.epoch or 0.0
         result.num_input_tokens_seen = state.num_input_tokens_seen
         return result
@@ -407,6 +502,30 @@ def _reference_from_inputs(trainer: DPOTrainer) -> Iterator[None]:
         yield
     finally:
         trainer.precompute_ref_logps = saved
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's (CPU and CUDA), Python's and NumPy's random states, as plain values and tensors."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
 def job_optimizer(trainer: DPOTrainer, model: torch.nn.Module, params: Sequence[torch.nn.Parameter]):
@@ -521,6 +640,7 @@ def finish_as_trained(trainer: DPOTrainer, packed: PackedTraining) -> TrainOutpu
             callback.first_step_at, callback.first_step_cpu = first, first_cpu
             callback.last_step_at, callback.last_step_cpu = last, last_cpu
             callback.steps = len(packed.step_times)
+            callback.pack_lora_params = list(packed.pack_lora_params)
     trainer.control = handler.on_train_end(args, state, trainer.control)
     if not math.isfinite(packed.training_loss):
         log.warning("packed job finished with a non-finite mean training loss")

@@ -61,6 +61,7 @@ class PackedLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
         self._described: dict[int, Any] = {}
+        self._shares: dict[int, Any] = {}  # position -> what a pack trained for the job before
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -85,21 +86,26 @@ class PackedLauncher(Launcher):
 
         runs: list[JobReturn | None] = [None] * len(configs)
         for group in self._groups(configs):
-            trained = self._train_together(group, configs) if len(group) > 1 else [None]
+            trained = self._train_together(group, configs) if len(group) > 1 else [self._saved(group[0])]
             for position, share in zip(group, trained, strict=True):
                 runs[position] = self._run_one(configs[position], share)
         return [run for run in runs if run is not None]
 
     def _groups(self, configs: list[DictConfig]) -> list[list[int]]:
         """Positions of the jobs in run order, grouped: dpo_lab jobs that can share a base together."""
+        self._described, self._shares = {}, {}
         if not any(_is_dpo_lab_job(cfg) for cfg in configs):
             return [[i] for i in range(len(configs))]
-        from dpo_lab.sweep.packing import describe_job, plan_groups
+        from dpo_lab.sweep.packing import describe_job, plan_groups, saved_share
 
         described = []
         for position, cfg in enumerate(configs):
             HydraConfig.instance().set_config(cfg)  # as run_job does: a config may read ${hydra:...}
             job = describe_job(position, cfg)
+            share = saved_share(job)
+            if share is not None:  # a pack trained it before the sweep was stopped: it trains no more
+                self._shares[position] = share
+                job.why_alone = "a pack trained it before (its outcome is in the sweep folder's .packs/)"
             if job.why_alone and job.run_config is not None:
                 log.info(f"job #{cfg.hydra.job.num} runs alone: {job.why_alone}")
             described.append(job)
@@ -121,6 +127,10 @@ class PackedLauncher(Launcher):
             return [None] * len(group)
         finally:
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
+    def _saved(self, position: int) -> Any:
+        """A lone dpo_lab job's share of a pack that trained it before the sweep was stopped, or None."""
+        return self._shares.get(position)
 
     def _run_one(self, sweep_config: DictConfig, share: Any) -> JobReturn:
         assert self.hydra_context is not None and self.task_function is not None and self.config is not None

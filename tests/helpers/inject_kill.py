@@ -10,7 +10,11 @@ cluster would, but at a chosen moment instead of a polled one:
   written and before the RNG and trainer state (so before dpo_lab's completeness marker);
 - ``after-last-checkpoint``: right after the final step's checkpoint is complete (marker written);
 - ``final-save``: inside the final save, with ``.adapter.partial`` written and not yet renamed to ``adapter``;
-- ``before-final-save``: as the final save starts (outside training: for signals that training handles).
+- ``before-final-save``: as the final save starts (outside training: for signals that training handles);
+- ``pack-step:N``: inside packed optimizer step N of a ``hydra/launcher=packed`` sweep, after the forward
+  and backward pass, before the jobs' optimizer steps;
+- ``pack-finish:N``: as the N-th job of a packed sweep takes its adapter from the pack (after the pack's
+  outcome is saved, with the jobs before it complete).
 
 Only the tests use it; the package has no hook for it.
 """
@@ -24,7 +28,7 @@ import signal
 import transformers
 
 from dpo_lab.runs import atomic as artifacts
-from dpo_lab.train import checkpoints, trainer
+from dpo_lab.train import checkpoints, packed, trainer
 
 POINT, _, STEP = os.environ["DPO_LAB_TEST_KILL"].partition(":")
 SIGNAL = signal.Signals[os.environ.get("DPO_LAB_TEST_SIGNAL", "SIGKILL")]
@@ -80,6 +84,25 @@ def patch() -> None:
             artifacts.replace_dir = killed_before_rename
         else:
             artifacts.save_adapter = killed_before_save
+    elif POINT == "pack-step":
+        optimizer_step = packed.Pack._optimizer_step
+
+        def killed_in_pack_step(self, *args, **kwargs):
+            if self.leader.state.global_step + 1 == int(STEP):
+                die()
+            return optimizer_step(self, *args, **kwargs)
+
+        packed.Pack._optimizer_step = killed_in_pack_step
+    elif POINT == "pack-finish":
+        finish, taken = packed.finish_as_trained, []
+
+        def killed_taking_share(*args, **kwargs):
+            taken.append(1)
+            if len(taken) == int(STEP):
+                die()
+            return finish(*args, **kwargs)
+
+        packed.finish_as_trained = killed_taking_share
     else:
         raise ValueError(f"DPO_LAB_TEST_KILL: unknown point {POINT!r}")
 

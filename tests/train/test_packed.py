@@ -80,9 +80,9 @@ def _reset(setup) -> None:
     assert not snapshot.differences(model)
 
 
-def _job(job: dict, tmp_path, name: str) -> PackJob:
+def _job(job: dict, tmp_path, name: str, steps: int = 3) -> PackJob:
     train = TrainConfig(
-        learning_rate=job["lr"], per_device_train_batch_size=4, per_device_eval_batch_size=6, max_steps=3,
+        learning_rate=job["lr"], per_device_train_batch_size=4, per_device_eval_batch_size=6, max_steps=steps,
         logging_steps=1, precision=Precision.fp32, weight_decay=job["wd"], lr_scheduler_type=job["sched"],
         warmup_steps=1, max_grad_norm=0.5, eval_steps=2,
     )  # fmt: skip
@@ -227,12 +227,86 @@ def test_jobs_that_share_a_base_are_grouped_and_the_rest_run_alone() -> None:
         _info(2, dpo={"max_length": 64}),  # other batches: its own group
         _info(3, train={"learning_rate": 1e-3, "weight_decay": 0.1, "lr_scheduler_type": "cosine"}),
         _info(4, lora={"use_dora": True}),  # DoRA: alone
-        _info(5, train={"save_steps": 5}),  # checkpoints: alone
+        _info(5, train={"save_steps": 5}),  # checkpoints every 5 steps: a pack key of its own
         _info(6, train={"per_device_train_batch_size": 2}),  # other batches
         _info(7, dpo={"max_length": 64}, lora={"r": 8}),
     ]
-    assert jobs[4].why_alone.startswith("lora.use_dora") and jobs[5].why_alone.startswith("train.save_steps")
+    assert jobs[4].why_alone.startswith("lora.use_dora") and jobs[5].why_alone is None
     groups = [[job.index for job in group] for group in plan_groups(jobs, "auto")]
     assert groups == [[0, 1, 3], [2, 7], [4], [5], [6]]
     assert [[j.index for j in g] for g in plan_groups(jobs, 2)] == [[0, 1], [3], [2, 7], [4], [5], [6]]
     assert pack_key(jobs[0].run_config) != pack_key(_info(8, seed=7).run_config)  # the data order differs
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_pack_resumes_from_its_checkpoint_as_if_never_stopped(setup, tmp_path, monkeypatch) -> None:
+    """A pack stopped after step 3 of 4 (checkpoint at step 2; 3 steps an epoch, so the resume crosses into
+    the second epoch) and built again from scratch resumes from its checkpoint: every adapter and every
+    logged loss equal the uninterrupted pack's (LoRA dropout on, so the random state must come back too);
+    a finished pack's outcome is read back as it was."""
+    from dpo_lab.sweep.pack_store import PackStore
+    from dpo_lab.train.packed import Pack
+
+    data, tokenizer, model, _ = setup
+    specs = [dict(j, lora=dataclasses.replace(j["lora"], dropout=0.3)) for j in JOBS[:2]]
+
+    def train(store, stop_after=None):
+        jobs = [_job(j, tmp_path, f"r{i}", 4) for i, j in enumerate(specs)]
+        for job in jobs:
+            job.args.disable_dropout = False  # TRL's default turns dropout off
+        pack = build_pack(model, tokenizer, jobs, data.train, data.eval)
+        if stop_after is not None:
+            step = Pack._optimizer_step
+
+            def stopping(self, *args):
+                step(self, *args)
+                if self.leader.state.global_step == stop_after:
+                    raise _Killed
+
+            monkeypatch.setattr(Pack, "_optimizer_step", stopping)
+        try:
+            return pack.train(store, save_steps=2)
+        finally:
+            monkeypatch.undo()
+            _reset(setup)
+
+    whole = train(PackStore(tmp_path / "whole"))
+    store = PackStore(tmp_path / "killed")
+    with pytest.raises(_Killed):
+        train(store, stop_after=3)
+    assert [step for step, _ in store.checkpoints()] == [2]
+    resumed = train(store)
+    assert [step for step, _ in store.checkpoints()] == [2, 4]  # the final step is saved too
+    for i, (a, b) in enumerate(zip(whole, resumed, strict=True)):
+        assert a.global_step == b.global_step == 4
+        diff = max((a.adapter[k] - b.adapter[k]).abs().max().item() for k in a.adapter)
+        assert diff == 0.0, f"job {i}: resumed adapter differs by {diff}"
+        losses = [(h["step"], h["loss"]) for h in a.log_history if "loss" in h]
+        assert losses == [(h["step"], h["loss"]) for h in b.log_history if "loss" in h]
+        assert [h["step"] for h in a.log_history if "eval_loss" in h] == [2, 4]
+        assert [h["eval_loss"] for h in a.log_history if "eval_loss" in h] == [
+            h["eval_loss"] for h in b.log_history if "eval_loss" in h
+        ]
+        assert len(b.step_times) == 4 and b.num_input_tokens_seen == a.num_input_tokens_seen
+
+    store.save_result(resumed)
+    assert store.checkpoints() == []
+    again = store.load_result()
+    for a, b in zip(resumed, again, strict=True):
+        assert a.log_history == b.log_history and a.step_times == b.step_times
+        assert all(torch.equal(a.adapter[k], b.adapter[k]) for k in a.adapter)
+
+
+def test_an_unreadable_pack_checkpoint_falls_back_to_the_one_before(tmp_path) -> None:
+    from dpo_lab.sweep.pack_store import PackStore
+
+    store = PackStore(tmp_path)
+    store.save_checkpoint(2, {"step": 2, "x": torch.ones(3)})
+    store.save_checkpoint(4, {"step": 4, "x": torch.ones(3)})
+    store.save_checkpoint(6, {"step": 6, "x": torch.ones(3)})
+    assert [step for step, _ in store.checkpoints()] == [4, 6]  # the newest two are kept
+    (tmp_path / "checkpoint-6.pt").write_bytes(b"torn")
+    assert store.latest_checkpoint()["step"] == 4
