@@ -17,6 +17,12 @@ positions whose log-prob the loss needs) and S2 = sum over sequences of (sequenc
   ``2 * N_base * T + 2 * N_head * C + 4 * L * d_attn * S2``, unless the reference log-probs were
   precomputed before training.
 
+A job trained in a pack of K (``hydra/launcher=packed``, dpo_lab.train.packed) runs its own policy forward
+and backward, with its own LoRA matrices, over its copy of the batch, and shares one reference forward with
+the other K-1 jobs (:func:`packed_flop_report`): its own FLOPs are its policy terms plus 1/K of the
+reference forward, and the pack's are the sum over its jobs (the reference forward once). The job's MFU is
+its own FLOPs over the pack's training time, so the jobs' MFUs add up to the pack's.
+
 Not counted: elementwise work (norms, activations, softmax, rotary, the loss), embedding look-ups, the
 recomputed forward of gradient checkpointing (MFU counts the model's FLOPs, not the hardware's), padding
 tokens. The activation gradient into the first layer's q/k/v inputs is counted although autograd skips it
@@ -26,8 +32,8 @@ when the embeddings are frozen and checkpointing is off: an over-count of ~2% on
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -215,4 +221,48 @@ def flop_report(
         "achieved_flops_per_s": terms["total"] / seconds if seconds > 0 else 0.0,
         "peak_flops_per_s": peak_flops_per_s,
         "mfu": mfu(terms["total"], seconds, peak_flops_per_s),
+    }
+
+
+def packed_flop_report(
+    shapes: ModelShapes,
+    pack_lora_params: Sequence[int],
+    ratios: dict[str, float],
+    *,
+    tokens: float,
+    seconds: float,
+    peak_flops_per_s: float,
+    reference_forward: bool,
+) -> dict[str, Any]:
+    """:func:`flop_report` of one job of a pack whose K jobs' LoRA sizes are ``pack_lora_params`` (see the
+    module docstring); ``tokens`` and ``seconds`` are the job's own tokens and the pack's training time.
+    The pack's terms, FLOP/s and MFU are under ``"pack"``."""
+    counts = counts_from_ratios(tokens, ratios)
+    size = len(pack_lora_params)
+    reference = forward_flops(shapes, counts, with_lora=False) if reference_forward else 0.0
+    own = dpo_step_flops(shapes, counts, reference_forward=False)
+    own["reference_forward"] = reference / size
+    own["total"] = own["policy_forward"] + own["policy_backward"] + own["reference_forward"]
+    pack = {"policy_forward": 0.0, "policy_backward": 0.0, "reference_forward": reference}
+    for lora_params in pack_lora_params:
+        job = replace(shapes, lora_params=lora_params)
+        pack["policy_forward"] += forward_flops(job, counts, with_lora=True)
+        pack["policy_backward"] += backward_flops(job, counts)
+    pack["total"] = sum(pack.values())
+    return {
+        "shapes": shapes.to_dict(),
+        "token_ratios": ratios,
+        "reference_forward": reference_forward,
+        "train_flops": own,
+        "flops_per_token": own["total"] / tokens if tokens else 0.0,
+        "achieved_flops_per_s": own["total"] / seconds if seconds > 0 else 0.0,
+        "peak_flops_per_s": peak_flops_per_s,
+        "mfu": mfu(own["total"], seconds, peak_flops_per_s),
+        "pack": {
+            "size": size,
+            "lora_params": list(pack_lora_params),
+            "train_flops": pack,
+            "achieved_flops_per_s": pack["total"] / seconds if seconds > 0 else 0.0,
+            "mfu": mfu(pack["total"], seconds, peak_flops_per_s),
+        },
     }

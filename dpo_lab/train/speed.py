@@ -34,7 +34,13 @@ from transformers import TrainerCallback
 from dpo_lab.config.schemas import Precision
 from dpo_lab.model.hardware import compute_dtype
 from dpo_lab.train.batching import pair_token_lengths
-from dpo_lab.train.flops import flop_report, measure_peak_flops, model_shapes, token_ratios
+from dpo_lab.train.flops import (
+    flop_report,
+    measure_peak_flops,
+    model_shapes,
+    packed_flop_report,
+    token_ratios,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,8 @@ class StepClock(TrainerCallback):
         self.training = False
         self.eval_seconds_in_train = 0.0
         self.tokens_at_start = 0  # num_input_tokens_seen when train() began: > 0 after a resume
+        # a job trained in a pack (dpo_lab.train.packed.finish_as_trained): the LoRA size of every job of it
+        self.pack_lora_params: list[int] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
@@ -144,14 +152,13 @@ def speed_metrics(
     }
     peak = measure_peak_flops(device, compute_dtype(precision))
     ratios = token_ratios(pair_token_lengths(trainer.train_dataset), trainer.args.max_length)
-    flops = flop_report(
-        model_shapes(trainer.model),
-        ratios,
-        tokens=tokens,
-        seconds=seconds,
-        peak_flops_per_s=peak,
-        reference_forward=not trainer.args.precompute_ref_log_probs,
-    )
+    report = dict(tokens=tokens, seconds=seconds, peak_flops_per_s=peak,
+                  reference_forward=not trainer.args.precompute_ref_log_probs)  # fmt: skip
+    shapes = model_shapes(trainer.model)
+    if clock.pack_lora_params:
+        flops = packed_flop_report(shapes, clock.pack_lora_params, ratios, **report)
+    else:
+        flops = flop_report(shapes, ratios, **report)
     metrics["mfu"] = flops["mfu"]
     metrics["flops"] = flops
     log.info(

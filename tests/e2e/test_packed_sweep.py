@@ -54,6 +54,12 @@ def test_packed_jobs_equal_the_basic_launchers(sweeps) -> None:
         mine, theirs = _metrics(job), _metrics(alone)
         assert mine["status"] == theirs["status"] == "completed"
         assert mine["train"]["pack_size"] == 4 and "pack_size" not in theirs["train"]
+        # the FLOP model of a packed step: the job's own policy FLOPs equal the job's alone (reference
+        # precomputed), the pack's are the sum over its 4 jobs (2 ranks x 2 betas)
+        own, pack = mine["flops"]["train_flops"], mine["flops"]["pack"]
+        assert own["total"] == pytest.approx(theirs["flops"]["train_flops"]["total"], rel=1e-6)
+        assert pack["size"] == 4 and sorted(pack["lora_params"])[0] * 2 == sorted(pack["lora_params"])[-1]
+        assert pack["mfu"] > mine["mfu"] > 0
         assert yaml.safe_load((job / "config.yaml").read_text()) == yaml.safe_load(
             (alone / "config.yaml").read_text()
         )

@@ -20,6 +20,7 @@ from dpo_lab.train.flops import (
     measure_peak_flops,
     mfu,
     model_shapes,
+    packed_flop_report,
     token_ratios,
 )
 from dpo_lab.train.speed import StepClock, process_started_at, step_timing
@@ -48,6 +49,36 @@ def test_dpo_step_counts_the_reference_forward_unless_precomputed() -> None:
     }
     without = dpo_step_flops(SHAPES, COUNTS, reference_forward=False)
     assert without["reference_forward"] == 0 and without["total"] == 7112
+
+
+def test_a_packed_job_owns_its_policy_terms_and_a_share_of_the_one_reference_forward() -> None:
+    # a pack of 2: this job's LoRA has 10 weights, the other job's 20; the reference forward runs once
+    ratios = {"completion_per_token": 3 / 8, "sum_sq_per_token": 32 / 8}  # COUNTS again from T = 8
+    report = packed_flop_report(SHAPES, [10, 20], ratios, tokens=8, seconds=2.0, peak_flops_per_s=1000.0,
+                                reference_forward=True)  # fmt: skip
+    assert report["train_flops"] == {
+        "policy_forward": 2964,
+        "policy_backward": 4148,
+        "reference_forward": 2804 / 2,
+        "total": 2964 + 4148 + 1402,
+    }
+    # the other job: forward 2804 + 2*20*8 = 3124, backward 1780 + 2048 + 4*20*8 = 4468
+    pack = report["pack"]
+    assert pack["size"] == 2 and pack["lora_params"] == [10, 20]
+    assert pack["train_flops"] == {
+        "policy_forward": 2964 + 3124,
+        "policy_backward": 4148 + 4468,
+        "reference_forward": 2804,
+        "total": 17508,
+    }
+    assert report["mfu"] == pytest.approx(8514 / 2 / 1000) and pack["mfu"] == pytest.approx(17508 / 2 / 1000)
+    precomputed = packed_flop_report(SHAPES, [10, 20], ratios, tokens=8, seconds=2.0, peak_flops_per_s=1000.0,
+                                     reference_forward=False)  # fmt: skip
+    assert (
+        precomputed["train_flops"]["reference_forward"]
+        == precomputed["pack"]["train_flops"]["reference_forward"]
+        == 0
+    )
 
 
 def test_token_ratios_and_truncation_by_hand() -> None:
