@@ -16,7 +16,7 @@ from transformers import set_seed
 from dpo_lab.config.schemas import Precision, RunConfig
 from dpo_lab.data.report import format_report
 from dpo_lab.evaluation.task import evaluate_task, load_task_prompts
-from dpo_lab.model.hardware import describe, device_type, resolve_precision
+from dpo_lab.model.hardware import describe, device_type, keep_freed_memory, resolve_precision
 from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets, load_tokenizer
 from dpo_lab.model.source import check_source, model_name
 from dpo_lab.runs.atomic import write_final_artifacts
@@ -110,6 +110,7 @@ def start_job(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> Job:
     """Seed, hardware, and what the folder holds already (resume, or a completed run); saves config.yaml."""
     started = job_started_at()  # process start for the first job, so imports and Hydra count
     check_source(run_cfg.model)  # an unfetched or contradicting base stops here, before anything loads
+    keep_freed_memory(run_cfg.keep_freed_memory)
     set_seed(run_cfg.seed)
     device = device_type()
     precision = resolve_precision(run_cfg.train.precision, device)

@@ -524,6 +524,9 @@ class RunConfig:
     # in a same-process multirun, hand the next job the loaded base model (adapter removed), the tokenised
     # data and the reference log-probs when they would come out identical; false reloads them for every job
     reuse: bool = True
+    # CPU memory that torch frees stays in the process for the next step (glibc malloc: no fresh mmap and
+    # page faults for every large tensor, every step); false = glibc's defaults (hardware.keep_freed_memory)
+    keep_freed_memory: bool = True
     # seeds Python, NumPy, torch, the adapter init, data shuffling and the held-out split
     seed: int = 42
     # a run folder to continue from its newest complete checkpoint, with the overrides it was started with;

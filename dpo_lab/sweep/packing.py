@@ -232,7 +232,7 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
     (dpo_lab.sweep.cache), so the jobs' own runs afterwards load none of them again.
     """
     from dpo_lab.data.report import format_report
-    from dpo_lab.model.hardware import device_type, resolve_precision
+    from dpo_lab.model.hardware import device_type, keep_freed_memory, resolve_precision
     from dpo_lab.model.loading import build_lora_config, load_tokenizer
     from dpo_lab.sweep.cache import job_cache
     from dpo_lab.train.packed import PackJob, build_pack, unpack
@@ -247,6 +247,7 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
         log.info("the pack of jobs %s trained before: its jobs take their adapters from %s",
                  [job.index for job in jobs], store.folder)  # fmt: skip
         return finished
+    keep_freed_memory(first.keep_freed_memory)
     device = device_type()
     precision = resolve_precision(first.train.precision, device)
     started = time.perf_counter()
