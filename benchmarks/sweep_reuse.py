@@ -1,7 +1,13 @@
 """What a same-process sweep saves: the 4-job tiny sweep (2 betas x 2 LoRA ranks) run three ways.
 
     python benchmarks/sweep_reuse.py [--steps 4 --train 32 --eval 16] [--order multirun,packed]
-        [--override train.precision=fp32] [--out FILE.json]
+        [--override train.precision=fp32] [--out FILE.json] [--keep DIR]
+    python benchmarks/sweep_reuse.py --workload smollm2_beta --order multirun,packed --repeats 1
+
+``--workload``: ``tiny_beta_rank`` (the default, ``sweep=tiny_beta_rank`` shortened by ``--steps``,
+``--train``, ``--eval``) or ``smollm2_beta``: the 3-job beta sweep (0.05, 0.1, 0.5) of
+``experiment=smollm2_hh_finance`` as committed (``--steps`` etc. are ignored; fetch the model first with
+``make smollm2``). ``--keep DIR`` keeps every mode's sweep folder (run folders, ``results.md``, plots).
 
 1. ``separate``: the 4 jobs as 4 ``python -m dpo_lab.run`` processes, one after another (what a shell loop,
    or a launcher that starts a process per job, pays);
@@ -37,10 +43,18 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID = [(beta, r) for beta in (0.1, 0.5) for r in (4, 16)]  # conf/sweep/tiny_beta_rank.yaml
+# the jobs of each workload as (dpo.beta, lora.r)
+WORKLOAD_GRIDS = {
+    "tiny_beta_rank": [(beta, r) for beta in (0.1, 0.5) for r in (4, 16)],  # conf/sweep/tiny_beta_rank.yaml
+    "smollm2_beta": [(beta, 16) for beta in (0.05, 0.1, 0.5)],  # conf/experiment/smollm2_hh_finance.yaml
+}
+GRID = WORKLOAD_GRIDS["tiny_beta_rank"]
 
 
-def common_overrides(steps: int, train: int, eval_: int) -> list[str]:
+def common_overrides(steps: int, train: int, eval_: int, workload: str = "tiny_beta_rank") -> list[str]:
+    """Every job's overrides (the sweep's grid comes from the workload's sweep config or ``sweep_grid``)."""
+    if workload == "smollm2_beta":
+        return ["experiment=smollm2_hh_finance", "logger=none"]
     return [
         "sweep=tiny_beta_rank",
         "logger=none",
@@ -49,6 +63,13 @@ def common_overrides(steps: int, train: int, eval_: int) -> list[str]:
         f"data.max_train_samples={train}",
         f"data.max_eval_samples={eval_}",
     ]
+
+
+def sweep_grid(workload: str) -> list[str]:
+    """The multirun overrides that make the workload's grid (none: its sweep config holds it)."""
+    if workload == "smollm2_beta":
+        return ["dpo.beta=" + ",".join(f"{b:g}" for b, _ in WORKLOAD_GRIDS[workload])]
+    return []
 
 
 def run(argv: list[str], cache_dir: Path) -> tuple[float, float]:
@@ -94,9 +115,18 @@ def job_results(folder: Path) -> dict[str, dict]:
     return out
 
 
-def measure(work: Path, overrides: list[str], order: list[str], repeats: int, partial: Path) -> dict:
+def measure(
+    work: Path,
+    overrides: list[str],
+    order: list[str],
+    repeats: int,
+    partial: Path,
+    grid: list[tuple[float, int]] = GRID,
+    sweep: list[str] = (),
+) -> dict:
     """Run each mode ``repeats`` times, each run on an empty datasets cache: wall and CPU seconds (min and
-    median over the repeats), the load average around each run, the jobs' results."""
+    median over the repeats), the load average around each run, the jobs' results. ``grid``: the jobs
+    (``separate`` runs them one by one); ``sweep``: the multirun overrides that make the same grid."""
 
     def separate(folder: Path) -> tuple[float, float]:
         times = [
@@ -104,14 +134,20 @@ def measure(work: Path, overrides: list[str], order: list[str], repeats: int, pa
                 [*overrides, f"dpo.beta={b}", f"lora.r={r}", f"hydra.run.dir={folder / 'runs' / str(i)}"],
                 folder / "hf-cache",
             )
-            for i, (b, r) in enumerate(GRID)
+            for i, (b, r) in enumerate(grid)
         ]
         return sum(t[0] for t in times), sum(t[1] for t in times)
 
     def multirun(reuse: bool):
         def action(folder: Path) -> tuple[float, float]:
             return run(
-                ["-m", *overrides, f"reuse={str(reuse).lower()}", f"hydra.sweep.dir={folder / 'runs'}"],
+                [
+                    "-m",
+                    *overrides,
+                    *sweep,
+                    f"reuse={str(reuse).lower()}",
+                    f"hydra.sweep.dir={folder / 'runs'}",
+                ],  # fmt: skip
                 folder / "hf-cache",
             )
 
@@ -119,7 +155,7 @@ def measure(work: Path, overrides: list[str], order: list[str], repeats: int, pa
 
     def packed(folder: Path) -> tuple[float, float]:
         return run(
-            ["-m", *overrides, "hydra/launcher=packed", f"hydra.sweep.dir={folder / 'runs'}"],
+            ["-m", *overrides, *sweep, "hydra/launcher=packed", f"hydra.sweep.dir={folder / 'runs'}"],
             folder / "hf-cache",
         )
 
@@ -176,7 +212,9 @@ def check_same_results(modes: dict[str, dict]) -> list[str]:
     return problems
 
 
-def summarize(modes: dict[str, dict], overrides: list[str], problems: list[str]) -> dict:
+def summarize(
+    modes: dict[str, dict], overrides: list[str], problems: list[str], grid: list[tuple[float, int]] = GRID
+) -> dict:
     """The JSON result: command, machine, every run, and the ratios of min and median times."""
 
     def ratio(slow: str, fast: str, unit: str, stat: str) -> float:
@@ -202,7 +240,7 @@ def summarize(modes: dict[str, dict], overrides: list[str], problems: list[str])
     return {
         "command": " ".join(["python", "benchmarks/sweep_reuse.py", *sys.argv[1:]]),
         "job_overrides": overrides,
-        "grid": [f"dpo.beta={b} lora.r={r}" for b, r in GRID],
+        "grid": [f"dpo.beta={b} lora.r={r}" for b, r in grid],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "modes": modes,
         "ratios": {
@@ -232,15 +270,24 @@ def main() -> None:
         help="extra override for every job, e.g. train.precision=fp32",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_reuse.json")
+    parser.add_argument("--workload", choices=sorted(WORKLOAD_GRIDS), default="tiny_beta_rank")
+    parser.add_argument("--keep", type=Path, help="keep every mode's sweep folder under this folder")
     args = parser.parse_args()
-    overrides = [*common_overrides(args.steps, args.train, args.eval), *args.override]
+    overrides = [*common_overrides(args.steps, args.train, args.eval, args.workload), *args.override]
+    grid = WORKLOAD_GRIDS[args.workload]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial.json")
-    with tempfile.TemporaryDirectory(prefix="sweep-reuse-") as tmp:
-        modes = measure(Path(tmp), overrides, args.order.split(","), args.repeats, partial)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sweep-reuse-", dir=args.keep) as tmp:
+        order, sweep = args.order.split(","), sweep_grid(args.workload)
+        modes = measure(Path(tmp), overrides, order, args.repeats, partial, grid, sweep)
+        if args.keep is not None:  # out of the temporary folder before it is removed
+            for mode_folder in Path(tmp).iterdir():
+                mode_folder.rename(args.keep / mode_folder.name)
     problems = check_same_results(modes)
 
-    result = summarize(modes, overrides, problems)
+    result = summarize(modes, overrides, problems, grid)
     args.out.write_text(json.dumps(result, indent=2))
     partial.unlink()
     for key, value in {**result["ratios"], **result["memory_ratios"]}.items():
