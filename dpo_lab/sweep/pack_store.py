@@ -9,7 +9,8 @@ the remaining jobs to train again. Each pack therefore keeps a folder in the swe
 - ``checkpoint-<step>.pt``, every ``train.save_steps`` optimizer steps: every adapter, optimizer and
   schedule of the pack, each job's trainer state and pending metrics, the RNG state (the newest two are kept;
   one that does not load sends the pack back to the one before);
-- ``result.pt``, once training and the shared task answers are done: each job's :class:`PackedTraining`.
+- ``result.pt``, once training and the shared task answers are done: each job's outcome
+  (``PackedTraining.to_state()`` of dpo_lab.train.packed: plain values and tensors).
 
 The pack id is a digest of its jobs' run folders and configs, so running the same command again finds the
 same folder; a job whose config changed belongs to another pack. Every file is written under a temporary
@@ -103,16 +104,15 @@ class PackStore:
 
     # ---- the outcome -------------------------------------------------------------------------------------
 
-    def save_result(self, results: Sequence[Any]) -> None:
-        """Each job's PackedTraining, in pack order; the checkpoints are no longer needed after it."""
-        _atomic_torch_save([result.to_state() for result in results], self.folder / RESULT_FILE)
+    def save_result(self, states: Sequence[dict[str, Any]]) -> None:
+        """Each job's outcome (``PackedTraining.to_state()``), in pack order; the checkpoints are no longer
+        needed after it."""
+        _atomic_torch_save(list(states), self.folder / RESULT_FILE)
         for _, path in self.checkpoints():
             path.unlink(missing_ok=True)
 
-    def load_result(self) -> list[Any] | None:
-        """The saved outcome (one PackedTraining per job), or None when the pack has not finished."""
-        from dpo_lab.train.packed import PackedTraining
-
+    def load_result(self) -> list[dict[str, Any]] | None:
+        """The saved outcome (one state per job), or None when the pack has not finished."""
         path = self.folder / RESULT_FILE
         if not path.is_file():
             return None
@@ -121,11 +121,11 @@ class PackStore:
         except Exception as err:
             log.warning("pack result %s does not load (%s); the pack trains again", path, err)
             return None
-        return [PackedTraining.from_state(state) for state in states]
+        return states
 
 
-def saved_share(sweep_dir: Path, run_dir: Path, run_config: Any) -> Any | None:
-    """The PackedTraining a finished pack left for this job (same run folder and config), or None."""
+def saved_share(sweep_dir: Path, run_dir: Path, run_config: Any) -> dict[str, Any] | None:
+    """The outcome state a finished pack left for this job (same run folder and config), or None."""
     digest = job_digest(run_config)
     for index in sorted((sweep_dir / PACKS_FOLDER).glob(f"*/{INDEX_FILE}")):
         try:
@@ -141,10 +141,10 @@ def saved_share(sweep_dir: Path, run_dir: Path, run_config: Any) -> Any | None:
     return None
 
 
-_loaded: dict[tuple[str, int], list[Any] | None] = {}
+_loaded: dict[tuple[str, int], list[dict[str, Any]] | None] = {}
 
 
-def _load_result_once(folder: Path) -> list[Any] | None:
+def _load_result_once(folder: Path) -> list[dict[str, Any]] | None:
     """:meth:`PackStore.load_result`, read once per file version (every job of a pack asks for it)."""
     path = folder / RESULT_FILE
     if not path.is_file():

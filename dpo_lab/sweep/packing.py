@@ -213,13 +213,15 @@ def saved_share(job: PackedJobInfo) -> Any:
     the jobs wrote their folders), else None (the job trains, packed or alone, or resumes itself). The
     launcher runs such a job alone with this share, whether its folder was started or not."""
     from dpo_lab.sweep.pack_store import saved_share as find
+    from dpo_lab.train.packed import PackedTraining
 
     if job.run_config is None or job.sweep_dir is None or job.run_dir is None:
         return None
-    share = find(job.sweep_dir, job.run_dir, job.run_config)
-    if share is not None:
-        log.info("job %s takes its adapter from the pack that trained it before", job.config.hydra.job.num)
-    return share
+    state = find(job.sweep_dir, job.run_dir, job.run_config)
+    if state is None:
+        return None
+    log.info("job %s takes its adapter from the pack that trained it before", job.config.hydra.job.num)
+    return PackedTraining.from_state(state)
 
 
 # ---- one packed group ----------------------------------------------------------------------------------
@@ -235,7 +237,7 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
     from dpo_lab.model.hardware import device_type, keep_freed_memory, resolve_precision
     from dpo_lab.model.loading import build_lora_config, load_tokenizer
     from dpo_lab.sweep.cache import job_cache
-    from dpo_lab.train.packed import PackJob, build_pack, unpack
+    from dpo_lab.train.packed import PackedTraining, PackJob, build_pack, unpack
     from dpo_lab.train.preemption import Preemption
     from dpo_lab.train.trainer import build_dpo_args
 
@@ -246,7 +248,7 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
     if finished is not None and len(finished) == len(jobs):
         log.info("the pack of jobs %s trained before: its jobs take their adapters from %s",
                  [job.index for job in jobs], store.folder)  # fmt: skip
-        return finished
+        return [PackedTraining.from_state(state) for state in finished]
     keep_freed_memory(first.keep_freed_memory)
     device = device_type()
     precision = resolve_precision(first.train.precision, device)
@@ -272,7 +274,7 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
         _generate_together(pack, jobs, tokenizer, data, results)
         unpack(model)
         if store is not None:
-            store.save_result(results)
+            store.save_result([result.to_state() for result in results])
     finally:
         cache.end_job()
     log.info(

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
@@ -41,11 +41,13 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from dpo_lab.model.loading import adapter_state_dict, strip_adapters
 from dpo_lab.sweep.cache import ModelSnapshot
-from dpo_lab.sweep.pack_store import PackStore
 from dpo_lab.train.guards import NonFiniteError
 from dpo_lab.train.preemption import Preemption
 from dpo_lab.train.speed import StepClock
 from dpo_lab.train.trainer import DPOTrainer, PreparedDatasets, build_trainer
+
+if TYPE_CHECKING:  # the store reads PackedTraining back: imported for annotations only
+    from dpo_lab.sweep.pack_store import PackStore
 
 log = logging.getLogger(__name__)
 

@@ -248,7 +248,7 @@ def test_a_killed_pack_resumes_from_its_checkpoint_as_if_never_stopped(setup, tm
     logged loss equal the uninterrupted pack's (LoRA dropout on, so the random state must come back too);
     a finished pack's outcome is read back as it was."""
     from dpo_lab.sweep.pack_store import PackStore
-    from dpo_lab.train.packed import Pack
+    from dpo_lab.train.packed import Pack, PackedTraining
 
     data, tokenizer, model, _ = setup
     specs = [dict(j, lora=dataclasses.replace(j["lora"], dropout=0.3)) for j in JOBS[:2]]
@@ -292,9 +292,9 @@ def test_a_killed_pack_resumes_from_its_checkpoint_as_if_never_stopped(setup, tm
         ]
         assert len(b.step_times) == 4 and b.num_input_tokens_seen == a.num_input_tokens_seen
 
-    store.save_result(resumed)
+    store.save_result([result.to_state() for result in resumed])
     assert store.checkpoints() == []
-    again = store.load_result()
+    again = [PackedTraining.from_state(state) for state in store.load_result()]
     for a, b in zip(resumed, again, strict=True):
         assert a.log_history == b.log_history and a.step_times == b.step_times
         assert all(torch.equal(a.adapter[k], b.adapter[k]) for k in a.adapter)
