@@ -310,3 +310,23 @@ def test_an_unreadable_pack_checkpoint_falls_back_to_the_one_before(tmp_path) ->
     assert [step for step, _ in store.checkpoints()] == [4, 6]  # the newest two are kept
     (tmp_path / "checkpoint-6.pt").write_bytes(b"torn")
     assert store.latest_checkpoint()["step"] == 4
+
+
+def test_auto_pack_size_on_a_cpu_packs_what_the_available_memory_holds(monkeypatch) -> None:
+    """``pack_size=auto`` on a CPU: as many copies of the batch's activations as fit in 80% of the
+    machine's available memory (a 3-job SmolLM2 pack peaked near 21 GB on a 24 GB machine), at most 8."""
+    from dpo_lab.sweep import packing
+
+    jobs = [_info(i, dpo={"beta": 0.1 * (i + 1)}) for i in range(10)]
+    cfg = jobs[0].run_config
+    tokens = 2 * cfg.train.per_device_train_batch_size * cfg.dpo.max_length
+    per_copy = tokens * 192 * 4 * 170  # the tiny model: hidden 192, 4 layers; CPU bytes per token-unit-layer
+    monkeypatch.setattr(packing.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(packing, "available_memory", lambda: int(2.5 * per_copy / 0.8))
+    assert packing.auto_pack_size(jobs) == 2
+    monkeypatch.setattr(packing, "available_memory", lambda: per_copy // 10)
+    assert packing.auto_pack_size(jobs) == 1  # never 0: a job too big to pack still runs
+    monkeypatch.setattr(packing, "available_memory", lambda: None)
+    assert packing.auto_pack_size(jobs) == 8
+    monkeypatch.setattr(packing, "available_memory", lambda: 10**15)
+    assert packing.auto_pack_size(jobs[:3]) == 3
