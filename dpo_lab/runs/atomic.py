@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dpo_lab.runs.layout import CARD_FILE, RunLayout
 from dpo_lab.train.distributed import is_main_process, wait_for_everyone
@@ -29,18 +30,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, never a torn one."""
+def atomic_write(path: Path, write: Callable[[IO], Any], mode: str = "w") -> None:
+    """Write ``path`` with ``write(handle)`` (a file opened with ``mode``) so that a crash leaves the old file
+    or the new one, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
+        with open(tmp, mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda handle: handle.write(text))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

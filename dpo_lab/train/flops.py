@@ -218,9 +218,8 @@ def flop_report(
         "reference_forward": reference_forward,
         "train_flops": terms,
         "flops_per_token": terms["total"] / tokens if tokens else 0.0,
-        "achieved_flops_per_s": terms["total"] / seconds if seconds > 0 else 0.0,
+        **_rates(terms["total"], seconds, peak_flops_per_s),
         "peak_flops_per_s": peak_flops_per_s,
-        "mfu": mfu(terms["total"], seconds, peak_flops_per_s),
     }
 
 
@@ -237,32 +236,29 @@ def packed_flop_report(
     """:func:`flop_report` of one job of a pack whose K jobs' LoRA sizes are ``pack_lora_params`` (see the
     module docstring); ``tokens`` and ``seconds`` are the job's own tokens and the pack's training time.
     The pack's terms, FLOP/s and MFU are under ``"pack"``."""
+    report = flop_report(shapes, ratios, tokens=tokens, seconds=seconds, peak_flops_per_s=peak_flops_per_s,
+                         reference_forward=reference_forward)  # fmt: skip
     counts = counts_from_ratios(tokens, ratios)
-    size = len(pack_lora_params)
-    reference = forward_flops(shapes, counts, with_lora=False) if reference_forward else 0.0
-    own = dpo_step_flops(shapes, counts, reference_forward=False)
-    own["reference_forward"] = reference / size
-    own["total"] = own["policy_forward"] + own["policy_backward"] + own["reference_forward"]
+    reference = report["train_flops"]["reference_forward"]  # the one reference forward of the pack
     pack = {"policy_forward": 0.0, "policy_backward": 0.0, "reference_forward": reference}
     for lora_params in pack_lora_params:
-        job = replace(shapes, lora_params=lora_params)
-        pack["policy_forward"] += forward_flops(job, counts, with_lora=True)
-        pack["policy_backward"] += backward_flops(job, counts)
+        job = dpo_step_flops(replace(shapes, lora_params=lora_params), counts, reference_forward=False)
+        pack["policy_forward"] += job["policy_forward"]
+        pack["policy_backward"] += job["policy_backward"]
     pack["total"] = sum(pack.values())
+    own = report["train_flops"]
+    own["reference_forward"] = reference / len(pack_lora_params)
+    own["total"] = own["policy_forward"] + own["policy_backward"] + own["reference_forward"]
+    report["flops_per_token"] = own["total"] / tokens if tokens else 0.0
+    report.update(_rates(own["total"], seconds, peak_flops_per_s))
+    report["pack"] = {"size": len(pack_lora_params), "lora_params": list(pack_lora_params),
+                      "train_flops": pack, **_rates(pack["total"], seconds, peak_flops_per_s)}  # fmt: skip
+    return report
+
+
+def _rates(flops: float, seconds: float, peak_flops_per_s: float) -> dict[str, float]:
+    """Achieved FLOP/s and MFU of ``flops`` done in ``seconds``."""
     return {
-        "shapes": shapes.to_dict(),
-        "token_ratios": ratios,
-        "reference_forward": reference_forward,
-        "train_flops": own,
-        "flops_per_token": own["total"] / tokens if tokens else 0.0,
-        "achieved_flops_per_s": own["total"] / seconds if seconds > 0 else 0.0,
-        "peak_flops_per_s": peak_flops_per_s,
-        "mfu": mfu(own["total"], seconds, peak_flops_per_s),
-        "pack": {
-            "size": size,
-            "lora_params": list(pack_lora_params),
-            "train_flops": pack,
-            "achieved_flops_per_s": pack["total"] / seconds if seconds > 0 else 0.0,
-            "mfu": mfu(pack["total"], seconds, peak_flops_per_s),
-        },
+        "achieved_flops_per_s": flops / seconds if seconds > 0 else 0.0,
+        "mfu": mfu(flops, seconds, peak_flops_per_s),
     }

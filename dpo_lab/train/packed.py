@@ -92,14 +92,12 @@ class PackedTraining:
     def to_state(self) -> dict[str, Any]:
         """Plain values and tensors only (what ``torch.load(weights_only=True)`` reads back)."""
         state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "error"}
-        state["step_times"] = [list(t) for t in self.step_times]
         state["error"] = None if self.error is None else [self.error.step, self.error.what]
         return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> PackedTraining:
-        values = {**state, "step_times": [tuple(t) for t in state["step_times"]], "error": None}
-        result = cls(**values)
+        result = cls(**{**state, "error": None})
         if state["error"] is not None:
             result.error = NonFiniteError(state["error"][0], state["error"][1], None)
         return result
