@@ -81,7 +81,8 @@ def test_public_keys_exist() -> None:
         "lora.target_modules", "dpo.beta", "dpo.loss_type", "dpo.loss_weights", "dpo.max_length",
         "dpo.precompute_ref_log_probs", "train.learning_rate", "train.per_device_train_batch_size",
         "train.gradient_accumulation_steps", "train.num_train_epochs", "train.max_steps", "train.eval_steps",
-        "train.save_steps", "train.gradient_checkpointing", "train.extra", "seed",
+        "train.save_steps", "train.gradient_checkpointing", "train.extra", "seed", "reuse",
+        "keep_freed_memory",
     ]  # fmt: skip
     for key in keys:
         assert OmegaConf.select(cfg, key, default="MISSING-KEY") != "MISSING-KEY", key
@@ -103,7 +104,13 @@ BAD_OVERRIDES = [
     ("model.quantization=nf5", "model.quantization", "none, nf4, int8"),
     ("dpo.loss_type=[sigmod]", "dpo.loss_type", "sigmoid"),
     ("train.learning_rate=0", "train.learning_rate", "> 0"),
+    ("keep_freed_memory=maybe", "keep_freed_memory", "must be true or false"),
 ]
+
+
+def test_keep_freed_memory_composes_both_ways() -> None:
+    assert to_run_config(compose_config()).keep_freed_memory is True
+    assert to_run_config(compose_config(["keep_freed_memory=false"])).keep_freed_memory is False
 
 
 @pytest.mark.parametrize(("override", "key", "allowed"), BAD_OVERRIDES)
