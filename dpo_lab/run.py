@@ -27,6 +27,7 @@ from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.lock import RunFolderBusy, hold_run_folder
 from dpo_lab.runs.redaction import redact_hydra_outputs
 from dpo_lab.runs.result import record_failed_job
+from dpo_lab.sweep.discovery import make_packed_launcher_visible
 from dpo_lab.train.distributed import (
     agree_on_launch_time,
     drop_log_files_off_main,
@@ -105,6 +106,7 @@ def main() -> None:
     """Console entry: friendly one-line errors for bad overrides, then Hydra."""
     register_configs()
     register_resolvers()
+    make_packed_launcher_visible()
     try:
         sys.argv[1:] = launch_args(sys.argv[1:])
         check_overrides(sys.argv[1:])

@@ -141,6 +141,11 @@ def test_installed_wheel_works_from_any_folder(installed: Path, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert yaml.safe_load(proc.stdout)["lora"]["r"] == 16
 
+    # dpo_lab's own Hydra launcher plugin is found (Hydra lists the installed hydra_plugins folders)
+    proc = run_installed(installed, [dpo_lab, "hydra/launcher=packed", "--cfg", "hydra"], work, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PackedLauncher" in yaml.safe_load(proc.stdout)["hydra"]["launcher"]["_target_"]
+
     # a 2-step training, its run folder under the folder it was started from
     proc = run_installed(installed, [dpo_lab, *TINY, "hydra.run.dir=run"], work, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -215,3 +220,22 @@ def test_a_user_file_that_shadows_a_shipped_option_is_refused(tmp_path: Path) ->
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "finance.yaml" in err[0] and "data=finance_mine" in err[0], err
+
+
+def test_the_packed_launcher_is_found_outside_the_checkout(tmp_path: Path) -> None:
+    """This environment's install of the checkout (``pip install -e``, as ``make setup`` does) serves the
+    launcher plugin through an import hook that Hydra's plugin listing does not see; run from another folder
+    with nothing on PYTHONPATH, ``hydra/launcher=packed`` still composes (dpo_lab.sweep.discovery)."""
+    env = cli_env(tmp_path)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo_lab.run", "hydra/launcher=packed", "--cfg", "hydra"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("PackedLauncher") and launcher["pack_size"] == "auto"

@@ -29,18 +29,22 @@ AUTO = "auto"
 
 @dataclass
 class PackedLauncherConf:
+    """``python -m dpo_lab.run -m hydra/launcher=packed [hydra.launcher.pack_size=4] [sweep overrides]``: the
+    sweep's jobs that can share the frozen base train their adapters together, ``pack_size`` at a time, in
+    this process; each job then evaluates and writes its own run folder, W&B run and report row as usual
+    (docs/packed-sweeps.md)."""
+
     _target_: str = "hydra_plugins.dpo_lab_packed_launcher.packed_launcher.PackedLauncher"
     # how many jobs train together: a positive integer, or auto (all of a group on CPU, up to 8; on a GPU
     # as many as fit in the free memory)
     pack_size: Any = AUTO
 
 
-# `packed` for any app; dpo_lab's conf/hydra/launcher/packed.yaml extends `packed_schema`
+# `hydra/launcher=packed` for dpo_lab and for any other Hydra app (Hydra's launcher test suites run their own
+# example apps with it). No conf/hydra/launcher/packed.yaml beside it: a YAML option of the same name would be
+# "validated against ConfigStore schema with the same name", which Hydra warns about on every run.
 ConfigStore.instance().store(
     group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="dpo_lab"
-)
-ConfigStore.instance().store(
-    group="hydra/launcher", name="packed_schema", node=PackedLauncherConf, provider="dpo_lab"
 )
 
 

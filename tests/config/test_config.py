@@ -168,7 +168,8 @@ def test_unknown_key_suggests_the_close_one() -> None:
         check_overrides(["dpo.betta=0.1"])
 
 
-LAUNCHERS = sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
+# the YAML presets, and the packed launcher's own node (its plugin stores it in Hydra's ConfigStore)
+LAUNCHERS = sorted([*(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")), "packed"])
 
 
 def _launcher(option: str, *overrides: str):
