@@ -119,6 +119,7 @@ def packed_sweep(model: str | None, quantization: str, workload: Workload, work:
             "peak_memory_mb": max((j.get("peak_memory_mb", 0.0) for j in done), default=None),
             "tokens_per_second_per_job": [j.get("tokens_per_second") for j in done],
             "pack_size": [j.get("train", {}).get("pack_size", 1) for j in done],
+            "pack_step": [j.get("train", {}).get("pack_step") for j in done],  # auto: together on a GPU
             "eval_loss": [j.get("eval", {}).get("eval_loss") for j in done],
             "jobs_completed": len(done),
             "load_before": load_before,

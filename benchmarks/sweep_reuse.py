@@ -17,7 +17,8 @@
    log-probs of job 1 serve jobs 2-4;
 4. ``packed``: the same with ``hydra/launcher=packed``: the 4 adapters train together in one packed run over
    one base (dpo_lab.train.packed), then each job evaluates and writes its folder
-   (``--order multirun,packed``).
+   (``--order multirun,packed``). ``packed_together`` and ``packed_in_turn`` set ``hydra.launcher.step``
+   (``packed`` leaves it at auto: together on a GPU, in turn on a CPU).
    Peak memory (the sweep process's peak RSS, from the jobs' metrics.json) and the jobs' tokens/s are
    recorded for every mode.
 
@@ -49,6 +50,8 @@ WORKLOAD_GRIDS = {
     "smollm2_beta": [(beta, 16) for beta in (0.05, 0.1, 0.5)],  # conf/experiment/smollm2_hh_finance.yaml
 }
 GRID = WORKLOAD_GRIDS["tiny_beta_rank"]
+# hydra/launcher=packed with hydra.launcher.step=auto (together on a GPU, in turn on a CPU), together, in_turn
+PACKED_MODES = ("packed", "packed_together", "packed_in_turn")
 
 
 def common_overrides(steps: int, train: int, eval_: int, workload: str = "tiny_beta_rank") -> list[str]:
@@ -111,6 +114,7 @@ def job_results(folder: Path) -> dict[str, dict]:
             "tokens_per_second": round(metrics.get("tokens_per_second", 0.0), 1),
             "peak_memory_mb": round(metrics.get("peak_memory_mb", 0.0), 1),
             "pack_size": metrics.get("train", {}).get("pack_size", 1),
+            "pack_step": metrics.get("train", {}).get("pack_step"),
         }
     return out
 
@@ -153,17 +157,29 @@ def measure(
 
         return action
 
-    def packed(folder: Path) -> tuple[float, float]:
-        return run(
-            ["-m", *overrides, *sweep, "hydra/launcher=packed", f"hydra.sweep.dir={folder / 'runs'}"],
-            folder / "hf-cache",
-        )
+    def packed(step: str):
+        def action(folder: Path) -> tuple[float, float]:
+            return run(
+                [
+                    "-m",
+                    *overrides,
+                    *sweep,
+                    "hydra/launcher=packed",
+                    f"hydra.launcher.step={step}",
+                    f"hydra.sweep.dir={folder / 'runs'}",
+                ],  # fmt: skip
+                folder / "hf-cache",
+            )
+
+        return action
 
     actions = {
         "separate": separate,
         "multirun_no_reuse": multirun(False),
         "multirun": multirun(True),
-        "packed": packed,
+        "packed": packed("auto"),
+        "packed_together": packed("together"),
+        "packed_in_turn": packed("in_turn"),
     }
     modes: dict[str, dict] = {name: {"runs": []} for name in order}
     for rep in range(repeats):  # interleaved, so a burst of load elsewhere hits every mode alike
@@ -226,17 +242,17 @@ def summarize(
             ("separate", "multirun"),
             ("separate", "multirun_no_reuse"),
             ("multirun_no_reuse", "multirun"),
-            ("multirun", "packed"),
+            *(("multirun", name) for name in PACKED_MODES),
             ("separate", "packed"),
         )
         if all(name in modes for name in pair)
     ]
-    memory = {}
-    if "packed" in modes and "multirun" in modes:  # the packed sweep's peak over one-job-at-a-time's
-        memory = {
-            f"packed/multirun (peak_memory_mb {stat})": ratio("packed", "multirun", "peak_memory_mb", stat)
-            for stat in ("min", "median")
-        }
+    memory = {  # each packed sweep's peak over one-job-at-a-time's
+        f"{name}/multirun (peak_memory_mb {stat})": ratio(name, "multirun", "peak_memory_mb", stat)
+        for name in PACKED_MODES
+        if name in modes and "multirun" in modes
+        for stat in ("min", "median")
+    }
     return {
         "command": " ".join(["python", "benchmarks/sweep_reuse.py", *sys.argv[1:]]),
         "job_overrides": overrides,

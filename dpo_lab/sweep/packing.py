@@ -44,6 +44,8 @@ from dpo_lab.evaluation.ahead import lend_answers
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+# how a packed step runs its adapters over a micro-batch (hydra.launcher.step; dpo_lab.train.packed.Pack)
+TOGETHER, IN_TURN = "together", "in_turn"
 # per-job keys that may differ inside a pack (everything else in these groups must be equal)
 FREE_KEYS = {
     "dpo": {"beta", "loss_type", "loss_weights", "label_smoothing"},
@@ -113,9 +115,12 @@ def pack_key(cfg: RunConfig) -> str:
     return json.dumps(parts, sort_keys=True, default=lambda v: getattr(v, "value", str(v)))
 
 
-def plan_groups(jobs: Sequence[PackedJobInfo], pack_size: int | str) -> list[list[PackedJobInfo]]:
+def plan_groups(
+    jobs: Sequence[PackedJobInfo], pack_size: int | str, step: str = AUTO
+) -> list[list[PackedJobInfo]]:
     """The batch's jobs in groups, in the order of each group's first job: a group of several jobs trains
-    packed, a group of one runs alone. ``pack_size`` caps a group (``auto``: see :func:`auto_pack_size`)."""
+    packed, a group of one runs alone. ``pack_size`` caps a group (``auto``: see :func:`auto_pack_size`);
+    ``step`` is the launcher's ``step`` (:func:`packed_step`)."""
     by_key: dict[str, list[PackedJobInfo]] = {}
     order: list[list[PackedJobInfo]] = []
     for job in jobs:
@@ -129,7 +134,7 @@ def plan_groups(jobs: Sequence[PackedJobInfo], pack_size: int | str) -> list[lis
         by_key[key].append(job)
     groups = []
     for group in order:
-        size = auto_pack_size(group) if pack_size == AUTO else int(pack_size)
+        size = auto_pack_size(group, step) if pack_size == AUTO else int(pack_size)
         groups.extend(group[i : i + size] for i in range(0, len(group), max(size, 1)))
     return groups
 
@@ -141,16 +146,31 @@ _ACTIVATION_BYTES_PER_TOKEN_UNIT = {"cuda": 40, "cpu": 170}
 _AUTO_CPU_LIMIT = 8
 
 
-def auto_pack_size(group: Sequence[PackedJobInfo]) -> int:
-    """How many jobs of ``group`` train together: as many copies of the batch's activations as fit in 80% of
-    the free memory (the GPU's, or on a CPU the machine's available memory, and at most 8 there), at
-    least 1."""
+def packed_step(step: str, device: str) -> str:
+    """``hydra.launcher.step`` resolved: ``together`` (the batch replicated once per adapter, one forward and
+    backward for all) or ``in_turn`` (each adapter's forward and backward over the batch in turn: one copy
+    of the activations at a time). ``auto``: together on a GPU, in turn on a CPU, where the matmuls are
+    already compute-bound and K copies only add memory traffic (docs/packed-sweeps.md)."""
+    if step == AUTO:
+        return TOGETHER if device == "cuda" else IN_TURN
+    if step not in (TOGETHER, IN_TURN):
+        raise ValueError(f"hydra.launcher.step: expected together, in_turn or auto, got {step!r}")
+    return step
+
+
+def auto_pack_size(group: Sequence[PackedJobInfo], step: str = AUTO) -> int:
+    """How many jobs of ``group`` train together. In turn (:func:`packed_step`), one copy of the activations
+    at a time: the whole group (at most 8 on a CPU). Together: as many copies of the batch's activations as
+    fit in 80% of the free memory (the GPU's, or on a CPU the machine's available memory, and at most 8
+    there), at least 1."""
     if not group or group[0].run_config is None:
         return 1
     cfg = group[0].run_config
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    free = torch.cuda.mem_get_info()[0] if device == "cuda" else available_memory()
     limit = len(group) if device == "cuda" else min(len(group), _AUTO_CPU_LIMIT)
+    if packed_step(step, device) == IN_TURN:
+        return limit
+    free = torch.cuda.mem_get_info()[0] if device == "cuda" else available_memory()
     if free is None:  # no /proc/meminfo: the CPU limit alone
         return limit
     shape = _model_shape(cfg)
@@ -242,8 +262,9 @@ def saved_share(job: PackedJobInfo) -> Any:
 # ---- one packed group ----------------------------------------------------------------------------------
 
 
-def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
-    """Train the adapters of ``jobs`` (one pack key) together; one PackedTraining per job, in order.
+def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
+    """Train the adapters of ``jobs`` (one pack key) together, each packed step run as ``step`` says
+    (:func:`packed_step`); one PackedTraining per job, in order.
 
     The base model, the tokenised data and the reference log-probs come from this process's sweep cache
     (dpo_lab.sweep.cache), so the jobs' own runs afterwards load none of them again.
@@ -281,7 +302,8 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
                                   precision=precision, device=device)  # fmt: skip
             pack_jobs.append(PackJob(args=args, lora=build_lora_config(cfg.lora)))
         prepared = cache.prepared_datasets(first, precision)
-        pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared)
+        in_turn = packed_step(step, device) == IN_TURN
+        pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared, in_turn=in_turn)
         built = time.perf_counter()
         with Preemption().armed() as preemption:
             results = pack.train(store, first.train.save_steps, preemption)
@@ -293,8 +315,9 @@ def train_group(jobs: Sequence[PackedJobInfo]) -> list[Any]:
     finally:
         cache.end_job()
     log.info(
-        "packed %d jobs: %.1f s to build, %.1f s training, %.1f s generating the task answers",
+        "packed %d jobs (%s): %.1f s to build, %.1f s training, %.1f s generating the task answers",
         len(jobs),
+        pack.step_name,
         built - started,
         trained - built,
         time.perf_counter() - trained,

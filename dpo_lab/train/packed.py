@@ -159,7 +159,7 @@ def _slice_forward(layer: LoraLinear, names: list[str | None], rows: int):
                 delta = lora_b(lora_a(layer.lora_dropout[name](xk))) * layer.scaling[name]
                 piece = (piece + delta).to(result.dtype)
             pieces.append(piece)
-        return torch.cat(pieces, dim=0)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
 
     return forward
 
@@ -186,9 +186,14 @@ class Pack:
     :class:`PackedTraining` per job, in the order of the jobs.
     """
 
-    def __init__(self, model: PeftModel, members: list[_Member]):
+    def __init__(self, model: PeftModel, members: list[_Member], in_turn: bool = False):
         self.model = model
         self.members = members
+        self.in_turn = in_turn  # each adapter's forward and backward over the micro-batch in turn
+
+    @property
+    def step_name(self) -> str:
+        return "in_turn" if self.in_turn else "together"  # hydra.launcher.step's names
 
     @property
     def leader(self) -> DPOTrainer:
@@ -321,41 +326,58 @@ class Pack:
         member.result.pack_size = len(self.members)
 
     def _micro_step(self, inputs: dict[str, Any], accumulation: int) -> None:
+        """One micro-batch for every job still in the pack: together (one forward and one backward over the
+        batch replicated once per job) or, with ``in_turn``, each job's forward and backward over the batch
+        in turn, so that only one copy of the activations is alive at a time."""
         leader = self.leader
         alive = self._alive()
         inputs = leader._prepare_inputs(inputs)
         if not all(column in inputs for column in _REF_COLUMNS):
             inputs = {**inputs, **dict(zip(_REF_COLUMNS, self._reference_logps(inputs), strict=True))}
+        turns = [[member] for member in alive] if self.in_turn else [alive]
+        for members in turns:
+            outputs, rows = self._forward(members, inputs)
+            total = None
+            for k, member in enumerate(members):
+                outputs_k = _SliceOfOutputs(outputs, k * rows, (k + 1) * rows)
+                loss = self._job_loss(member, outputs_k, inputs, accumulation)
+                if loss is not None:
+                    total = loss if total is None else total + loss
+            if total is not None:
+                leader.accelerator.backward(total)
+
+    def _forward(self, members: list[_Member], inputs: dict[str, Any]) -> tuple[Any, int]:
+        """The policy forward of ``members``' adapters, each on its own copy of the micro-batch."""
         rows = inputs["input_ids"].shape[0]
         model_kwargs = {
-            k: v.repeat(len(alive), *([1] * (v.dim() - 1)))
+            k: v.repeat(len(members), *([1] * (v.dim() - 1)))
             for k, v in inputs.items()
             if k not in ("completion_mask", *_REF_COLUMNS)
         }
-        completion_mask = inputs["completion_mask"].repeat(len(alive), 1)
+        completion_mask = inputs["completion_mask"].repeat(len(members), 1)
         labels = model_kwargs["input_ids"].masked_fill(completion_mask == 0, -100)
         with (
-            adapters_by_slice(self.model, [m.name for m in alive], rows),
-            leader.compute_loss_context_manager(),
+            adapters_by_slice(self.model, [m.name for m in members], rows),
+            self.leader.compute_loss_context_manager(),
         ):
             outputs = self.model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
-        total = None
-        for k, member in enumerate(alive):
-            trainer = member.trainer
-            with _reference_from_inputs(trainer), trainer.compute_loss_context_manager():
-                loss = trainer._compute_loss(
-                    _SliceOfOutputs(outputs, k * rows, (k + 1) * rows), inputs, False
-                )
-            loss = loss / accumulation
-            trainer.current_flos += float(trainer.floating_point_ops(inputs))
-            trainer._track_num_input_tokens(inputs)
-            if not bool(torch.isfinite(loss.detach())):
-                self._drop(member, f"loss ({float(loss.detach())})")
-                continue
-            member.tr_loss += float(loss.detach())
-            total = loss if total is None else total + loss
-        if total is not None:
-            leader.accelerator.backward(total)
+        return outputs, rows
+
+    def _job_loss(
+        self, member: _Member, outputs: _SliceOfOutputs, inputs: dict[str, Any], accumulation: int
+    ) -> Any:
+        """The job's TRL loss on its slice of the outputs over ``accumulation`` (TRL stores the metrics),
+        or None if it is not finite (the job leaves the pack)."""
+        trainer = member.trainer
+        with _reference_from_inputs(trainer), trainer.compute_loss_context_manager():
+            loss = trainer._compute_loss(outputs, inputs, False) / accumulation
+        trainer.current_flos += float(trainer.floating_point_ops(inputs))
+        trainer._track_num_input_tokens(inputs)
+        if not bool(torch.isfinite(loss.detach())):
+            self._drop(member, f"loss ({float(loss.detach())})")
+            return None
+        member.tr_loss += float(loss.detach())
+        return loss
 
     @torch.no_grad()
     def _reference_logps(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,7 +502,7 @@ class Pack:
             trainer.log(metrics)
             trainer.control = trainer.callback_handler.on_train_end(trainer.args, state, trainer.control)
             # in metrics.json's "train": how many adapters trained together in this job's step
-            result.metrics = {**metrics, "pack_size": len(self.members)}
+            result.metrics = {**metrics, "pack_size": len(self.members), "pack_step": self.step_name}
             result.training_loss = metrics["train_loss"]
         result.adapter = {
             k: v.detach().clone()
@@ -555,12 +577,15 @@ def build_pack(
     train_dataset: Dataset,
     eval_dataset: Dataset | None,
     prepared: PreparedDatasets | None = None,
+    in_turn: bool = False,
 ) -> Pack:
     """K adapters on ``model`` (the base, adapter-free), each initialised exactly as the job alone would be.
 
     Each job's DPOTrainer is built as in a normal run (TRL seeds with the job's seed and creates its adapter);
     the fresh adapter's weights are copied and the layer unwrapped again, then the pack's PeftModel gets one
-    named adapter per job with those weights. ``prepared`` shares tokenised data and reference log-probs.
+    named adapter per job with those weights. ``prepared`` shares tokenised data and reference log-probs;
+    ``in_turn``: the adapters take their forward and backward over each micro-batch one after another
+    (:meth:`Pack._micro_step`).
     """
     if not jobs:
         raise ValueError("a pack needs at least one job")
@@ -596,7 +621,7 @@ def build_pack(
             disable_dropout_in_model(packed)
         trainer.model = trainer.model_wrapped = packed
         members.append(_Member(name=name, trainer=trainer, params=params, result=PackedTraining()))
-    pack = Pack(packed, members)
+    pack = Pack(packed, members, in_turn=in_turn)
     pack._trainable()
     return pack
 

@@ -35,9 +35,14 @@ class PackedLauncherConf:
     (docs/packed-sweeps.md)."""
 
     _target_: str = "hydra_plugins.dpo_lab_packed_launcher.packed_launcher.PackedLauncher"
-    # how many jobs train together: a positive integer, or auto (all of a group on CPU, up to 8; on a GPU
-    # as many as fit in the free memory)
+    # how many jobs train together: a positive integer, or auto (on a GPU as many as fit in the free memory;
+    # on a CPU all of a group, up to 8, or what the available memory holds when they step together)
     pack_size: Any = AUTO
+    # how a packed step runs the adapters over a micro-batch: together (the batch replicated once per adapter,
+    # one forward and backward over all copies: the GPU's way), in_turn (each adapter's forward and backward
+    # over the batch, one after another: one copy of the activations at a time), or auto (together on a GPU,
+    # in_turn on a CPU)
+    step: str = AUTO
 
 
 # `hydra/launcher=packed` for dpo_lab and for any other Hydra app (Hydra's launcher test suites run their own
@@ -57,10 +62,21 @@ def check_pack_size(value: Any) -> int | str:
     return value
 
 
+STEPS = ("together", "in_turn", AUTO)
+
+
+def check_step(value: Any) -> str:
+    """``hydra.launcher.step``: together, in_turn or auto."""
+    if value not in STEPS:
+        raise ValueError(f"hydra.launcher.step: expected one of {', '.join(STEPS)}, got {value!r}")
+    return value
+
+
 class PackedLauncher(Launcher):
-    def __init__(self, pack_size: Any = AUTO) -> None:
+    def __init__(self, pack_size: Any = AUTO, step: str = AUTO) -> None:
         super().__init__()
         self.pack_size = check_pack_size(pack_size)
+        self.step = check_step(step)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -114,7 +130,7 @@ class PackedLauncher(Launcher):
                 log.info(f"job #{cfg.hydra.job.num} runs alone: {job.why_alone}")
             described.append(job)
         self._described = {job.index: job for job in described}
-        groups = plan_groups(described, self.pack_size)
+        groups = plan_groups(described, self.pack_size, self.step)
         return [[job.index for job in group] for group in groups]
 
     def _train_together(self, group: list[int], configs: list[DictConfig]) -> list[Any]:
@@ -125,7 +141,7 @@ class PackedLauncher(Launcher):
         HydraConfig.instance().set_config(configs[group[0]])
         log.info(f"training jobs {[configs[p].hydra.job.num for p in group]} together in one pack")
         try:
-            return train_group(jobs)
+            return train_group(jobs, self.step)
         except Exception:  # the jobs still run, one by one, and report their own errors
             log.exception("packed training failed; its jobs train one by one")
             return [None] * len(group)

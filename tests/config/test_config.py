@@ -195,6 +195,8 @@ def test_launcher_presets_are_slurm_local_and_packed() -> None:
     assert _launcher("local")._target_.endswith("LocalLauncher")
     assert _launcher("packed")._target_.endswith("PackedLauncher")
     assert _launcher("packed").pack_size == "auto"
+    assert _launcher("packed").step == "auto"
+    assert _launcher("packed", "hydra.launcher.step=together").step == "together"
     assert _launcher("packed", "hydra.launcher.pack_size=3").pack_size == 3
 
 

@@ -54,6 +54,7 @@ def test_packed_jobs_equal_the_basic_launchers(sweeps) -> None:
         mine, theirs = _metrics(job), _metrics(alone)
         assert mine["status"] == theirs["status"] == "completed"
         assert mine["train"]["pack_size"] == 4 and "pack_size" not in theirs["train"]
+        assert mine["train"]["pack_step"] == ("together" if torch.cuda.is_available() else "in_turn")
         # the FLOP model of a packed step: the job's own policy FLOPs equal the job's alone (reference
         # precomputed), the pack's are the sum over its 4 jobs (2 ranks x 2 betas)
         own, pack = mine["flops"]["train_flops"], mine["flops"]["pack"]

@@ -82,3 +82,14 @@ def test_pack_size_must_be_a_positive_int_or_auto(value) -> None:
         PackedLauncher(pack_size=value)
     assert PackedLauncher(pack_size="auto").pack_size == "auto"
     assert PackedLauncher(pack_size=3).pack_size == 3
+
+
+@pytest.mark.parametrize("value", ["sideways", "", 2, None])
+def test_the_packed_step_must_be_together_in_turn_or_auto(value) -> None:
+    with pytest.raises(ValueError, match=r"hydra.launcher.step: expected one of together, in_turn, auto"):
+        PackedLauncher(step=value)
+    assert [PackedLauncher(step=v).step for v in ("together", "in_turn", "auto")] == [
+        "together",
+        "in_turn",
+        "auto",
+    ]

@@ -160,15 +160,29 @@ def test_packed_generation_gives_each_adapter_its_own_answers(setup, tmp_path) -
     assert len({tuple(a) for a in (*answers.values(), base)}) == 3, "the adapters must answer differently"
 
 
-@pytest.mark.slow
-def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
-    data, tokenizer, model, _ = setup
-    jobs = [_job(j, tmp_path, f"job{i}") for i, j in enumerate(JOBS)]
-    alone = [_alone(setup, job) for job in jobs]
+@pytest.fixture(scope="module")
+def trained_alone(setup, tmp_path_factory):
+    """The three jobs trained and evaluated one by one, the normal way (shared by both packed steps)."""
+    tmp_path = tmp_path_factory.mktemp("alone")
+    return [_alone(setup, _job(j, tmp_path, f"job{i}")) for i, j in enumerate(JOBS)]
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_turn", [False, True], ids=["together", "in_turn"])
+def test_pack_of_three_matches_each_job_alone(setup, trained_alone, tmp_path, in_turn) -> None:
+    data, tokenizer, model, _ = setup
+    alone = trained_alone
     pack = build_pack(model, tokenizer, [_job(j, tmp_path, f"p{i}") for i, j in enumerate(JOBS)],
-                      data.train, data.eval)  # fmt: skip
-    results = pack.train()
+                      data.train, data.eval, in_turn=in_turn)  # fmt: skip
+    rows = []  # the batch size of every forward through the base during training
+    embed = pack.model.get_input_embeddings()
+    hook = embed.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
+    try:
+        results = pack.train()
+    finally:
+        hook.remove()
+    # 4 pairs a step (8 sequences), evaluations of 6 pairs: together, the 3 jobs' 24 rows in one forward
+    assert max(rows) == (12 if in_turn else 24), sorted(set(rows))
     conversations = [row["prompt"] for row in data.eval][:3]
     generation = GenerationConfig(max_new_tokens=12, batch_size=2)
     base_answers, packed_answers = pack.generate(tokenizer, conversations, generation, seed=0)
@@ -176,6 +190,7 @@ def test_pack_of_three_matches_each_job_alone(setup, tmp_path) -> None:
 
     for i, (single, packed) in enumerate(zip(alone, results, strict=True)):
         assert packed.error is None
+        assert packed.metrics["pack_step"] == ("in_turn" if in_turn else "together")
         assert packed.adapter.keys() == single["adapter"].keys()
         diff = max((packed.adapter[k] - single["adapter"][k]).abs().max().item() for k in packed.adapter)
         assert diff <= 1e-5, f"job {i}: adapter differs by {diff}"
@@ -313,8 +328,9 @@ def test_an_unreadable_pack_checkpoint_falls_back_to_the_one_before(tmp_path) ->
 
 
 def test_auto_pack_size_on_a_cpu_packs_what_the_available_memory_holds(monkeypatch) -> None:
-    """``pack_size=auto`` on a CPU: as many copies of the batch's activations as fit in 80% of the
-    machine's available memory (a 3-job SmolLM2 pack peaked near 21 GB on a 24 GB machine), at most 8."""
+    """``pack_size=auto`` on a CPU with ``step=together``: as many copies of the batch's activations as fit
+    in 80% of the machine's available memory (a 3-job SmolLM2 pack peaked near 21 GB on a 24 GB machine), at
+    most 8. In turn (the CPU's default step) one copy is alive at a time: the memory does not cap the pack."""
     from dpo_lab.sweep import packing
 
     jobs = [_info(i, dpo={"beta": 0.1 * (i + 1)}) for i in range(10)]
@@ -323,10 +339,21 @@ def test_auto_pack_size_on_a_cpu_packs_what_the_available_memory_holds(monkeypat
     per_copy = tokens * 192 * 4 * 170  # the tiny model: hidden 192, 4 layers; CPU bytes per token-unit-layer
     monkeypatch.setattr(packing.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(packing, "available_memory", lambda: int(2.5 * per_copy / 0.8))
-    assert packing.auto_pack_size(jobs) == 2
+    assert packing.auto_pack_size(jobs, "together") == 2
+    assert packing.auto_pack_size(jobs, "in_turn") == 8
+    assert packing.auto_pack_size(jobs) == 8  # auto on a CPU: in turn
     monkeypatch.setattr(packing, "available_memory", lambda: per_copy // 10)
-    assert packing.auto_pack_size(jobs) == 1  # never 0: a job too big to pack still runs
+    assert packing.auto_pack_size(jobs, "together") == 1  # never 0: a job too big to pack still runs
     monkeypatch.setattr(packing, "available_memory", lambda: None)
-    assert packing.auto_pack_size(jobs) == 8
+    assert packing.auto_pack_size(jobs, "together") == 8
     monkeypatch.setattr(packing, "available_memory", lambda: 10**15)
-    assert packing.auto_pack_size(jobs[:3]) == 3
+    assert packing.auto_pack_size(jobs[:3], "together") == 3
+
+
+def test_the_packed_step_is_together_on_a_gpu_and_in_turn_on_a_cpu() -> None:
+    from dpo_lab.sweep.packing import packed_step
+
+    assert packed_step("auto", "cuda") == "together" and packed_step("auto", "cpu") == "in_turn"
+    assert packed_step("together", "cpu") == "together" and packed_step("in_turn", "cuda") == "in_turn"
+    with pytest.raises(ValueError, match="hydra.launcher.step: expected together, in_turn or auto"):
+        packed_step("sideways", "cpu")
