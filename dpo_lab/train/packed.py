@@ -621,6 +621,10 @@ def build_pack(
             disable_dropout_in_model(packed)
         trainer.model = trainer.model_wrapped = packed
         members.append(_Member(name=name, trainer=trainer, params=params, result=PackedTraining()))
+    # what Trainer.train does to a job's model: accelerate's mixed-precision forward (autocast in the training
+    # precision, outputs back in fp32). Without it a bf16 pack would train in fp32, unlike its jobs alone
+    trainers[0].accelerator.prepare_model(packed, device_placement=False, evaluation_mode=True)
+    packed._is_accelerate_prepared = True  # the jobs' own evaluations take it as it is (no second wrapping)
     pack = Pack(packed, members, in_turn=in_turn)
     pack._trainable()
     return pack

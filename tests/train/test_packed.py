@@ -225,6 +225,57 @@ def test_pack_of_three_matches_each_job_alone(setup, trained_alone, tmp_path, in
             assert evaluated[key] == pytest.approx(single["eval"][key], abs=1e-5), f"job {i} {key}"
 
 
+@pytest.mark.slow
+def test_a_bf16_pack_trains_in_bf16_and_in_turn_equals_each_job_alone(tmp_path) -> None:
+    """The pack's model gets accelerate's mixed-precision forward as a job's model does in Trainer.train:
+    its linear layers run under bf16 autocast (not fp32, as they did once), and a pack stepping in turn runs
+    each adapter on the job's own batch shapes, so every job is bit-identical to the job alone."""
+    data = load_preference_data(
+        DataConfig(path=asset_path("finance"), max_train_samples=8, max_eval_samples=4), seed=0
+    )
+    tokenizer = load_tokenizer(MODEL)
+    model = load_base_model(MODEL, Precision.bf16, gradient_checkpointing=False)
+    snapshot = ModelSnapshot.capture(model)
+
+    def job(spec: dict, name: str) -> PackJob:
+        train = TrainConfig(learning_rate=spec["lr"], per_device_train_batch_size=4, max_steps=2,
+                            logging_steps=1, precision=Precision.bf16, eval_steps=0)  # fmt: skip
+        args = build_dpo_args(spec["dpo"], train, output_dir=tmp_path / name, seed=0,
+                              precision=Precision.bf16, device="cpu")  # fmt: skip
+        return PackJob(args=args, lora=build_lora_config(spec["lora"]))
+
+    alone = []
+    for i, spec in enumerate(JOBS[:2]):
+        trainer = build_trainer(
+            model, tokenizer, job(spec, f"a{i}").args, data.train, None, job(spec, "x").lora
+        )
+        trainer.train()
+        alone.append({k: v.detach().clone() for k, v in adapter_state_dict(trainer.model).items()})
+        strip_adapters(model)
+        snapshot.restore(model)
+    for in_turn in (True, False):
+        pack = build_pack(model, tokenizer, [job(s, f"p{i}") for i, s in enumerate(JOBS[:2])], data.train,
+                          None, in_turn=in_turn)  # fmt: skip
+        dtypes = set()
+        layer = next(
+            m for n, m in pack.model.named_modules() if n.endswith("layers.0.mlp.down_proj.base_layer")
+        )
+        hook = layer.register_forward_hook(lambda _m, _i, out, seen=dtypes: seen.add(out.dtype))
+        try:
+            results = pack.train()
+        finally:
+            hook.remove()
+            strip_adapters(model)
+            snapshot.restore(model)
+        assert dtypes == {torch.bfloat16}, (in_turn, dtypes)
+        for single, packed in zip(alone, results, strict=True):
+            diff = max((packed.adapter[k] - single[k]).abs().max().item() for k in single)
+            if in_turn:
+                assert diff == 0.0, f"in turn, a bf16 job differs from alone by {diff}"
+            else:  # K-times larger matmuls round differently in bf16
+                assert diff <= 1e-3
+
+
 def _info(index: int, **changes) -> PackedJobInfo:
     cfg = RunConfig(model=MODEL, data=DataConfig(path=asset_path("finance")))
     for group, values in changes.items():
