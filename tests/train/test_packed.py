@@ -246,9 +246,8 @@ def test_a_bf16_pack_trains_in_bf16_and_in_turn_equals_each_job_alone(tmp_path) 
 
     alone = []
     for i, spec in enumerate(JOBS[:2]):
-        trainer = build_trainer(
-            model, tokenizer, job(spec, f"a{i}").args, data.train, None, job(spec, "x").lora
-        )
+        single = job(spec, f"a{i}")
+        trainer = build_trainer(model, tokenizer, single.args, data.train, None, single.lora)
         trainer.train()
         alone.append({k: v.detach().clone() for k, v in adapter_state_dict(trainer.model).items()})
         strip_adapters(model)
