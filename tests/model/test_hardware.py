@@ -51,28 +51,50 @@ def test_dtype_auto_keeps_fp32_base_on_cpu_and_follows_precision_on_cuda() -> No
     assert resolve_dtype(DType.bfloat16, Precision.fp32, "cpu") is torch.bfloat16
 
 
+_FAULTS_SCRIPT = """
+import json, resource, torch
+from dpo_lab.model.hardware import keep_freed_memory
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.empty(16 * 2**20, dtype=torch.float32).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+released = faults()
+assert keep_freed_memory(True) is True
+faults()  # the heap grows once
+kept = faults()
+print(json.dumps({"released": released, "kept": kept, "pages": 16 * 2**20 * 4 // resource.getpagesize()}))
+"""
+
+
 def test_kept_freed_memory_stops_the_page_faults_of_reallocated_tensors() -> None:
     """A 64 MiB tensor allocated, touched and freed 10 times: with glibc's defaults each one is a fresh mmap
     that page-faults all of its 16,384 pages in again; with keep_freed_memory(True) the heap keeps it, and
-    the pages are faulted in once. (Linux with glibc, as on every machine this project runs on.)"""
-    import resource
+    the pages are faulted in once. (Linux with glibc, as on every machine this project runs on.) Measured
+    in a fresh process: in this one, earlier tests (a training with the setting on) leave a heap whose free
+    space can serve a block without faults."""
+    import json
 
-    from dpo_lab.model.hardware import keep_freed_memory
-
-    def faults() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(10):
-            torch.empty(16 * 2**20, dtype=torch.float32).fill_(1.0)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    pages = 16 * 2**20 * 4 // resource.getpagesize()
-    assert keep_freed_memory(False) is False  # not changed before in this process: nothing to put back
-    released = faults()
-    try:
-        assert keep_freed_memory(True) is True
-        faults()  # the heap grows once
-        kept = faults()
-    finally:
-        keep_freed_memory(False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, timeout=120, check=True
+    )
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    released, kept, pages = counts["released"], counts["kept"], counts["pages"]
     assert released >= 9 * pages, f"{released} faults for 10 fresh 64 MiB blocks"
     assert kept < pages, f"{kept} faults: the freed block was not reused"
+
+
+def test_keep_freed_memory_false_changes_nothing_it_did_not_change(monkeypatch) -> None:
+    """keep_freed_memory(False) in a process that never turned it on leaves glibc alone; after True it puts
+    glibc's defaults back."""
+    from dpo_lab.model import hardware
+
+    monkeypatch.setattr(hardware, "_malloc_kept", False)
+    assert hardware.keep_freed_memory(False) is False
+    try:
+        assert hardware.keep_freed_memory(True) is True and hardware._malloc_kept
+    finally:
+        assert hardware.keep_freed_memory(False) is False
+    assert not hardware._malloc_kept
