@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpo_lab.config.schemas import RunConfig
 from dpo_lab.evaluation.ahead import lend_answers
+from dpo_lab.model.hardware import device_type
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def auto_pack_size(group: Sequence[PackedJobInfo], step: str = AUTO) -> int:
     if not group or group[0].run_config is None:
         return 1
     cfg = group[0].run_config
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_type()
     limit = len(group) if device == "cuda" else min(len(group), _AUTO_CPU_LIMIT)
     if packed_step(step, device) == IN_TURN:
         return limit
@@ -270,7 +271,7 @@ def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
     (dpo_lab.sweep.cache), so the jobs' own runs afterwards load none of them again.
     """
     from dpo_lab.data.report import format_report
-    from dpo_lab.model.hardware import device_type, keep_freed_memory, resolve_precision
+    from dpo_lab.model.hardware import keep_freed_memory, resolve_precision
     from dpo_lab.model.loading import build_lora_config, load_tokenizer
     from dpo_lab.sweep.cache import job_cache
     from dpo_lab.train.packed import PackedTraining, PackJob, build_pack, unpack

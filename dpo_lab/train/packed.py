@@ -334,9 +334,10 @@ class Pack:
         inputs = leader._prepare_inputs(inputs)
         if not all(column in inputs for column in _REF_COLUMNS):
             inputs = {**inputs, **dict(zip(_REF_COLUMNS, self._reference_logps(inputs), strict=True))}
+        rows = inputs["input_ids"].shape[0]
         turns = [[member] for member in alive] if self.in_turn else [alive]
         for members in turns:
-            outputs, rows = self._forward(members, inputs)
+            outputs = self._forward(members, inputs, rows)
             total = None
             for k, member in enumerate(members):
                 outputs_k = _SliceOfOutputs(outputs, k * rows, (k + 1) * rows)
@@ -346,9 +347,9 @@ class Pack:
             if total is not None:
                 leader.accelerator.backward(total)
 
-    def _forward(self, members: list[_Member], inputs: dict[str, Any]) -> tuple[Any, int]:
-        """The policy forward of ``members``' adapters, each on its own copy of the micro-batch."""
-        rows = inputs["input_ids"].shape[0]
+    def _forward(self, members: list[_Member], inputs: dict[str, Any], rows: int) -> Any:
+        """The policy forward of ``members``' adapters, each on its own copy of the ``rows`` of the
+        micro-batch."""
         model_kwargs = {
             k: v.repeat(len(members), *([1] * (v.dim() - 1)))
             for k, v in inputs.items()
@@ -360,8 +361,7 @@ class Pack:
             adapters_by_slice(self.model, [m.name for m in members], rows),
             self.leader.compute_loss_context_manager(),
         ):
-            outputs = self.model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
-        return outputs, rows
+            return self.model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
 
     def _job_loss(
         self, member: _Member, outputs: _SliceOfOutputs, inputs: dict[str, Any], accumulation: int
