@@ -106,33 +106,42 @@ def _alone(setup, job: PackJob):
     return out
 
 
-def test_slices_get_their_own_adapter(setup) -> None:
-    """Each slice of a packed forward equals that adapter alone on that input."""
-    data, tokenizer, model, _ = setup
+def test_slices_get_their_own_adapter() -> None:
+    """Each slice of a packed forward equals that adapter alone on that input.
+
+    Independent of the suite's order: its own base model (not the module's shared one), its own seeded
+    generator (not torch's global RNG, which earlier tests advance), its own thread count.
+    """
     from peft import get_peft_model
 
+    model = load_base_model(MODEL, Precision.fp32, gradient_checkpointing=False)
+    generator = torch.Generator().manual_seed(0)
     packed = get_peft_model(model, build_lora_config(LoraConfig(r=4)), adapter_name="one")
     packed.add_adapter("two", build_lora_config(LoraConfig(r=2, target_modules=["q_proj"])))
     for name, param in packed.named_parameters():
         if "lora_B" in name:
-            param.data.normal_()
+            param.data.normal_(generator=generator)
     packed.eval()
-    ids = torch.randint(0, 100, (2, 7))
+    ids = torch.randint(0, 100, (2, 7), generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        singles = []
-        for name in ("one", "two"):
-            packed.set_adapter(name)
-            singles.append(packed(input_ids=ids).logits)
-        with torch.no_grad(), adapters_by_slice(packed, ["one", "two", None], 2):
-            out = packed(input_ids=ids.repeat(3, 1)).logits
-        with packed.disable_adapter():
-            base = packed(input_ids=ids).logits
-        assert torch.allclose(out[:2], singles[0], atol=1e-5)
-        assert torch.allclose(out[2:4], singles[1], atol=1e-5)
-        assert torch.allclose(out[4:], base, atol=1e-5)
-        assert not torch.allclose(singles[0], singles[1], atol=1e-3)  # the adapters really differ
+        with torch.no_grad():
+            singles = []
+            for name in ("one", "two"):
+                packed.set_adapter(name)
+                singles.append(packed(input_ids=ids).logits)
+            with adapters_by_slice(packed, ["one", "two", None], 2):
+                out = packed(input_ids=ids.repeat(3, 1)).logits
+            with packed.disable_adapter():
+                base = packed(input_ids=ids).logits
     finally:
-        _reset(setup)
+        torch.set_num_threads(threads)
+    assert torch.allclose(out[:2], singles[0], atol=1e-5)
+    assert torch.allclose(out[2:4], singles[1], atol=1e-5)
+    assert torch.allclose(out[4:], base, atol=1e-5)
+    assert not torch.allclose(singles[0], singles[1], atol=1e-3)  # the adapters really differ
+    assert not torch.allclose(singles[0], base, atol=1e-3)
 
 
 def test_packed_generation_gives_each_adapter_its_own_answers(setup, tmp_path) -> None:

@@ -137,6 +137,10 @@ def agent_store(monkeypatch):
 
 
 def test_processes_agree_on_the_first_launch_time(agent_store, monkeypatch) -> None:
+    # the calls below set the variable themselves: set and delete it through monkeypatch first, so that
+    # teardown removes it (delenv of an absent variable records nothing, and the time leaked to later tests)
+    monkeypatch.setenv(distributed.LAUNCH_TIME_ENV, "")
+    monkeypatch.delenv(distributed.LAUNCH_TIME_ENV)
     monkeypatch.setenv("RANK", "1")
     distributed.agree_on_launch_time([])
     first = os.environ[distributed.LAUNCH_TIME_ENV]
