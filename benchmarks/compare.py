@@ -140,8 +140,8 @@ class Side:
 
 def resolved_precision(requested: str) -> str:
     """What dpo_lab's ``train.precision`` resolves to on this machine (fp32, bf16 or fp16)."""
-    from dpo_lab.config.schemas import Precision
-    from dpo_lab.model.hardware import resolve_precision
+    from dpo_lab.runtime.hardware import resolve_precision
+    from dpo_lab.runtime.precision import Precision
 
     return resolve_precision(Precision(requested)).value
 
@@ -492,7 +492,7 @@ def environment(threads: int | None) -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    from dpo_lab.model.hardware import cpu_has_native_bf16
+    from dpo_lab.runtime.hardware import cpu_has_native_bf16
 
     info = {
         "platform": platform.platform(),

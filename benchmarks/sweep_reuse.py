@@ -16,7 +16,7 @@
 3. ``multirun``: the same with ``reuse=true`` (the default): the base model, tokenised data and reference
    log-probs of job 1 serve jobs 2-4;
 4. ``packed``: the same with ``hydra/launcher=packed``: the 4 adapters train together in one packed run over
-   one base (dpo_lab.train.packed), then each job evaluates and writes its folder
+   one base (dpo_lab.packed.pack), then each job evaluates and writes its folder
    (``--order multirun,packed``). ``packed_together`` and ``packed_in_turn`` set ``hydra.launcher.step``
    (``packed`` leaves it at auto: together on a GPU, in turn on a CPU).
    Peak memory (the sweep process's peak RSS, from the jobs' metrics.json) and the jobs' tokens/s are

@@ -13,29 +13,33 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from dpo_lab.config.schemas import Precision, RunConfig
+from dpo_lab.config.schemas import RunConfig
 from dpo_lab.data.report import format_report
-from dpo_lab.evaluation.task import evaluate_task, load_task_prompts
-from dpo_lab.model.hardware import describe, device_type, keep_freed_memory, resolve_precision
+from dpo_lab.evaluation.prompts import load_task_prompts
+from dpo_lab.evaluation.task import evaluate_task
 from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets, load_tokenizer
 from dpo_lab.model.source import check_source, model_name
+from dpo_lab.packed.handoff import train_or_finish
+from dpo_lab.reuse.cache import SweepCache, job_cache
 from dpo_lab.runs.atomic import write_final_artifacts
 from dpo_lab.runs.card import card_hyperparameters, display_name, framework_versions, render_model_card
 from dpo_lab.runs.job import in_multirun, run_identity, task_overrides
 from dpo_lab.runs.layout import RunLayout
+from dpo_lab.runs.provenance import git_state
 from dpo_lab.runs.result import RunResult, record_failure
-from dpo_lab.sweep.cache import SweepCache, job_cache
+from dpo_lab.runtime.hardware import describe, device_type, keep_freed_memory, resolve_precision
+from dpo_lab.runtime.precision import Precision
+from dpo_lab.runtime.processes import check_same_run_dir, is_main_process
 from dpo_lab.sweep.objective import check_finite, objective_value
-from dpo_lab.sweep.packing import train_or_finish
 from dpo_lab.track.callbacks import LogHistoryCallback, MetricsCallback
 from dpo_lab.track.console import ProgressBar
-from dpo_lab.track.tracker import Tracker, git_state, start_run
+from dpo_lab.track.wandb_tracker import Tracker, start_run
 from dpo_lab.train.before_eval import HeldOutBefore
 from dpo_lab.train.checkpoints import CheckpointCallback
-from dpo_lab.train.distributed import BatchCounter, check_same_run_dir, is_main_process, rank_report
 from dpo_lab.train.final_eval import HeldOutAfter
 from dpo_lab.train.guards import NonFiniteGuard
 from dpo_lab.train.preemption import Preemption
+from dpo_lab.train.ranks import BatchCounter, rank_report
 from dpo_lab.train.resume import ResumePlan, plan_resume, save_run_config
 from dpo_lab.train.speed import StepClock, job_started_at, peak_memory_mb, speed_metrics
 from dpo_lab.train.trainer import build_dpo_args, build_trainer

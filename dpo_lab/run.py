@@ -17,24 +17,24 @@ from omegaconf import DictConfig
 from dpo_lab.cli.common import exit_with_config_error
 from dpo_lab.config.overrides import check_overrides, dict_overrides_as_force_add
 from dpo_lab.config.resolvers import CONF_PATH, register_resolvers
-from dpo_lab.config.schemas import ConfigError, RunConfig, register_configs
+from dpo_lab.config.schemas import RunConfig, register_configs
 from dpo_lab.config.user_configs import check_user_config_dirs
 from dpo_lab.config.validation import to_run_config
+from dpo_lab.errors import ConfigError, NonFiniteError
 from dpo_lab.experiment import run_experiment
+from dpo_lab.packed.discovery import make_packed_launcher_visible
 from dpo_lab.runs.failures import check_output_dirs, describe_write_failure
 from dpo_lab.runs.job import in_multirun
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.lock import RunFolderBusy, hold_run_folder
 from dpo_lab.runs.redaction import redact_hydra_outputs
 from dpo_lab.runs.result import record_failed_job
-from dpo_lab.sweep.discovery import make_packed_launcher_visible
-from dpo_lab.train.distributed import (
+from dpo_lab.runtime.processes import (
     agree_on_launch_time,
     drop_log_files_off_main,
     export_submitit_env,
     rank_overrides,
 )
-from dpo_lab.train.guards import NonFiniteError
 from dpo_lab.train.preemption import Terminated, record_interrupted, terminate_as_interrupt
 from dpo_lab.train.resume import resume_overrides
 from dpo_lab.train.trainer import check_extra_keys

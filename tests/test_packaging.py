@@ -225,7 +225,7 @@ def test_a_user_file_that_shadows_a_shipped_option_is_refused(tmp_path: Path) ->
 def test_the_packed_launcher_is_found_outside_the_checkout(tmp_path: Path) -> None:
     """This environment's install of the checkout (``pip install -e``, as ``make setup`` does) serves the
     launcher plugin through an import hook that Hydra's plugin listing does not see; run from another folder
-    with nothing on PYTHONPATH, ``hydra/launcher=packed`` still composes (dpo_lab.sweep.discovery)."""
+    with nothing on PYTHONPATH, ``hydra/launcher=packed`` still composes (dpo_lab.packed.discovery)."""
     env = cli_env(tmp_path)
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(

@@ -26,11 +26,14 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
 from dpo_lab.config.resolvers import CONF_PATH
-from dpo_lab.config.schemas import CompareConfig, ConfigError, Judge
+from dpo_lab.config.schemas import CompareConfig, Judge
 from dpo_lab.config.validation import typed_config
 from dpo_lab.data.loading import load_held_out_rows, load_preference_data
+from dpo_lab.errors import ConfigError
+from dpo_lab.evaluation.checkers import get_checker
 from dpo_lab.evaluation.generation import Messages, generate_answers
-from dpo_lab.evaluation.task import TaskPrompt, get_checker, task_prompts, write_jsonl
+from dpo_lab.evaluation.prompts import TaskPrompt, task_prompts
+from dpo_lab.evaluation.task import write_jsonl
 from dpo_lab.model.loading import adapter_disabled, load_adapter_model, load_tokenizer
 from dpo_lab.runs.folder import RunFolder, read_run
 

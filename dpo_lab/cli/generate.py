@@ -24,8 +24,9 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
 from dpo_lab.config.resolvers import CONF_PATH
-from dpo_lab.config.schemas import ConfigError, GenerateConfig
+from dpo_lab.config.schemas import GenerateConfig
 from dpo_lab.config.validation import typed_config
+from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.generation import Messages, as_messages, generate_answers, stream_answer
 from dpo_lab.model.loading import adapter_disabled, load_adapter_model, load_tokenizer
 from dpo_lab.runs.folder import RunFolder, read_run

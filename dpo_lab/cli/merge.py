@@ -17,15 +17,16 @@ from omegaconf import DictConfig
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
 from dpo_lab.config.resolvers import CONF_PATH
-from dpo_lab.config.schemas import ConfigError, MergeConfig
+from dpo_lab.config.schemas import MergeConfig
 from dpo_lab.config.validation import typed_config
+from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.generation import chat_inputs
-from dpo_lab.model.hardware import torch_dtype
 from dpo_lab.model.loading import load_tokenizer, merge_adapter
 from dpo_lab.model.source import model_name
 from dpo_lab.runs.card import render_merged_card
 from dpo_lab.runs.folder import read_run
 from dpo_lab.runs.layout import CARD_FILE
+from dpo_lab.runtime.hardware import torch_dtype
 
 log = logging.getLogger("dpo_lab.cli.merge")
 

@@ -20,8 +20,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dpo_lab.config.schemas import GROUPS, ConfigError, RunConfig
+from dpo_lab.config.schemas import GROUPS, RunConfig
 from dpo_lab.config.user_configs import group_names, group_options
+from dpo_lab.errors import ConfigError
 
 _OTHER_GROUPS = {"experiment", "sweep", "hydra"}
 _SETS = (OverrideType.CHANGE, OverrideType.ADD, OverrideType.FORCE_ADD)

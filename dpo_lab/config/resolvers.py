@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from dpo_lab.assets import ASSETS_DIR
-from dpo_lab.train.distributed import launch_time
+from dpo_lab.runtime.processes import launch_time
 
 # The shipped configs: the repository's top-level conf/, installed as the package ``dpo_lab.conf``
 # (pyproject.toml), so the same lookup works in a checkout, an editable install and an installed wheel.

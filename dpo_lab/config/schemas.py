@@ -16,13 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-class ConfigError(ValueError):
-    """A config value that is not allowed: carries the full key path and what is allowed."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
+from dpo_lab.runtime.precision import DType, Precision
 
 
 class Quantization(str, Enum):
@@ -31,24 +25,6 @@ class Quantization(str, Enum):
     none = "none"
     nf4 = "nf4"  # QLoRA: 4-bit NormalFloat with double quantization (bitsandbytes)
     int8 = "int8"  # LLM.int8() 8-bit weights (bitsandbytes)
-
-
-class DType(str, Enum):
-    """dtype of the (non-quantized) base weights; ``auto`` follows the training precision."""
-
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class Precision(str, Enum):
-    """Mixed-precision mode of training; ``auto`` picks bf16 only where the device computes it natively."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 class DataFormat(str, Enum):

@@ -11,7 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from dpo_lab.config.resolvers import CONF_PACKAGE
-from dpo_lab.config.schemas import ConfigError
+from dpo_lab.errors import ConfigError
 
 
 def config_dirs(args: list[str]) -> list[Path]:

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dpo_lab.config.schemas import ConfigError, RunConfig
+from dpo_lab.config.schemas import RunConfig
+from dpo_lab.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -9,16 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dpo_lab.config.schemas import ConfigError
 from dpo_lab.data.formats import Reason, RowProblem
-
-
-class DataError(ConfigError):
-    """Data that cannot be used as it is (unreadable file, invalid rows); ``key``: the data.* key to check."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(key, message)
-        self.args = (message,)  # printed alone: the message names files and rows itself
 
 
 def prompt_length_problem(prompt_tokens: int, max_length: int, field: str) -> RowProblem | None:

@@ -20,11 +20,12 @@ from typing import Any
 from datasets import Dataset, Features, List, Value
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import ConfigError, DataColumns, DataConfig, DataFormat, OnInvalid
-from dpo_lab.data.checks import DataError, SplitProblems, invalid_rows_message, prompt_length_problem, tally
+from dpo_lab.config.schemas import DataColumns, DataConfig, DataFormat, OnInvalid
+from dpo_lab.data.checks import SplitProblems, invalid_rows_message, prompt_length_problem, tally
 from dpo_lab.data.formats import FORMATS, Pair, Reason, RowProblem, detect_format, normalise_record
 from dpo_lab.data.report import pair_token_ids, split_report
 from dpo_lab.data.sources import RawSplit, read_split, single_split_source
+from dpo_lab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

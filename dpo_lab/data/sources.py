@@ -29,8 +29,8 @@ from typing import IO, TypeVar
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 
-from dpo_lab.config.schemas import ConfigError, DataConfig
-from dpo_lab.data.checks import DataError
+from dpo_lab.config.schemas import DataConfig
+from dpo_lab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Answers generated ahead of a job's task evaluation: a packed sweep (dpo_lab.sweep.packing) generates the
+"""Answers generated ahead of a job's task evaluation: a packed sweep (dpo_lab.packed.plan) generates the
 answers of all its jobs together and hands each job its own here, right before the job runs."""
 
 from __future__ import annotations

@@ -18,9 +18,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import ConfigError, LoraConfig, ModelConfig, Precision, Quantization
-from dpo_lab.model.hardware import compute_dtype, device_type, resolve_dtype
+from dpo_lab.config.schemas import LoraConfig, ModelConfig, Quantization
+from dpo_lab.errors import ConfigError
 from dpo_lab.model.source import loadable, model_name
+from dpo_lab.runtime.hardware import compute_dtype, device_type, resolve_dtype
+from dpo_lab.runtime.precision import Precision
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
-from dpo_lab.config.schemas import ConfigError, ModelConfig, Quantization
+from dpo_lab.config.schemas import ModelConfig, Quantization
+from dpo_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from dpo_lab.runs.layout import CARD_FILE, RunLayout
-from dpo_lab.train.distributed import is_main_process, wait_for_everyone
+from dpo_lab.runtime.collectives import wait_for_everyone
+from dpo_lab.runtime.processes import is_main_process
 
 TRAINING_ARGS_FILE = "training_args.bin"  # what Trainer.save_model writes beside the weights
 

@@ -15,8 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
-from dpo_lab.config.schemas import ConfigError
-from dpo_lab.train.checkpoints import latest_complete
+from dpo_lab.errors import ConfigError
+from dpo_lab.runs.checkpoints import latest_complete
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 FULL_BELOW = 1 << 20  # bytes left under which a write error is put down to a full disk

@@ -9,9 +9,11 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dpo_lab.config.schemas import ConfigError, DataConfig, ModelConfig, Precision, TaskEvalConfig
-from dpo_lab.model.hardware import device_type, resolve_precision
+from dpo_lab.config.schemas import DataConfig, ModelConfig, TaskEvalConfig
+from dpo_lab.errors import ConfigError
 from dpo_lab.runs.layout import ADAPTER_DIR, CONFIG_FILE
+from dpo_lab.runtime.hardware import device_type, resolve_precision
+from dpo_lab.runtime.precision import Precision
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dpo_lab.runs.layout import LOCK_FILE
-from dpo_lab.train.distributed import _launcher_store, is_main_process, launch_time, world_size
+from dpo_lab.runtime.processes import is_main_process, launch_time, launcher_store, world_size
 
 
 class RunFolderBusy(RuntimeError):
@@ -85,7 +85,7 @@ def _share_answer(answer: str | None) -> str | None:
     refusal ends the launch)."""
     if world_size() <= 1:
         return answer
-    store = _launcher_store()
+    store = launcher_store()
     if store is None:
         return answer
     key = _answer_key()

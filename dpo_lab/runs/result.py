@@ -11,7 +11,7 @@ from typing import Any
 from dpo_lab.config.schemas import SUMMARY_METRICS
 from dpo_lab.runs.atomic import atomic_write_json
 from dpo_lab.runs.layout import RunLayout
-from dpo_lab.train.distributed import is_main_process
+from dpo_lab.runtime.processes import is_main_process
 
 log = logging.getLogger("dpo_lab")
 

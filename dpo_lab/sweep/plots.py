@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from dpo_lab.runs.history import series
 from dpo_lab.sweep.results import short_value
-from dpo_lab.track.history import series
 
 if TYPE_CHECKING:
     from dpo_lab.sweep.results import Job, Sweep

@@ -15,10 +15,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab.config.schemas import OBJECTIVE_METRICS, Direction, ObjectiveConfig
+from dpo_lab.runs.history import read_history
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.naming import format_value
 from dpo_lab.sweep.objective import better
-from dpo_lab.track.history import read_history
 
 
 class ReportError(ValueError):

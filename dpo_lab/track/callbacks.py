@@ -7,9 +7,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from dpo_lab.runs.history import append_record
 from dpo_lab.runs.result import MEAN_TRAIN_LOSS
-from dpo_lab.track.history import append_record
-from dpo_lab.track.tracker import Tracker
+from dpo_lab.track.wandb_tracker import Tracker
 
 
 def prefixed(metrics: dict[str, float]) -> dict[str, float]:

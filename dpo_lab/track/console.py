@@ -13,7 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from dpo_lab.train.distributed import is_main_process
+from dpo_lab.runtime.processes import is_main_process
 
 
 class ProgressBar(TrainerCallback):

@@ -17,7 +17,7 @@ positions whose log-prob the loss needs) and S2 = sum over sequences of (sequenc
   ``2 * N_base * T + 2 * N_head * C + 4 * L * d_attn * S2``, unless the reference log-probs were
   precomputed before training.
 
-A job trained in a pack of K (``hydra/launcher=packed``, dpo_lab.train.packed) runs its own policy forward
+A job trained in a pack of K (``hydra/launcher=packed``, dpo_lab.packed.pack) runs its own policy forward
 and backward, with its own LoRA matrices, over its copy of the batch, and shares one reference forward with
 the other K-1 jobs (:func:`packed_flop_report`): its own FLOPs are its policy terms plus 1/K of the
 reference forward, and the pack's are the sum over its jobs (the reference forward once). The job's MFU is

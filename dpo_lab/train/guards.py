@@ -28,28 +28,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from dpo_lab.train.checkpoints import Checkpoint, incompleteness, list_checkpoints
-from dpo_lab.train.distributed import any_process
+from dpo_lab.errors import NonFiniteError
+from dpo_lab.runs.checkpoints import Checkpoint, incompleteness, list_checkpoints
+from dpo_lab.runtime.collectives import any_process
 
 log = logging.getLogger(__name__)
 
 # A loss that has grown this many times over the run's first logged one (ln 2 for sigmoid DPO) is taken
 # for divergence: the weights of that step are not called good.
 SANE_LOSS_FACTOR = 4.0
-
-
-class NonFiniteError(RuntimeError):
-    """A non-finite loss or gradient at a training step; names the step and the last good checkpoint."""
-
-    def __init__(self, step: int, what: str, last_checkpoint: Path | None, passed_over: str = ""):
-        kept = str(last_checkpoint) if last_checkpoint else "none (no checkpoint was saved before this step)"
-        super().__init__(
-            f"non-finite {what} at step {step}; stopped before the optimizer step, so no weights took it. "
-            f"Last good checkpoint: {kept}{passed_over}"
-        )
-        self.step = step
-        self.what = what
-        self.last_checkpoint = last_checkpoint
 
 
 def unhealthy(checkpoint: Checkpoint) -> str | None:

@@ -33,7 +33,8 @@ from transformers import TrainerCallback
 
 from dpo_lab.runs.atomic import atomic_write_json
 from dpo_lab.runs.layout import RunLayout
-from dpo_lab.train.distributed import any_process, is_main_process
+from dpo_lab.runtime.collectives import any_process
+from dpo_lab.runtime.processes import is_main_process
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from dpo_lab.config.schemas import ConfigError
+from dpo_lab.errors import ConfigError
 from dpo_lab.runs.atomic import atomic_write_text
+from dpo_lab.runs.checkpoints import Checkpoint, discard, newest_intact
+from dpo_lab.runs.history import HISTORY_FILE, restore_history
 from dpo_lab.runs.layout import EVAL_BEFORE_FILE, OVERRIDES_FILE, RunLayout
 from dpo_lab.runs.redaction import REDACTED, redact
-from dpo_lab.track.history import HISTORY_FILE, restore_history
-from dpo_lab.train.checkpoints import Checkpoint, discard, newest_intact
-from dpo_lab.train.distributed import is_main_process
+from dpo_lab.runtime.processes import is_main_process
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from dpo_lab.config.schemas import Precision
-from dpo_lab.model.hardware import compute_dtype
+from dpo_lab.runtime.hardware import compute_dtype
+from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.batching import pair_token_lengths
 from dpo_lab.train.flops import (
     flop_report,
@@ -90,7 +90,7 @@ class StepClock(TrainerCallback):
         self.training = False
         self.eval_seconds_in_train = 0.0
         self.tokens_at_start = 0  # num_input_tokens_seen when train() began: > 0 after a resume
-        # a job trained in a pack (dpo_lab.train.packed.finish_as_trained): the LoRA size of every job of it
+        # a job trained in a pack (dpo_lab.packed.handoff.finish_as_trained): the LoRA size of every job of it
         self.pack_lora_params: list[int] = []
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -19,8 +19,10 @@ from torch.utils.data import Sampler, SequentialSampler
 from transformers import PreTrainedModel, PrinterCallback, TrainerCallback
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import ConfigError, DPOConfig, Precision, TrainConfig
+from dpo_lab.config.schemas import DPOConfig, TrainConfig
+from dpo_lab.errors import ConfigError
 from dpo_lab.runs.redaction import REDACTED, is_secret_key, redact
+from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.batching import PAIR_ID_COLUMNS, dpo_length_sampler, pair_token_lengths
 
 
@@ -124,7 +126,7 @@ class PreparedDatasets:
 
     ``tokenized``: the output of TRL's dataset preparation (chat template, tokenisation, length filter).
     ``with_ref_log_probs``: the same plus TRL's precomputed ``ref_chosen_logps`` / ``ref_rejected_logps``.
-    The owner (dpo_lab.sweep.cache) hands a job only the slots whose cache key matches that job exactly; an
+    The owner (dpo_lab.reuse.cache) hands a job only the slots whose cache key matches that job exactly; an
     empty slot is filled by this job for the next one. ``computed`` counts what this job computed itself.
     """
 

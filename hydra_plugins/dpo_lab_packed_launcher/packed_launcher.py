@@ -2,8 +2,8 @@
 
 Hydra discovers this launcher in the ``hydra_plugins`` namespace package. Like Hydra's basic launcher it runs
 every job in this process, one after another, each with its own run folder, logs and return value. Before
-that, dpo_lab jobs that can share a base model (dpo_lab.sweep.packing) are grouped, ``pack_size`` at a
-time, and each group's adapters are trained in one packed run (dpo_lab.train.packed); each job then runs as
+that, dpo_lab jobs that can share a base model (dpo_lab.packed.plan) are grouped, ``pack_size`` at a
+time, and each group's adapters are trained in one packed run (dpo_lab.packed.pack); each job then runs as
 usual, taking its trained adapter from the pack instead of training again. Jobs of other apps, and dpo_lab
 jobs that fit no group, run exactly as the basic launcher runs them. dpo_lab is imported only when a job is
 dpo_lab's.
@@ -116,7 +116,7 @@ class PackedLauncher(Launcher):
         self._described, self._shares = {}, {}
         if not any(_is_dpo_lab_job(cfg) for cfg in configs):
             return [[i] for i in range(len(configs))]
-        from dpo_lab.sweep.packing import describe_job, plan_groups, saved_share
+        from dpo_lab.packed.plan import describe_job, plan_groups, saved_share
 
         described = []
         for position, cfg in enumerate(configs):
@@ -135,7 +135,7 @@ class PackedLauncher(Launcher):
 
     def _train_together(self, group: list[int], configs: list[DictConfig]) -> list[Any]:
         assert self.config is not None
-        from dpo_lab.sweep.packing import train_group
+        from dpo_lab.packed.group import train_group
 
         jobs = [self._described[position] for position in group]
         HydraConfig.instance().set_config(configs[group[0]])
@@ -157,7 +157,7 @@ class PackedLauncher(Launcher):
         if share is None:
             ret = self._run_job(sweep_config)
         else:
-            from dpo_lab.sweep.packing import lend
+            from dpo_lab.packed.handoff import lend
 
             with lend(share):
                 ret = self._run_job(sweep_config)

@@ -23,9 +23,9 @@ from omegaconf import OmegaConf
 
 from dpo_lab import run
 from dpo_lab.cli import generate, merge
-from dpo_lab.config.schemas import ConfigError
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.data.loading import load_preference_data
+from dpo_lab.errors import ConfigError
 from dpo_lab.runs.failures import describe_write_failure
 from dpo_lab.runs.redaction import REDACTED, is_secret_key, redact, redact_text
 from dpo_lab.sweep import report
@@ -376,7 +376,7 @@ def test_full_disk_mid_run_keeps_the_last_complete_checkpoint(tmp_path) -> None:
     assert last.startswith("dpo_lab: disk full (No space left on device) writing"), proc.stderr[-3000:]
     assert f"{run_dir}/checkpoints/checkpoint-2 (step 2) is kept" in last
     assert f"resume={run_dir}" in last
-    from dpo_lab.train.checkpoints import latest_complete
+    from dpo_lab.runs.checkpoints import latest_complete
 
     assert latest_complete(run_dir / "checkpoints").step == 2
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"

@@ -9,15 +9,9 @@ from omegaconf import OmegaConf
 
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
-from dpo_lab.config.schemas import (
-    CompareConfig,
-    ConfigError,
-    GenerateConfig,
-    Judge,
-    MergeConfig,
-    register_configs,
-)
+from dpo_lab.config.schemas import CompareConfig, GenerateConfig, Judge, MergeConfig, register_configs
 from dpo_lab.config.validation import typed_config, validate
+from dpo_lab.errors import ConfigError
 from dpo_lab.runs.folder import read_run
 from tests.helpers import CONF, compose_config, run_cli
 

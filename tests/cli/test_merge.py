@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from dpo_lab.cli.merge import output_folder
-from dpo_lab.config.schemas import ConfigError, MergeConfig
+from dpo_lab.config.schemas import MergeConfig
+from dpo_lab.errors import ConfigError
 from tests.helpers import compose_config, run_cli
 
 

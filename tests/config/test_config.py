@@ -12,14 +12,10 @@ from omegaconf import OmegaConf
 
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
-from dpo_lab.config.schemas import (
-    DPO_LOSS_TYPES,
-    ConfigError,
-    Precision,
-    RunConfig,
-    register_configs,
-)
+from dpo_lab.config.schemas import DPO_LOSS_TYPES, RunConfig, register_configs
 from dpo_lab.config.validation import to_run_config, validate
+from dpo_lab.errors import ConfigError
+from dpo_lab.runtime.precision import Precision
 from tests.helpers import CONF, compose_config, run_cli
 
 GROUPS = ["model", "lora", "dpo", "data", "train", "logger", "eval", "experiment", "sweep"]

@@ -13,8 +13,9 @@ from optuna.distributions import CategoricalDistribution
 
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
-from dpo_lab.config.schemas import ConfigError, Direction, ObjectiveConfig, register_configs
+from dpo_lab.config.schemas import Direction, ObjectiveConfig, register_configs
 from dpo_lab.config.validation import to_run_config
+from dpo_lab.errors import ConfigError
 from dpo_lab.sweep.objective import NonFiniteMetricError, better, check_finite, objective_value
 from tests.helpers import CONF, compose_config
 

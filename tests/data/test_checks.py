@@ -14,10 +14,10 @@ import pytest
 from datasets import Dataset
 
 from dpo_lab.assets import TINY_MODEL_DIR
-from dpo_lab.config.schemas import ConfigError, DataConfig, ModelConfig, OnInvalid
-from dpo_lab.data.checks import DataError
+from dpo_lab.config.schemas import DataConfig, ModelConfig, OnInvalid
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.data.report import common_prefix_length, format_report, length_stats, split_report, token_lengths
+from dpo_lab.errors import ConfigError, DataError
 from dpo_lab.model.loading import load_tokenizer
 
 

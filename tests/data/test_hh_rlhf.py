@@ -11,9 +11,9 @@ import pytest
 
 from dpo_lab.config.schemas import DataColumns, DataConfig, DataFormat, OnInvalid
 from dpo_lab.config.validation import to_run_config
-from dpo_lab.data.checks import DataError
 from dpo_lab.data.formats import Pair, Reason, RowProblem, normalise_record
 from dpo_lab.data.loading import load_preference_data
+from dpo_lab.errors import DataError
 from tests.helpers import HH_DATA, compose_config, require_hh_data
 
 

@@ -10,10 +10,10 @@ import datasets
 import pytest
 from datasets import Dataset, DatasetDict
 
-from dpo_lab.config.schemas import ConfigError, DataColumns, DataConfig, DataFormat
+from dpo_lab.config.schemas import DataColumns, DataConfig, DataFormat
 from dpo_lab.config.validation import to_run_config
-from dpo_lab.data.checks import DataError
 from dpo_lab.data.loading import load_preference_data
+from dpo_lab.errors import ConfigError, DataError
 from tests.helpers import compose_config
 
 ROWS = [

@@ -20,8 +20,8 @@ from dpo_lab.config.schemas import RunConfig
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.data.report import token_lengths
-from dpo_lab.model.hardware import device_type, resolve_precision
 from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.runtime.hardware import device_type, resolve_precision
 from dpo_lab.train.trainer import build_dpo_args, build_trainer
 from tests.helpers import cli_env, compose_config, require_hh_data, run_cli, wandb_summary
 

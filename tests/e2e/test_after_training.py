@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from dpo_lab.config.resolvers import asset_path
 from dpo_lab.config.schemas import CheckerConfig, GenerationConfig
+from dpo_lab.evaluation.finance import finance_number
 from dpo_lab.evaluation.generation import chat_inputs, generate_answers
-from dpo_lab.evaluation.task import finance_number
 from tests.helpers import ROOT, run_cli
 from tests.helpers.inference import ROWS_BY_PROMPT, TEST_ROWS, cli, env, held_out_messages, read_jsonl
 

@@ -13,11 +13,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_lab.cli.generate import load_model
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import GenerateConfig, GenerationConfig, Precision, Quantization
+from dpo_lab.config.schemas import GenerateConfig, GenerationConfig, Quantization
 from dpo_lab.evaluation.generation import chat_inputs, generate_answers
-from dpo_lab.model.hardware import device_type, resolve_precision
 from dpo_lab.model.loading import bnb_config
 from dpo_lab.runs.folder import read_run
+from dpo_lab.runtime.hardware import device_type, resolve_precision
+from dpo_lab.runtime.precision import Precision
 from tests.helpers import wandb_summary
 from tests.helpers.inference import cli, held_out_messages, read_jsonl
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from dpo_lab.track.history import read_history
-from dpo_lab.train.checkpoints import MARKER, latest_complete, list_checkpoints
+from dpo_lab.runs.checkpoints import MARKER, latest_complete, list_checkpoints
+from dpo_lab.runs.history import read_history
 from tests.helpers import cli_env, run_cli
 from tests.helpers.long_runs import TIME_KEYS, assert_same_adapter
 from tests.train.test_checkpoints import overwrite_with_garbage

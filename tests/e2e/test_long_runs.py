@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dpo_lab.train.checkpoints import MARKER, latest_complete
+from dpo_lab.runs.checkpoints import MARKER, latest_complete
 from tests.helpers import cli_env, run_cli
 from tests.helpers.long_runs import (
     TRAIN,

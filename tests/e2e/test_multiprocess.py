@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dpo_lab.train.checkpoints import latest_complete
-from dpo_lab.train.distributed import state_digest
+from dpo_lab.runs.checkpoints import latest_complete
+from dpo_lab.runtime.collectives import state_digest
 from tests.helpers import ROOT, cli_env, run_cli
 from tests.helpers.long_runs import adapter, wandb_run_dirs
 

@@ -1,7 +1,7 @@
 """A packed sweep killed at any point and run again with the same command ends as if never killed.
 
 The pack trains its K adapters before any of its jobs runs, so its state lives in the sweep folder
-(dpo_lab.sweep.pack_store): a checkpoint every ``train.save_steps`` optimizer steps, and the jobs' outcome
+(dpo_lab.packed.store): a checkpoint every ``train.save_steps`` optimizer steps, and the jobs' outcome
 once trained. Killed inside a packed step, the same command resumes the pack from its last checkpoint;
 killed while the jobs write their folders, the jobs that had not finished take their adapters from the
 saved outcome instead of training again. Either way every job's adapter is bit-identical to the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_lab.track.history import read_history
+from dpo_lab.runs.history import read_history
 from tests.helpers import cli_env, run_cli
 from tests.helpers.long_runs import TIME_KEYS, assert_same_adapter
 

@@ -27,7 +27,6 @@ from dpo_lab.config.schemas import (
     GenerationConfig,
     LoraConfig,
     OnInvalid,
-    Precision,
     Quantization,
     TrainConfig,
 )
@@ -38,6 +37,7 @@ from dpo_lab.model.fetch import MODELS, model_file
 from dpo_lab.model.loading import build_lora_config, load_adapter_model, load_base_model, load_tokenizer
 from dpo_lab.model.source import cache_dir, content_hash, loadable
 from dpo_lab.runs.folder import read_run
+from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.trainer import build_dpo_args, build_trainer
 from tests.helpers import ROOT, compose_config, require_hh_data, run_cli
 from tests.helpers.inference import cli, env

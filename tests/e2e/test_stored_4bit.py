@@ -15,9 +15,10 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import ModelConfig, Precision, Quantization
+from dpo_lab.config.schemas import ModelConfig, Quantization
 from dpo_lab.model.loading import bnb_config
 from dpo_lab.model.source import check_source, stored_quantization
+from dpo_lab.runtime.precision import Precision
 from tests.helpers import run_cli
 from tests.helpers.inference import cli, env
 from tests.helpers.long_runs import TRAIN, start_cli, wait_for_checkpoint

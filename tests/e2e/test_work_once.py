@@ -11,12 +11,12 @@ from types import SimpleNamespace
 import pytest
 import trl
 
-from dpo_lab.config.schemas import Precision
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.data import loading as data_module
 from dpo_lab.data.loading import ID_COLUMNS, PAIR_COLUMNS, load_preference_data
-from dpo_lab.evaluation import task as task_eval
+from dpo_lab.evaluation import prompts as task_eval
 from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.trainer import build_dpo_args, build_trainer
 from tests.helpers import compose_config, run_cli
 

@@ -10,19 +10,13 @@ from typing import Any
 import pytest
 
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import CheckerConfig, ConfigError, DataConfig, TaskEvalConfig
+from dpo_lab.config.schemas import CheckerConfig, DataConfig, TaskEvalConfig
 from dpo_lab.data.loading import load_preference_data
-from dpo_lab.evaluation.task import (
-    CheckResult,
-    accuracy,
-    check_number,
-    final_number,
-    finance_number,
-    find_numbers,
-    get_checker,
-    load_task_prompts,
-    score,
-)
+from dpo_lab.errors import ConfigError
+from dpo_lab.evaluation.checkers import CheckResult, get_checker
+from dpo_lab.evaluation.finance import check_number, final_number, finance_number, find_numbers
+from dpo_lab.evaluation.prompts import load_task_prompts
+from dpo_lab.evaluation.task import accuracy, score
 
 # (answer, truth, percent, correct, value read from the answer)
 HAND_WRITTEN = [

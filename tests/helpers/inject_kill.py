@@ -27,8 +27,10 @@ import signal
 
 import transformers
 
+from dpo_lab.packed import handoff
+from dpo_lab.packed import pack as packed
 from dpo_lab.runs import atomic as artifacts
-from dpo_lab.train import checkpoints, packed, trainer
+from dpo_lab.train import checkpoints, trainer
 
 POINT, _, STEP = os.environ["DPO_LAB_TEST_KILL"].partition(":")
 SIGNAL = signal.Signals[os.environ.get("DPO_LAB_TEST_SIGNAL", "SIGKILL")]
@@ -94,7 +96,7 @@ def patch() -> None:
 
         packed.Pack._optimizer_step = killed_in_pack_step
     elif POINT == "pack-finish":
-        finish, taken = packed.finish_as_trained, []
+        finish, taken = handoff.finish_as_trained, []
 
         def killed_taking_share(*args, **kwargs):
             taken.append(1)
@@ -102,7 +104,7 @@ def patch() -> None:
                 die()
             return finish(*args, **kwargs)
 
-        packed.finish_as_trained = killed_taking_share
+        handoff.finish_as_trained = killed_taking_share
     else:
         raise ValueError(f"DPO_LAB_TEST_KILL: unknown point {POINT!r}")
 

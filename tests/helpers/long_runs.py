@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from dpo_lab.train.checkpoints import MARKER
+from dpo_lab.runs.checkpoints import MARKER
 from tests.helpers import ROOT, cli_env
 
 # 8 fp32 steps on 24 pairs (6 batches an epoch), a checkpoint every 4 steps, every loss logged.

@@ -12,7 +12,8 @@ import dataclasses
 from enum import Enum
 from typing import Any
 
-from dpo_lab.config.schemas import DPOConfig, LoraConfig, Precision, TrainConfig
+from dpo_lab.config.schemas import DPOConfig, LoraConfig, TrainConfig
+from dpo_lab.runtime.precision import Precision
 
 DPO_VALUES: dict[str, Any] = {
     "beta": 0.37,

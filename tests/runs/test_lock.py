@@ -13,7 +13,7 @@ import pytest
 
 from dpo_lab.runs import lock as run_lock
 from dpo_lab.runs.lock import LOCK_FILE, RunFolderBusy, hold_run_folder
-from dpo_lab.train import distributed
+from dpo_lab.runtime import processes as distributed
 from tests.helpers import ROOT, run_cli
 from tests.train.test_signals_guards import agent_store  # noqa: F401 (fixture: a stand-in for torchrun's store)
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from dpo_lab.runs.history import HISTORY_FILE, append_record, read_history, series
 from dpo_lab.sweep import report, results
-from dpo_lab.track.history import HISTORY_FILE, append_record, read_history, series
 
 
 def make_job(sweep: Path, num: int, beta: float, r: int, status: str | None, accuracy: float | None = None,

@@ -13,7 +13,7 @@ from dpo_lab.config.schemas import WandbMode
 from dpo_lab.runs.naming import format_value, run_group, run_name
 from dpo_lab.runs.redaction import redact
 from dpo_lab.track.callbacks import prefixed
-from dpo_lab.track.tracker import network_reachable, resolve_mode
+from dpo_lab.track.wandb_tracker import network_reachable, resolve_mode
 from tests.helpers import cli_env, run_cli, wandb_records, wandb_summary
 
 SMALL = ["train.max_steps=3", "train.logging_steps=1", "data.max_train_samples=24", "data.max_eval_samples=8"]

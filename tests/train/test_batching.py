@@ -56,9 +56,10 @@ def test_pair_lengths_from_trl_columns() -> None:
 def test_group_by_length_works_with_the_dpo_trainer(tmp_path) -> None:
     """transformers' own sampler looks for input_ids and raises on TRL's DPO columns; ours groups them."""
     from dpo_lab.config.resolvers import asset_path
-    from dpo_lab.config.schemas import DataConfig, DPOConfig, LoraConfig, ModelConfig, Precision, TrainConfig
+    from dpo_lab.config.schemas import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
     from dpo_lab.data.loading import load_preference_data
     from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
+    from dpo_lab.runtime.precision import Precision
     from dpo_lab.train.trainer import build_dpo_args, build_trainer
 
     model_cfg = ModelConfig(name_or_path=asset_path("tiny-llama"))

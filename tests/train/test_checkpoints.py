@@ -11,14 +11,12 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from dpo_lab.config.schemas import ConfigError
 from dpo_lab.config.validation import to_run_config
+from dpo_lab.errors import ConfigError
 from dpo_lab.runs.atomic import atomic_write_text, partial_path, replace_dir
-from dpo_lab.track.history import read_history
-from dpo_lab.train.checkpoints import (
+from dpo_lab.runs.checkpoints import (
     MARKER,
     Checkpoint,
-    CheckpointCallback,
     corruption,
     incompleteness,
     latest_complete,
@@ -27,6 +25,8 @@ from dpo_lab.train.checkpoints import (
     remove_incomplete,
     rotate,
 )
+from dpo_lab.runs.history import read_history
+from dpo_lab.train.checkpoints import CheckpointCallback
 from dpo_lab.train.resume import (
     check_same_config,
     first_difference,

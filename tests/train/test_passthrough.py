@@ -14,9 +14,10 @@ import pytest
 import trl
 import yaml
 
-from dpo_lab.config.schemas import DPOConfig, LoraConfig, Precision, TrainConfig
+from dpo_lab.config.schemas import DPOConfig, LoraConfig, TrainConfig
 from dpo_lab.model.loading import build_lora_config
-from dpo_lab.train.checkpoints import list_checkpoints
+from dpo_lab.runs.checkpoints import list_checkpoints
+from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.trainer import build_dpo_args
 from tests.helpers.inference import cli
 from tests.helpers.schema_values import (

@@ -12,9 +12,10 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from dpo_lab.config.schemas import ConfigError
-from dpo_lab.train import distributed
-from dpo_lab.train.guards import NonFiniteError, NonFiniteGuard, first_nonfinite_grad
+from dpo_lab.errors import ConfigError, NonFiniteError
+from dpo_lab.runtime import collectives
+from dpo_lab.runtime import processes as distributed
+from dpo_lab.train.guards import NonFiniteGuard, first_nonfinite_grad
 from dpo_lab.train.preemption import Preemption, Terminated, terminate_as_interrupt
 from tests.train.test_checkpoints import fake_checkpoint
 
@@ -178,5 +179,5 @@ def test_non_main_ranks_write_no_hydra_files(monkeypatch) -> None:
 
 def test_state_digest_ignores_key_order_and_sees_values() -> None:
     a = {"x": torch.ones(2), "y": torch.zeros(3)}
-    assert distributed.state_digest(a) == distributed.state_digest({"y": torch.zeros(3), "x": torch.ones(2)})
-    assert distributed.state_digest(a) != distributed.state_digest({**a, "x": torch.tensor([1.0, 1.0001])})
+    assert collectives.state_digest(a) == collectives.state_digest({"y": torch.zeros(3), "x": torch.ones(2)})
+    assert collectives.state_digest(a) != collectives.state_digest({**a, "x": torch.tensor([1.0, 1.0001])})

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import DataConfig, DPOConfig, LoraConfig, ModelConfig, Precision, TrainConfig
+from dpo_lab.config.schemas import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
+from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.trainer import build_dpo_args, build_trainer, run_mean_loss
 
 

@@ -12,35 +12,20 @@ import json
 import logging
 import os
 import socket
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from dpo_lab.config.schemas import LoggerBackend, LoggerConfig, WandbMode
 from dpo_lab.runs.atomic import atomic_write_json
 from dpo_lab.runs.redaction import redact, redact_text, redacted_argv
-from dpo_lab.train.distributed import is_main_process
+from dpo_lab.runtime.processes import is_main_process
+from dpo_lab.track.base import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 WANDB_HOST = ("api.wandb.ai", 443)
 RUN_ID_FILE = "wandb_run.json"
-
-
-def git_state(path: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the git checkout holding ``path`` (None outside a checkout)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def has_api_key() -> bool:
@@ -70,53 +55,6 @@ def resolve_mode(mode: WandbMode) -> str:
         name, _, port = netloc.partition(":")
         host = (name, int(port) if port else (443 if base_url.startswith("https") else 80))
     return "online" if has_api_key() and network_reachable(host) else "offline"
-
-
-class Tracker(Protocol):
-    """What a run tells its tracker: metrics as it goes, tables, the final summary, artifacts, the end."""
-
-    @property
-    def active(self) -> bool: ...
-
-    @property
-    def run_id(self) -> str | None: ...
-
-    def log(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None: ...
-
-    def summarize(self, values: dict[str, Any]) -> None: ...
-
-    def log_artifact(self, folder: Path, name: str, kind: str, metadata: dict[str, Any]) -> None: ...
-
-    def finish_preempted(self, step: int, exit_code: int) -> None: ...
-
-    def finish(self, exit_code: int = 0) -> None: ...
-
-
-class NullTracker:
-    """Logging off (``logger=none``, W&B disabled, or a process other than the main one): does nothing."""
-
-    active = False
-    run_id = None
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
-        pass
-
-    def summarize(self, values: dict[str, Any]) -> None:
-        pass
-
-    def log_artifact(self, folder: Path, name: str, kind: str, metadata: dict[str, Any]) -> None:
-        pass
-
-    def finish_preempted(self, step: int, exit_code: int) -> None:
-        pass
-
-    def finish(self, exit_code: int = 0) -> None:
-        pass
 
 
 @dataclass

@@ -10,7 +10,7 @@ the remaining jobs to train again. Each pack therefore keeps a folder in the swe
   schedule of the pack, each job's trainer state and pending metrics, the RNG state (the newest two are kept;
   one that does not load sends the pack back to the one before);
 - ``result.pt``, once training and the shared task answers are done: each job's outcome
-  (``PackedTraining.to_state()`` of dpo_lab.train.packed: plain values and tensors).
+  (``PackedTraining.to_state()`` of dpo_lab.packed.pack: plain values and tensors).
 
 The pack id is a digest of its jobs' run folders and configs, so running the same command again finds the
 same folder; a job whose config changed belongs to another pack. Every file is written under a temporary

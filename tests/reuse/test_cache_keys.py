@@ -16,17 +16,16 @@ from dpo_lab.config.schemas import (
     DataColumns,
     DataConfig,
     DataFormat,
-    DType,
     ModelConfig,
     OnInvalid,
-    Precision,
     Quantization,
     RunConfig,
 )
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.model.loading import load_tokenizer
-from dpo_lab.sweep import cache as reuse
-from dpo_lab.sweep.cache import SweepCache, ref_log_probs_key, tokenized_key
+from dpo_lab.reuse import cache as reuse
+from dpo_lab.reuse.cache import SweepCache, ref_log_probs_key, tokenized_key
+from dpo_lab.runtime.precision import DType, Precision
 
 # another value for every field of the data group (the loader is not called with them: only keys are)
 DATA_CHANGES: dict[str, Any] = {

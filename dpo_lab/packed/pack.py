@@ -20,39 +20,35 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.tuners.lora import Linear as LoraLinear
 from transformers import PreTrainedModel, TrainerState
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-from transformers.trainer_utils import TrainOutput, speed_metrics
+from transformers.trainer_utils import speed_metrics
 from trl.trainer.utils import disable_dropout_in_model
 
+from dpo_lab.errors import NonFiniteError
 from dpo_lab.model.loading import adapter_state_dict, strip_adapters
-from dpo_lab.sweep.cache import ModelSnapshot
-from dpo_lab.train.guards import NonFiniteError
+from dpo_lab.packed.handoff import PackedTraining
+from dpo_lab.packed.slicing import _SliceOfOutputs, adapters_by_slice
+from dpo_lab.reuse.cache import ModelSnapshot
 from dpo_lab.train.preemption import Preemption
-from dpo_lab.train.speed import StepClock
 from dpo_lab.train.trainer import DPOTrainer, PreparedDatasets, build_trainer
 
 if TYPE_CHECKING:  # the store reads PackedTraining back: imported for annotations only
-    from dpo_lab.sweep.pack_store import PackStore
+    from dpo_lab.packed.store import PackStore
 
 log = logging.getLogger(__name__)
 
-# the per-token fields of TRL's fused LM head output that its loss and metrics read
-_FUSED_FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
 _REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
@@ -62,45 +58,6 @@ class PackJob:
 
     args: Any  # trl.DPOConfig of the job (build_dpo_args)
     lora: PeftLoraConfig
-
-
-@dataclass
-class PackedTraining:
-    """One job's outcome of a packed training, enough to finish the job as if it had trained alone.
-
-    ``adapter``: the trained weights as PEFT saves them; ``log_history``: the job's training log entries
-    (Trainer's ``state.log_history``); ``metrics``: Trainer.train()'s output metrics; ``step_times``: wall and
-    process CPU time at the end of each optimizer step; ``error``: why the job left the pack, if it did.
-    """
-
-    adapter: dict[str, torch.Tensor] = field(default_factory=dict)
-    log_history: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    global_step: int = 0
-    epoch: float = 0.0
-    num_input_tokens_seen: int = 0
-    training_loss: float = 0.0
-    step_times: list[tuple[float, float]] = field(default_factory=list)
-    pack_size: int = 1
-    error: NonFiniteError | None = None
-    # the task evaluation's answers, generated in the pack (see Pack.generate): conversations, answers of
-    # the base ("before") and of this job's adapter ("after"), and the seconds the pack's generation took
-    task_answers: dict[str, Any] | None = None
-    # LoRA matrix elements of every job of the pack, in pack order (the FLOP model of a packed step)
-    pack_lora_params: list[int] = field(default_factory=list)
-
-    def to_state(self) -> dict[str, Any]:
-        """Plain values and tensors only (what ``torch.load(weights_only=True)`` reads back)."""
-        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "error"}
-        state["error"] = None if self.error is None else [self.error.step, self.error.what]
-        return state
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> PackedTraining:
-        result = cls(**{**state, "error": None})
-        if state["error"] is not None:
-            result.error = NonFiniteError(state["error"][0], state["error"][1], None)
-        return result
 
 
 @dataclass
@@ -122,61 +79,6 @@ class _Member:
 
 def adapter_names(count: int) -> list[str]:
     return [f"job{i}" for i in range(count)]
-
-
-@contextmanager
-def adapters_by_slice(model: torch.nn.Module, names: Sequence[str | None], rows: int) -> Iterator[None]:
-    """Inside the block, every LoRA linear layer of ``model`` applies adapter ``names[k]`` to rows
-    ``[k*rows, (k+1)*rows)`` of its input only (None: no adapter on that slice, the base alone).
-
-    The base layer runs once over the whole batch; each adapter's update is PEFT's own vanilla LoRA term
-    (``lora_B(lora_A(dropout(x))) * scaling``, in the adapter's dtype) on its slice. A layer an adapter does
-    not target leaves that slice to the base. Input shape ``[len(names) * rows, ...]``.
-    """
-    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
-    for layer in layers:
-        if any(name in layer.lora_variant for name in names if name is not None):
-            raise ValueError("packed training supports plain LoRA only (not DoRA or other LoRA variants)")
-        layer.forward = _slice_forward(layer, list(names), rows)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward  # back to the class's forward
-
-
-def _slice_forward(layer: LoraLinear, names: list[str | None], rows: int):
-    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        result = layer.base_layer(x, *args, **kwargs)
-        if x.shape[0] != rows * len(names):
-            raise ValueError(f"packed batch of {x.shape[0]} rows, expected {len(names)} x {rows}")
-        pieces = []
-        for k, name in enumerate(names):
-            piece = result[k * rows : (k + 1) * rows]
-            if name is not None and name in layer.lora_A:
-                lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-                xk = layer._cast_input_dtype(x[k * rows : (k + 1) * rows], lora_a.weight.dtype)
-                delta = lora_b(lora_a(layer.lora_dropout[name](xk))) * layer.scaling[name]
-                piece = (piece + delta).to(result.dtype)
-            pieces.append(piece)
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-
-    return forward
-
-
-class _SliceOfOutputs:
-    """Stands in for the model in a job's TRL ``_compute_loss``: returns that job's rows of the packed
-    forward's outputs (whatever the call's arguments, which are the job's own, unreplicated inputs)."""
-
-    def __init__(self, outputs: Any, start: int, stop: int):
-        fields = {}
-        for name in _FUSED_FIELDS:
-            value = getattr(outputs, name, None)
-            fields[name] = value[start:stop] if value is not None else None
-        self.outputs = SimpleNamespace(**fields)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.outputs
 
 
 class Pack:
@@ -633,44 +535,3 @@ def build_pack(
 def unpack(model: torch.nn.Module) -> None:
     """Take every adapter of a pack off the base model again (in place)."""
     strip_adapters(model)
-
-
-def finish_as_trained(trainer: DPOTrainer, packed: PackedTraining) -> TrainOutput:
-    """What ``trainer.train()`` would have done, for a job whose adapter the pack trained.
-
-    The trainer (a normal job's, with a fresh adapter and the job's callbacks) runs the held-out evaluation
-    "before" if its arguments ask for it (the adapter is still untrained), takes the pack's weights for its
-    adapter, and replays the pack's training log through its callbacks (log history file, W&B), with the
-    step clock set from the pack's step times. A job that left the pack raises its NonFiniteError.
-    """
-    args, handler = trainer.args, trainer.callback_handler
-    trainer.state = TrainerState()
-    trainer.state.compute_steps(args, max(packed.global_step, 1))
-    trainer.state.init_training_references(trainer, max(packed.global_step, 1), args.num_train_epochs, None)
-    trainer.control = handler.on_train_begin(args, trainer.state, trainer.control)
-    if args.eval_on_start:
-        trainer._evaluate(None, None, skip_scheduler=True)
-    if packed.error is not None:
-        raise packed.error
-    set_peft_model_state_dict(trainer.model, packed.adapter)
-    state = trainer.state
-    for entry in packed.log_history:
-        logs = {k: v for k, v in entry.items() if k != "step"}
-        state.global_step = entry.get("step", packed.global_step)
-        state.epoch = logs.get("epoch", state.epoch)
-        state.num_input_tokens_seen = logs.get("num_input_tokens_seen", state.num_input_tokens_seen)
-        state.log_history.append(dict(entry))
-        trainer.control = handler.on_log(args, state, trainer.control, logs)
-    state.global_step, state.epoch = packed.global_step, packed.epoch
-    state.num_input_tokens_seen = packed.num_input_tokens_seen
-    for callback in handler.callbacks:
-        if isinstance(callback, StepClock) and packed.step_times:
-            (first, first_cpu), (last, last_cpu) = packed.step_times[0], packed.step_times[-1]
-            callback.first_step_at, callback.first_step_cpu = first, first_cpu
-            callback.last_step_at, callback.last_step_cpu = last, last_cpu
-            callback.steps = len(packed.step_times)
-            callback.pack_lora_params = list(packed.pack_lora_params)
-    trainer.control = handler.on_train_end(args, state, trainer.control)
-    if not math.isfinite(packed.training_loss):
-        log.warning("packed job finished with a non-finite mean training loss")
-    return TrainOutput(state.global_step, packed.training_loss, dict(packed.metrics))

@@ -1,4 +1,4 @@
-"""Packed training (dpo_lab.train.packed): K adapters trained together give each job what it gets alone."""
+"""Packed training (dpo_lab.packed.pack): K adapters trained together give each job what it gets alone."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from dpo_lab.config.schemas import (
     GenerationConfig,
     LoraConfig,
     ModelConfig,
-    Precision,
     RunConfig,
     TrainConfig,
 )
@@ -29,9 +28,12 @@ from dpo_lab.model.loading import (
     load_tokenizer,
     strip_adapters,
 )
-from dpo_lab.sweep.cache import ModelSnapshot
-from dpo_lab.sweep.packing import PackedJobInfo, pack_key, plan_groups, why_alone
-from dpo_lab.train.packed import PackJob, adapters_by_slice, build_pack, finish_as_trained
+from dpo_lab.packed.handoff import finish_as_trained
+from dpo_lab.packed.pack import PackJob, build_pack
+from dpo_lab.packed.plan import PackedJobInfo, pack_key, plan_groups, why_alone
+from dpo_lab.packed.slicing import adapters_by_slice
+from dpo_lab.reuse.cache import ModelSnapshot
+from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.trainer import build_dpo_args, build_trainer
 
 MODEL = ModelConfig(name_or_path=asset_path("tiny-llama"))
@@ -321,8 +323,8 @@ def test_a_killed_pack_resumes_from_its_checkpoint_as_if_never_stopped(setup, tm
     the second epoch) and built again from scratch resumes from its checkpoint: every adapter and every
     logged loss equal the uninterrupted pack's (LoRA dropout on, so the random state must come back too);
     a finished pack's outcome is read back as it was."""
-    from dpo_lab.sweep.pack_store import PackStore
-    from dpo_lab.train.packed import Pack, PackedTraining
+    from dpo_lab.packed.pack import Pack, PackedTraining
+    from dpo_lab.packed.store import PackStore
 
     data, tokenizer, model, _ = setup
     specs = [dict(j, lora=dataclasses.replace(j["lora"], dropout=0.3)) for j in JOBS[:2]]
@@ -375,7 +377,7 @@ def test_a_killed_pack_resumes_from_its_checkpoint_as_if_never_stopped(setup, tm
 
 
 def test_an_unreadable_pack_checkpoint_falls_back_to_the_one_before(tmp_path) -> None:
-    from dpo_lab.sweep.pack_store import PackStore
+    from dpo_lab.packed.store import PackStore
 
     store = PackStore(tmp_path)
     store.save_checkpoint(2, {"step": 2, "x": torch.ones(3)})
@@ -390,7 +392,7 @@ def test_auto_pack_size_on_a_cpu_packs_what_the_available_memory_holds(monkeypat
     """``pack_size=auto`` on a CPU with ``step=together``: as many copies of the batch's activations as fit
     in 80% of the machine's available memory (a 3-job SmolLM2 pack peaked near 21 GB on a 24 GB machine), at
     most 8. In turn (the CPU's default step) one copy is alive at a time: the memory does not cap the pack."""
-    from dpo_lab.sweep import packing
+    from dpo_lab.packed import plan as packing
 
     jobs = [_info(i, dpo={"beta": 0.1 * (i + 1)}) for i in range(10)]
     cfg = jobs[0].run_config
@@ -410,7 +412,7 @@ def test_auto_pack_size_on_a_cpu_packs_what_the_available_memory_holds(monkeypat
 
 
 def test_the_packed_step_is_together_on_a_gpu_and_in_turn_on_a_cpu() -> None:
-    from dpo_lab.sweep.packing import packed_step
+    from dpo_lab.packed.plan import packed_step
 
     assert packed_step("auto", "cuda") == "together" and packed_step("auto", "cpu") == "in_turn"
     assert packed_step("together", "cpu") == "together" and packed_step("in_turn", "cuda") == "in_turn"

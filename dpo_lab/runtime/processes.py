@@ -1,7 +1,8 @@
-"""Several processes, one run: who is the main process, one shared run folder, and what each rank did.
+"""Which process this is, and one launch time and run folder for all processes of a launch.
 
-Data-parallel training itself belongs to accelerate / torchrun and the Trainer; this module only makes the
-processes of one launch agree on things and report what they did:
+Read from the launcher's environment (``RANK``, ``WORLD_SIZE``, torchrun's agent store), so it works before
+any process group exists and without importing torch at module load: the config layer names run folders
+with :func:`launch_time` and the command line is checked before torch is imported.
 
 - Hydra resolves ``${now:...}`` in every process separately, so two ranks started a few microseconds apart
   would pick two run folders. :func:`agree_on_launch_time` lets the processes of one torchrun / accelerate
@@ -11,25 +12,22 @@ processes of one launch agree on things and report what they did:
   The first process to reach the store decides; an elastic restart of the same launch gets the same time,
   hence the same folder, and resumes there. Other launchers must pass an explicit ``hydra.run.dir``.
 - :func:`check_same_run_dir` verifies at run time that every process really resolved the same folder.
-- :class:`BatchCounter` and :func:`rank_report` record per rank how many batches and pairs it trained on and a
-  digest of its final adapter, gathered on the main process for ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
+from dpo_lab.errors import ConfigError
 
-from dpo_lab.config.schemas import ConfigError
-
-log = logging.getLogger(__name__)
+if (
+    TYPE_CHECKING
+):  # torch is imported where a store is opened: the config layer checks a command line without it
+    import torch
 
 LAUNCH_TIME_ENV = "DPO_LAB_LAUNCH_TIME"
 _STORE_TIMEOUT = dt.timedelta(seconds=120)
@@ -48,7 +46,7 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def _launcher_store() -> torch.distributed.Store | None:
+def launcher_store() -> torch.distributed.Store | None:
     """A client of the key-value store that torchrun's agent (also behind ``accelerate launch``) serves."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
@@ -75,7 +73,7 @@ def agree_on_launch_time(args: list[str]) -> None:
     """
     if world_size() <= 1 or LAUNCH_TIME_ENV in os.environ:
         return
-    store = _launcher_store()
+    store = launcher_store()
     if store is None:
         if not any(a.startswith("hydra.run.dir=") for a in args):
             raise ConfigError(
@@ -103,7 +101,7 @@ def check_same_run_dir(run_dir: str) -> None:
     """Raise ConfigError unless every process of this launch resolved the same run folder."""
     if world_size() <= 1:
         return
-    store = _launcher_store()
+    store = launcher_store()
     if store is None:
         return
     key = f"dpo_lab/{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}/{launch_time().isoformat()}/run_dir"
@@ -147,74 +145,3 @@ def rank_overrides() -> list[str]:
     if is_main_process():
         return []
     return ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
-
-
-def _initialized() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def wait_for_everyone() -> None:
-    """Barrier across the processes of the run (no-op in a single process)."""
-    if _initialized():
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-
-
-def any_process(flag: bool) -> bool:
-    """True on every process if ``flag`` is true on any process (a collective: all ranks must call it)."""
-    if not _initialized():
-        return flag
-    from accelerate import PartialState
-
-    value = torch.tensor([1.0 if flag else 0.0], device=PartialState().device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def gather(obj: Any) -> list[Any]:
-    """``obj`` from every process, in rank order (a collective)."""
-    if not _initialized():
-        return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over the names and fp32 values of a state dict, independent of key order and device."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-class BatchCounter:
-    """Counts the micro-batches and preference pairs this process trained on (fed by the trainer)."""
-
-    def __init__(self) -> None:
-        self.micro_batches = 0
-        self.pairs = 0
-
-    def observe(self, step: int, loss: torch.Tensor, inputs: Mapping[str, Any]) -> None:
-        self.micro_batches += 1
-        # DPO batches stack the chosen sequences on top of the rejected ones: two rows per pair
-        self.pairs += int(inputs["input_ids"].shape[0]) // 2
-
-
-def rank_report(counter: BatchCounter, adapter_state: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
-    """What each process did in this launch, gathered in rank order (a collective: all ranks call it)."""
-    mine = {
-        "micro_batches": counter.micro_batches,
-        "pairs": counter.pairs,
-        "adapter_sha256": state_digest(adapter_state) if adapter_state is not None else None,
-    }
-    ranks = gather(mine)
-    return {
-        "world_size": torch.distributed.get_world_size() if _initialized() else 1,
-        "backend": torch.distributed.get_backend() if _initialized() else None,
-        "micro_batches_per_rank": [r["micro_batches"] for r in ranks],
-        "pairs_per_rank": [r["pairs"] for r in ranks],
-        "adapter_sha256_per_rank": [r["adapter_sha256"] for r in ranks],
-    }

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from dpo_lab.config.schemas import DType, Precision
-from dpo_lab.model.hardware import cpu_has_native_bf16, resolve_dtype, resolve_precision
+from dpo_lab.runtime.hardware import cpu_has_native_bf16, resolve_dtype, resolve_precision
+from dpo_lab.runtime.precision import DType, Precision
 
 
 def test_cpu_bf16_needs_avx512_bf16_or_amx() -> None:
@@ -23,8 +23,8 @@ def test_cpu_bf16_needs_avx512_bf16_or_amx() -> None:
 def test_auto_precision_follows_a_onednn_isa_limit() -> None:
     """With oneDNN held to AVX2, bf16 is a slow reference loop even on a bf16 CPU: auto picks fp32."""
     code = (
-        "from dpo_lab.config.schemas import Precision\n"
-        "from dpo_lab.model.hardware import onednn_bf16_enabled, resolve_precision\n"
+        "from dpo_lab.runtime.precision import Precision\n"
+        "from dpo_lab.runtime.hardware import onednn_bf16_enabled, resolve_precision\n"
         "print(onednn_bf16_enabled(), resolve_precision(Precision.auto, 'cpu').value)"
     )
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -38,9 +38,9 @@ def test_explicit_precision_is_kept() -> None:
 
 
 def test_auto_precision_on_cpu_matches_flags(monkeypatch) -> None:
-    monkeypatch.setattr("dpo_lab.model.hardware.cpu_has_native_bf16", lambda flags=None: False)
+    monkeypatch.setattr("dpo_lab.runtime.hardware.cpu_has_native_bf16", lambda flags=None: False)
     assert resolve_precision(Precision.auto, "cpu") is Precision.fp32
-    monkeypatch.setattr("dpo_lab.model.hardware.cpu_has_native_bf16", lambda flags=None: True)
+    monkeypatch.setattr("dpo_lab.runtime.hardware.cpu_has_native_bf16", lambda flags=None: True)
     assert resolve_precision(Precision.auto, "cpu") is Precision.bf16
 
 
@@ -53,7 +53,7 @@ def test_dtype_auto_keeps_fp32_base_on_cpu_and_follows_precision_on_cuda() -> No
 
 _FAULTS_SCRIPT = """
 import json, resource, torch
-from dpo_lab.model.hardware import keep_freed_memory
+from dpo_lab.runtime.hardware import keep_freed_memory
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -89,7 +89,7 @@ def test_kept_freed_memory_stops_the_page_faults_of_reallocated_tensors() -> Non
 def test_keep_freed_memory_false_changes_nothing_it_did_not_change(monkeypatch) -> None:
     """keep_freed_memory(False) in a process that never turned it on leaves glibc alone; after True it puts
     glibc's defaults back."""
-    from dpo_lab.model import hardware
+    from dpo_lab.runtime import hardware
 
     monkeypatch.setattr(hardware, "_malloc_kept", False)
     assert hardware.keep_freed_memory(False) is False

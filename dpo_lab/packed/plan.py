@@ -11,12 +11,12 @@ of the key: dpo_lab draws the data order and the held-out split from it, so jobs
 see the same batches. Jobs that fit no group (another app's jobs, DoRA, a trained LoRA bias, a folder started
 before, several processes) run one by one as the basic launcher runs them.
 
-A pack keeps its state in the sweep folder (dpo_lab.sweep.pack_store): a checkpoint every ``train.save_steps``
+A pack keeps its state in the sweep folder (dpo_lab.packed.store): a checkpoint every ``train.save_steps``
 optimizer steps and at the last one, and its jobs' outcome once trained. The same command run again after a
 kill resumes the pack from its checkpoint, or hands its saved outcome to the jobs that had not finished
 (:func:`saved_share`).
 
-A group of two or more trains in :func:`train_group` (dpo_lab.train.packed), then each of its jobs runs
+A group of two or more trains in :func:`train_group` (dpo_lab.packed.pack), then each of its jobs runs
 through the normal entry point, where :func:`train_or_finish` hands the job its share of the packed training
 instead of training again: the job evaluates, writes its folder, its W&B run and its report row as usual.
 """
@@ -28,9 +28,7 @@ import dataclasses
 import json
 import logging
 import os
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpo_lab.config.schemas import RunConfig
-from dpo_lab.evaluation.ahead import lend_answers
-from dpo_lab.model.hardware import device_type
+from dpo_lab.runtime.hardware import device_type
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-# how a packed step runs its adapters over a micro-batch (hydra.launcher.step; dpo_lab.train.packed.Pack)
+# how a packed step runs its adapters over a micro-batch (hydra.launcher.step; dpo_lab.packed.pack.Pack)
 TOGETHER, IN_TURN = "together", "in_turn"
 # per-job keys that may differ inside a pack (everything else in these groups must be equal)
 FREE_KEYS = {
@@ -204,40 +201,13 @@ def _model_shape(cfg: RunConfig) -> dict[str, int]:
 
 # ---- the hand-over from the packed training to the job's own run -------------------------------------------
 
-_lent: Any = None  # the PackedTraining of the job about to run (set by the launcher around one job)
 
-
-@contextmanager
-def lend(training: Any) -> Iterator[None]:
-    """Around one job's run: its share of the packed training, for :func:`train_or_finish` to take."""
-    global _lent
-    _lent = training
-    try:
-        yield
-    finally:
-        _lent = None
-        lend_answers(None)
-
-
-def train_or_finish(trainer: Any, resume_from_checkpoint: str | None) -> Any:
-    """``trainer.train(...)``, or, for a job whose adapter a pack trained, the same outcome from the pack
-    (dpo_lab.train.packed.finish_as_trained)."""
-    global _lent
-    training, _lent = _lent, None
-    if training is None:
-        return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    lend_answers(training.task_answers)
-    from dpo_lab.train.packed import finish_as_trained
-
-    return finish_as_trained(trainer, training)
-
-
-# ---- a pack's state on disk (dpo_lab.sweep.pack_store) ---------------------------------------------------
+# ---- a pack's state on disk (dpo_lab.packed.store) ---------------------------------------------------
 
 
 def pack_store(jobs: Sequence[PackedJobInfo]) -> Any:
     """The on-disk state of the pack made of ``jobs`` (None for jobs without a sweep folder)."""
-    from dpo_lab.sweep.pack_store import PackStore
+    from dpo_lab.packed.store import PackStore
 
     if any(job.sweep_dir is None or job.run_dir is None for job in jobs):
         return None
@@ -248,8 +218,8 @@ def saved_share(job: PackedJobInfo) -> Any:
     """What a finished pack trained for this job before (a sweep killed after its pack had trained, while
     the jobs wrote their folders), else None (the job trains, packed or alone, or resumes itself). The
     launcher runs such a job alone with this share, whether its folder was started or not."""
-    from dpo_lab.sweep.pack_store import saved_share as find
-    from dpo_lab.train.packed import PackedTraining
+    from dpo_lab.packed.pack import PackedTraining
+    from dpo_lab.packed.store import saved_share as find
 
     if job.run_config is None or job.sweep_dir is None or job.run_dir is None:
         return None
@@ -261,92 +231,3 @@ def saved_share(job: PackedJobInfo) -> Any:
 
 
 # ---- one packed group ----------------------------------------------------------------------------------
-
-
-def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
-    """Train the adapters of ``jobs`` (one pack key) together, each packed step run as ``step`` says
-    (:func:`packed_step`); one PackedTraining per job, in order.
-
-    The base model, the tokenised data and the reference log-probs come from this process's sweep cache
-    (dpo_lab.sweep.cache), so the jobs' own runs afterwards load none of them again.
-    """
-    from dpo_lab.data.report import format_report
-    from dpo_lab.model.hardware import keep_freed_memory, resolve_precision
-    from dpo_lab.model.loading import build_lora_config, load_tokenizer
-    from dpo_lab.sweep.cache import job_cache
-    from dpo_lab.train.packed import PackedTraining, PackJob, build_pack, unpack
-    from dpo_lab.train.preemption import Preemption
-    from dpo_lab.train.trainer import build_dpo_args
-
-    first = jobs[0].run_config
-    assert first is not None
-    store = pack_store(jobs)
-    finished = store.load_result() if store is not None else None
-    if finished is not None and len(finished) == len(jobs):
-        log.info("the pack of jobs %s trained before: its jobs take their adapters from %s",
-                 [job.index for job in jobs], store.folder)  # fmt: skip
-        return [PackedTraining.from_state(state) for state in finished]
-    keep_freed_memory(first.keep_freed_memory)
-    device = device_type()
-    precision = resolve_precision(first.train.precision, device)
-    started = time.perf_counter()
-    tokenizer = load_tokenizer(first.model)
-    cache = job_cache(first.reuse, True)
-    data = cache.preference_data(first.data, first.seed, tokenizer, first.dpo.max_length, first.model)
-    log.info("%s", format_report(data.summary()))
-    try:
-        model = cache.base_model(first.model, precision, first.train.gradient_checkpointing)
-        pack_jobs = []
-        for job in jobs:
-            cfg = job.run_config
-            args = build_dpo_args(cfg.dpo, cfg.train, output_dir=job.run_dir / "checkpoints", seed=cfg.seed,
-                                  precision=precision, device=device)  # fmt: skip
-            pack_jobs.append(PackJob(args=args, lora=build_lora_config(cfg.lora)))
-        prepared = cache.prepared_datasets(first, precision)
-        in_turn = packed_step(step, device) == IN_TURN
-        pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared, in_turn=in_turn)
-        built = time.perf_counter()
-        with Preemption().armed() as preemption:
-            results = pack.train(store, first.train.save_steps, preemption)
-        trained = time.perf_counter()
-        _generate_together(pack, jobs, tokenizer, data, results)
-        unpack(model)
-        if store is not None:
-            store.save_result([result.to_state() for result in results])
-    finally:
-        cache.end_job()
-    log.info(
-        "packed %d jobs (%s): %.1f s to build, %.1f s training, %.1f s generating the task answers",
-        len(jobs),
-        pack.step_name,
-        built - started,
-        trained - built,
-        time.perf_counter() - trained,
-    )
-    return results
-
-
-def _generate_together(
-    pack: Any, jobs: Sequence[PackedJobInfo], tokenizer: Any, data: Any, results: list
-) -> None:
-    """The task evaluation's answers of every job, generated in the pack, when the jobs ask for the same
-    greedy evaluation (sampled answers would draw other random numbers than the job alone: those jobs
-    generate their own)."""
-    from dpo_lab.evaluation.task import load_task_prompts
-
-    first = jobs[0].run_config
-    if not first.eval.enabled or first.eval.generation.do_sample:
-        return
-    if any(job.run_config.eval != first.eval for job in jobs):
-        return
-    prompts = load_task_prompts(first.eval, first.data, data.eval)
-    if not prompts:
-        return
-    conversations = [p.messages for p in prompts]
-    started = time.perf_counter()
-    before, after = pack.generate(tokenizer, conversations, first.eval.generation, first.seed)
-    seconds = time.perf_counter() - started
-    for member, result in zip(pack.members, results, strict=True):
-        if member.name in after:
-            result.task_answers = {"conversations": conversations, "before": before,
-                                   "after": after[member.name], "generation_s": seconds}  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dpo_lab.config.schemas import DType, Precision
+from dpo_lab.runtime.precision import DType, Precision
 
 # The one table from config names to torch dtypes.
 _TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}

@@ -12,18 +12,9 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import (
-    DataConfig,
-    DPOConfig,
-    DType,
-    ModelConfig,
-    Precision,
-    Quantization,
-    RunConfig,
-    TrainConfig,
-)  # fmt: skip
+from dpo_lab.config.schemas import DataConfig, DPOConfig, ModelConfig, Quantization, RunConfig, TrainConfig
 from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
-from dpo_lab.sweep.cache import (
+from dpo_lab.reuse.cache import (
     ModelSnapshot,
     SweepCache,
     clear_process_cache,
@@ -32,6 +23,7 @@ from dpo_lab.sweep.cache import (
     ref_log_probs_key,
     tokenized_key,
 )
+from dpo_lab.runtime.precision import DType, Precision  # fmt: skip
 from dpo_lab.train.trainer import build_dpo_args, build_trainer
 from tests.helpers import ROOT
 
@@ -179,7 +171,7 @@ def test_cache_is_per_process_and_off_outside_sweeps(tmp_path) -> None:
     # caller's environment cannot mix into it
     answer = tmp_path / "child_cache_is_none.txt"
     code = (
-        "import sys; from dpo_lab.sweep import cache; "
+        "import sys; from dpo_lab.reuse import cache; "
         "open(sys.argv[1], 'w').write(str(cache._process_cache is None))"
     )
     subprocess.run(

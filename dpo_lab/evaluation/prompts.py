@@ -1,0 +1,120 @@
+"""The held-out prompts of the task evaluation, each with the stored row that holds its ground truth."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset
+
+from dpo_lab.config.schemas import CheckerConfig, DataConfig, TaskEvalConfig
+from dpo_lab.data.loading import load_held_out_rows
+from dpo_lab.errors import ConfigError
+from dpo_lab.evaluation.checkers import get_checker
+from dpo_lab.evaluation.generation import Messages
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """One held-out prompt: the chat messages the model answers, the pair's answers, the source row."""
+
+    messages: Messages
+    chosen: str
+    rejected: str
+    row: dict[str, Any]  # the held-out row as stored (ground truth and any other columns); {} if unknown
+
+    @property
+    def text(self) -> str:
+        """The last user turn (what a table shows as the prompt)."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+
+
+def load_task_prompts(
+    cfg: TaskEvalConfig,
+    data_cfg: DataConfig,
+    held_out: Dataset,
+    stored_rows: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
+) -> list[TaskPrompt]:
+    """The prompts of the task evaluation (none when it is off); called before training, so that an
+    unknown checker or missing ground truth stops the run before any step is paid for. ``stored_rows``
+    gives the held-out rows as stored (``PreferenceData.held_out_rows``, kept when the data was loaded);
+    without it they are read from the source again."""
+    if not cfg.enabled:
+        return []
+    raw = None
+    if cfg.checker.name is not None:
+        get_checker(cfg.checker.name)
+        raw = stored_rows() if stored_rows is not None else load_held_out_rows(data_cfg)
+    return task_prompts(held_out, raw, data_cfg, cfg.num_prompts, cfg.checker)
+
+
+def task_prompts(
+    held_out: Dataset,
+    raw_rows: Sequence[Mapping[str, Any]] | None,
+    data_cfg: DataConfig,
+    num_prompts: int,
+    checker: CheckerConfig,
+) -> list[TaskPrompt]:
+    """The first ``num_prompts`` normalised held-out pairs, each joined by its prompt text to the stored
+    row that holds its ground truth (``raw_rows``; needed only when a checker is set)."""
+    rows = held_out.select(range(min(num_prompts, len(held_out))))
+    by_prompt = _rows_by_prompt(raw_rows, data_cfg, checker) if checker.name is not None else {}
+    prompts = []
+    for i, pair in enumerate(rows):
+        prompt = TaskPrompt(
+            messages=list(pair["prompt"]),
+            chosen=_content(pair["chosen"]),
+            rejected=_content(pair["rejected"]),
+            row={},
+        )
+        if checker.name is not None:
+            row = by_prompt.get(prompt.text.strip())
+            if row is None:
+                raise ConfigError(
+                    "eval.checker.answer_column",
+                    f"held-out pair {i}: no stored row with its prompt and a {checker.answer_column!r} "
+                    "value, so no ground truth to check it against",
+                )
+            prompt = TaskPrompt(prompt.messages, prompt.chosen, prompt.rejected, row)
+        prompts.append(prompt)
+    return prompts
+
+
+def _rows_by_prompt(
+    raw: Sequence[Mapping[str, Any]] | None, data_cfg: DataConfig, checker: CheckerConfig
+) -> dict[str, dict]:
+    """Stored rows that hold a prompt and a ground truth, by prompt text (the last user turn of a
+    conversational prompt); the first row wins when a prompt repeats."""
+    column, truth = data_cfg.columns.prompt, checker.answer_column
+    by_prompt: dict[str, dict] = {}
+    for row in raw or []:
+        key = _prompt_key(row.get(column))
+        if key is not None and row.get(truth) is not None:
+            by_prompt.setdefault(key, dict(row))
+    if not by_prompt:
+        have = ", ".join(sorted(raw[0])) if raw else "no rows"
+        raise ConfigError(
+            "eval.checker.answer_column",
+            f"checker {checker.name} needs held-out columns {column!r} (the prompt, data.columns.prompt) and "
+            f"{truth!r} (the ground truth); the data has: {have}. Use eval=samples for data without ground "
+            "truth",
+        )
+    return by_prompt
+
+
+def _prompt_key(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            return users[-1].strip()
+    return None
+
+
+def _content(value: Any) -> str:
+    """A response as text: a string, or the content of the last message of a message list."""
+    if isinstance(value, str):
+        return value
+    return value[-1]["content"] if value else ""

@@ -1,0 +1,103 @@
+"""One packed group: the jobs' adapters trained together over one base, then the task answers of every job
+generated in the pack; each job's outcome is handed to its own run (dpo_lab.packed.handoff)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dpo_lab.packed.plan import AUTO, IN_TURN, PackedJobInfo, pack_store, packed_step
+from dpo_lab.runtime.hardware import device_type
+
+log = logging.getLogger(__name__)
+
+
+def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
+    """Train the adapters of ``jobs`` (one pack key) together, each packed step run as ``step`` says
+    (:func:`packed_step`); one PackedTraining per job, in order.
+
+    The base model, the tokenised data and the reference log-probs come from this process's sweep cache
+    (dpo_lab.reuse.cache), so the jobs' own runs afterwards load none of them again.
+    """
+    from dpo_lab.data.report import format_report
+    from dpo_lab.model.loading import build_lora_config, load_tokenizer
+    from dpo_lab.packed.pack import PackedTraining, PackJob, build_pack, unpack
+    from dpo_lab.reuse.cache import job_cache
+    from dpo_lab.runtime.hardware import keep_freed_memory, resolve_precision
+    from dpo_lab.train.preemption import Preemption
+    from dpo_lab.train.trainer import build_dpo_args
+
+    first = jobs[0].run_config
+    assert first is not None
+    store = pack_store(jobs)
+    finished = store.load_result() if store is not None else None
+    if finished is not None and len(finished) == len(jobs):
+        log.info("the pack of jobs %s trained before: its jobs take their adapters from %s",
+                 [job.index for job in jobs], store.folder)  # fmt: skip
+        return [PackedTraining.from_state(state) for state in finished]
+    keep_freed_memory(first.keep_freed_memory)
+    device = device_type()
+    precision = resolve_precision(first.train.precision, device)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(first.model)
+    cache = job_cache(first.reuse, True)
+    data = cache.preference_data(first.data, first.seed, tokenizer, first.dpo.max_length, first.model)
+    log.info("%s", format_report(data.summary()))
+    try:
+        model = cache.base_model(first.model, precision, first.train.gradient_checkpointing)
+        pack_jobs = []
+        for job in jobs:
+            cfg = job.run_config
+            args = build_dpo_args(cfg.dpo, cfg.train, output_dir=job.run_dir / "checkpoints", seed=cfg.seed,
+                                  precision=precision, device=device)  # fmt: skip
+            pack_jobs.append(PackJob(args=args, lora=build_lora_config(cfg.lora)))
+        prepared = cache.prepared_datasets(first, precision)
+        in_turn = packed_step(step, device) == IN_TURN
+        pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared, in_turn=in_turn)
+        built = time.perf_counter()
+        with Preemption().armed() as preemption:
+            results = pack.train(store, first.train.save_steps, preemption)
+        trained = time.perf_counter()
+        _generate_together(pack, jobs, tokenizer, data, results)
+        unpack(model)
+        if store is not None:
+            store.save_result([result.to_state() for result in results])
+    finally:
+        cache.end_job()
+    log.info(
+        "packed %d jobs (%s): %.1f s to build, %.1f s training, %.1f s generating the task answers",
+        len(jobs),
+        pack.step_name,
+        built - started,
+        trained - built,
+        time.perf_counter() - trained,
+    )
+    return results
+
+
+def _generate_together(
+    pack: Any, jobs: Sequence[PackedJobInfo], tokenizer: Any, data: Any, results: list
+) -> None:
+    """The task evaluation's answers of every job, generated in the pack, when the jobs ask for the same
+    greedy evaluation (sampled answers would draw other random numbers than the job alone: those jobs
+    generate their own)."""
+    from dpo_lab.evaluation.prompts import load_task_prompts
+
+    first = jobs[0].run_config
+    if not first.eval.enabled or first.eval.generation.do_sample:
+        return
+    if any(job.run_config.eval != first.eval for job in jobs):
+        return
+    prompts = load_task_prompts(first.eval, first.data, data.eval)
+    if not prompts:
+        return
+    conversations = [p.messages for p in prompts]
+    started = time.perf_counter()
+    before, after = pack.generate(tokenizer, conversations, first.eval.generation, first.seed)
+    seconds = time.perf_counter() - started
+    for member, result in zip(pack.members, results, strict=True):
+        if member.name in after:
+            result.task_answers = {"conversations": conversations, "before": before,
+                                   "after": after[member.name], "generation_s": seconds}  # fmt: skip
