@@ -19,7 +19,7 @@ from dpo_lab.evaluation.prompts import load_task_prompts
 from dpo_lab.evaluation.task import evaluate_task
 from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets, load_tokenizer
 from dpo_lab.model.source import check_source, model_name
-from dpo_lab.packed.handoff import train_or_finish
+from dpo_lab.packed.handoff import PackedOutcome, finish_as_trained
 from dpo_lab.reuse.cache import SweepCache, job_cache
 from dpo_lab.runs.atomic import write_final_artifacts
 from dpo_lab.runs.card import card_hyperparameters, display_name, framework_versions, render_model_card
@@ -59,6 +59,7 @@ class Job:
     device: str
     precision: Precision
     plan: ResumePlan
+    packed: PackedOutcome | None = None  # what a pack trained for this job (a packed sweep), else None
 
 
 @dataclass
@@ -83,9 +84,13 @@ class Training:
     trainer: Any = None
 
 
-def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and evaluate one run into ``run_dir``; returns its ``metrics.json`` record."""
-    job = start_job(run_cfg, cfg, run_dir)
+def run_experiment(
+    run_cfg: RunConfig, cfg: DictConfig, run_dir: Path, packed: PackedOutcome | None = None
+) -> dict[str, Any]:
+    """Train and evaluate one run into ``run_dir``; returns its ``metrics.json`` record. ``packed``: the
+    outcome of the pack that trained this job's adapter (a job of a packed sweep), taken instead of
+    training."""
+    job = start_job(run_cfg, cfg, run_dir, packed)
     if job.plan.completed is not None:
         return job.plan.completed
     data = load_data(job)
@@ -110,7 +115,7 @@ def run_experiment(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> dict[s
     return result.metrics
 
 
-def start_job(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> Job:
+def start_job(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path, packed: PackedOutcome | None) -> Job:
     """Seed, hardware, and what the folder holds already (resume, or a completed run); saves config.yaml."""
     started = job_started_at()  # process start for the first job, so imports and Hydra count
     check_source(run_cfg.model)  # an unfetched or contradicting base stops here, before anything loads
@@ -121,7 +126,7 @@ def start_job(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path) -> Job:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     check_same_run_dir(str(run_dir))
     plan = plan_resume(run_dir, resolved)
-    job = Job(run_cfg, cfg, RunLayout(run_dir), resolved, started, device, precision, plan)
+    job = Job(run_cfg, cfg, RunLayout(run_dir), resolved, started, device, precision, plan, packed)
     if plan.completed is None:
         if is_main_process():
             save_run_config(run_dir, resolved, task_overrides(), fresh=plan.checkpoint is None)
@@ -171,7 +176,7 @@ def prepare_training(job: Job) -> Training:
 
 
 def build(job: Job, data: JobData, tracker: Tracker, training: Training, name: str) -> None:
-    """Base model (from the sweep cache when possible), DPOConfig and the DPOTrainer with its callbacks."""
+    """Base model (from the process cache when possible), trl.DPOConfig, the DPOTrainer and its callbacks."""
     cfg = job.cfg
     model = data.cache.base_model(cfg.model, job.precision, cfg.train.gradient_checkpointing)
     args = build_dpo_args(
@@ -205,6 +210,7 @@ def build(job: Job, data: JobData, tracker: Tracker, training: Training, name: s
         callbacks=callbacks,
         micro_batch_observers=[training.guard.observe, training.batches.observe],
         prepared=data.cache.prepared_datasets(cfg, job.precision),
+        dpo=cfg.dpo,
     )
 
 
@@ -213,8 +219,11 @@ def train_and_evaluate(job: Job, training: Training, tracker: Tracker) -> tuple[
     trainer, preemption = training.trainer, training.preemption
     checkpoint = job.plan.checkpoint
     with preemption.armed():
-        # train; a job of a packed sweep takes what its pack trained instead
-        train_out = train_or_finish(trainer, checkpoint and str(checkpoint.path))
+        if job.packed is None:
+            train_out = trainer.train(resume_from_checkpoint=checkpoint and str(checkpoint.path))
+        else:  # a job of a packed sweep takes what its pack trained
+            train_out = finish_as_trained(trainer, job.packed)
+            training.clock.replay(job.packed.step_times)
     if preemption.stopped_training:
         tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
         preemption.record(job.layout.root, trainer.state.global_step)  # metrics.json: preempted, and where
@@ -233,6 +242,7 @@ def evaluate_after_training(job: Job, data: JobData, tracker: Tracker, training:
     return evaluate_task(
         trainer.model, data.tokenizer, data.task_prompts, job.cfg.eval,
         run_dir=job.layout.root, tracker=tracker, step=trainer.state.global_step, seed=job.cfg.seed,
+        ahead=job.packed.task_answers if job.packed is not None else None,
     )  # fmt: skip
 
 
@@ -262,7 +272,10 @@ def collect_result(
         "data": data.data.summary(),
         "resumed_from_step": plan.checkpoint.step if plan.checkpoint else None,
         "distributed": rank_report(training.batches, adapter),
-        **speed_metrics(trainer, training.clock, runtime, job.precision, job.device, job.started),
+        **speed_metrics(
+            trainer, training.clock, runtime, job.precision, job.device, job.started,
+            pack_lora_params=job.packed.pack_lora_params if job.packed is not None else None,
+        ),
         "objective": {
             "metric": cfg.objective.metric,
             "direction": cfg.objective.direction.value,

@@ -8,6 +8,7 @@ this checkout's dpo_lab is not importable there), and runs the console command f
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import site
@@ -203,6 +204,31 @@ def test_installed_wheel_with_user_configs_and_a_sweep_report(installed: Path, t
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = (work / "sweep" / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and "dpo.beta" in rows[0], rows
+
+    # your own loss in one function beside your configs (my_losses.py), selected by one YAML option
+    proc = run_installed(
+        installed,
+        [dpo_lab, "--config-dir", "my_configs", "dpo=margin", "dpo.loss_params.gamma=0.25",
+         "hydra.run.dir=margin", *TINY],
+        work,
+        tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((work / "margin" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and math.isfinite(metrics["eval"]["eval_loss"])
+    resolved = yaml.safe_load((work / "margin" / "config.yaml").read_text())
+    assert resolved["dpo"]["loss_type"] == ["my_losses:margin_dpo"]
+    assert resolved["dpo"]["loss_params"] == {"gamma": 0.25}
+    # a misspelt parameter of the function is refused before anything loads, with the key named
+    proc = run_installed(
+        installed,
+        [dpo_lab, "--config-dir", "my_configs", "dpo=margin", "+dpo.loss_params.gama=1"],
+        work,
+        tmp_path,
+    )
+    assert proc.returncode == 2 and "dpo.loss_params.gama" in proc.stderr and "gamma" in proc.stderr, (
+        proc.stderr
+    )
 
 
 def test_a_user_file_that_shadows_a_shipped_option_is_refused(tmp_path: Path) -> None:

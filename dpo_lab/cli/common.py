@@ -10,7 +10,7 @@ from typing import Any
 
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
-from dpo_lab.config.schemas import register_configs
+from dpo_lab.config.store import register_configs
 from dpo_lab.config.user_configs import check_user_config_dirs
 from dpo_lab.errors import ConfigError, DataError
 

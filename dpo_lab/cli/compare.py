@@ -25,8 +25,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
+from dpo_lab.config.choices import Judge
+from dpo_lab.config.commands import CompareConfig
 from dpo_lab.config.resolvers import CONF_PATH
-from dpo_lab.config.schemas import CompareConfig, Judge
 from dpo_lab.config.validation import typed_config
 from dpo_lab.data.loading import load_held_out_rows, load_preference_data
 from dpo_lab.errors import ConfigError

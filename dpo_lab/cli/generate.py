@@ -23,8 +23,8 @@ from transformers import PreTrainedModel, set_seed
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
+from dpo_lab.config.commands import GenerateConfig
 from dpo_lab.config.resolvers import CONF_PATH
-from dpo_lab.config.schemas import GenerateConfig
 from dpo_lab.config.validation import typed_config
 from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.generation import Messages, as_messages, generate_answers, stream_answer

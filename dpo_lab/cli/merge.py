@@ -16,8 +16,8 @@ import hydra
 from omegaconf import DictConfig
 
 from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_logging
+from dpo_lab.config.commands import MergeConfig
 from dpo_lab.config.resolvers import CONF_PATH
-from dpo_lab.config.schemas import MergeConfig
 from dpo_lab.config.validation import typed_config
 from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.generation import chat_inputs

@@ -7,88 +7,84 @@ misspelt key or a wrong type fails while Hydra composes. Value ranges and cross-
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from dpo_lab.config.choices import (
+    DPO_LOSS_TYPES,
+    LORA_BIAS,
+    DataFormat,
+    Direction,
+    LoggerBackend,
+    OnInvalid,
+    Quantization,
+    WandbMode,
+)
+from dpo_lab.config.fields import setting
 from dpo_lab.runtime.precision import DType, Precision
 
-
-class Quantization(str, Enum):
-    """How the frozen base weights are stored while the adapter trains."""
-
-    none = "none"
-    nf4 = "nf4"  # QLoRA: 4-bit NormalFloat with double quantization (bitsandbytes)
-    int8 = "int8"  # LLM.int8() 8-bit weights (bitsandbytes)
-
-
-class DataFormat(str, Enum):
-    """Shape of the preference rows; ``auto`` detects it from the first row that fits one."""
-
-    auto = "auto"
-    standard = "standard"  # prompt / chosen / rejected strings
-    conversational = "conversational"  # lists of {role, content} messages
-    implicit_prompt = "implicit_prompt"  # chosen / rejected full conversations sharing a prefix
-    hh = "hh"  # Anthropic HH-RLHF "\n\nHuman: ... \n\nAssistant: ..." transcripts
-
-
-class OnInvalid(str, Enum):
-    """What to do with preference rows that fail validation."""
-
-    error = "error"
-    drop = "drop"
-
-
-class Direction(str, Enum):
-    """Which way is better for a sweep's objective metric."""
-
-    maximize = "maximize"
-    minimize = "minimize"
-
-
-class LoggerBackend(str, Enum):
-    none = "none"
-    wandb = "wandb"
-
-
-class WandbMode(str, Enum):
-    auto = "auto"  # online when an API key and the network are there, offline otherwise
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
-
-# Loss names accepted by TRL 1.x DPOConfig.loss_type (checked against the installed trl by a test).
-DPO_LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)  # fmt: skip
-LORA_BIAS = ("none", "all", "lora_only")
+# ``package.module:function`` (dpo.loss_type entries, checker and reward names)
+_FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
 
 @dataclass
-class ModelConfig:
-    # a hub id, a local folder (config.json, weights, tokenizer), or package:<module> of a pip-installed one
-    name_or_path: str = MISSING
-    # a GGUF file in that folder / hub repo, dequantized once into a cached plain copy; null = not GGUF
-    gguf_file: str | None = None
-    # none | nf4 | int8: nf4 is QLoRA; quantized weights cut memory ~4x and stay frozen
-    quantization: Quantization = Quantization.none
-    # auto | float32 | bfloat16 | float16: dtype of unquantized weights; auto follows train.precision
-    dtype: DType = DType.auto
-    # a branch, tag or commit of the hub repo, for reproducible runs
-    revision: str | None = None
-    # allow model code shipped in the repo (only for models you trust)
-    trust_remote_code: bool = False
-    # a Jinja chat template (inline, or a path to a .jinja file) for tokenizers that lack one
-    chat_template: str | None = None
-    # attention kernel passed to from_pretrained (sdpa, eager, flash_attention_2); null = transformers' choice
-    attn_implementation: str | None = None
+class ModelSettings:
+    name_or_path: str = setting(
+        MISSING,
+        help=(
+            "a hub id, a local folder (config.json, weights, tokenizer), or package:<module> of a "
+            "pip-installed one"
+        ),
+        changes=("base", "tokenizer"),
+    )
+    gguf_file: str | None = setting(
+        None,
+        help=(
+            "a GGUF file in that folder / hub repo, dequantized once into a cached plain copy; null = not "
+            "GGUF"
+        ),
+        changes=("base", "tokenizer"),
+    )
+    quantization: Quantization = setting(
+        Quantization.none,
+        help="none | nf4 | int8: nf4 is QLoRA; quantized weights cut memory ~4x and stay frozen",
+        changes=("base",),
+    )
+    dtype: DType = setting(
+        DType.auto,
+        help=(
+            "auto | float32 | bfloat16 | float16: dtype of unquantized weights; auto follows train.precision"
+        ),
+        changes=("base",),
+    )
+    revision: str | None = setting(
+        None,
+        help="a branch, tag or commit of the hub repo, for reproducible runs",
+        changes=("base", "tokenizer"),
+    )
+    trust_remote_code: bool = setting(
+        False,
+        help="allow model code shipped in the repo (only for models you trust)",
+        changes=("base", "tokenizer"),
+    )
+    chat_template: str | None = setting(
+        None,
+        help="a Jinja chat template (inline, or a path to a .jinja file) for tokenizers that lack one",
+        changes=("base", "tokenizer"),
+    )
+    attn_implementation: str | None = setting(
+        None,
+        help=(
+            "attention kernel passed to from_pretrained (sdpa, eager, flash_attention_2); null = "
+            "transformers' choice"
+        ),
+        changes=("base",),
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if not self.name_or_path.strip():
@@ -105,21 +101,30 @@ class ModelConfig:
 
 
 @dataclass
-class LoraConfig:
-    # adapter rank: capacity of the update; larger = more trainable parameters
-    r: int = 16
-    # scaling numerator: the update is multiplied by alpha / r (or alpha / sqrt(r) with rslora)
-    alpha: int = 32
-    # dropout on the adapter input; 0 disables it
-    dropout: float = 0.05
-    # module names to adapt; ["all-linear"] adapts every linear layer but the output head
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    # none | all | lora_only: which biases train alongside the adapter
-    bias: str = "none"
-    # rank-stabilised scaling alpha / sqrt(r), steadier when sweeping r
-    use_rslora: bool = False
-    # weight-decomposed LoRA (DoRA): slower, sometimes better at low rank
-    use_dora: bool = False
+class LoraSettings:
+    r: int = setting(
+        16,
+        help="adapter rank: capacity of the update; larger = more trainable parameters",
+        differs_in_pack=True,
+    )
+    alpha: int = setting(
+        32,
+        help="scaling numerator: the update is multiplied by alpha / r (or alpha / sqrt(r) with rslora)",
+        differs_in_pack=True,
+    )
+    dropout: float = setting(0.05, help="dropout on the adapter input; 0 disables it", differs_in_pack=True)
+    target_modules: list[str] = setting(
+        factory=lambda: ["all-linear"],
+        help='module names to adapt; ["all-linear"] adapts every linear layer but the output head',
+        differs_in_pack=True,
+    )
+    bias: str = setting("none", help="none | all | lora_only: which biases train alongside the adapter")
+    use_rslora: bool = setting(
+        False, help="rank-stabilised scaling alpha / sqrt(r), steadier when sweeping r", differs_in_pack=True
+    )
+    use_dora: bool = setting(
+        False, help="weight-decomposed LoRA (DoRA): slower, sometimes better at low rank"
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.r < 1:
@@ -135,19 +140,49 @@ class LoraConfig:
 
 
 @dataclass
-class DPOConfig:
-    # temperature of the implicit reward: lower values let the policy drift further from the reference
-    beta: float = 0.1
-    # TRL 1.x loss list, e.g. [sigmoid] (DPO), [ipo], [hinge], [robust], [sigmoid, sft] (RPO)
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
-    # one weight per loss_type entry; null = 1.0 each
-    loss_weights: list[float] | None = None
-    # longest prompt + response in tokens; longer pairs are truncated (the data report counts them)
-    max_length: int = 1024
-    # label flip probability for robust DPO / smoothing for EXO; 0 for plain DPO
-    label_smoothing: float = 0.0
-    # compute reference log-probs once before training: no reference forward per step
-    precompute_ref_log_probs: bool = False
+class DPOSettings:
+    beta: float = setting(
+        0.1,
+        help=(
+            "temperature of the implicit reward: lower values let the policy drift further from the reference"
+        ),
+        differs_in_pack=True,
+        trl="beta",
+    )
+    loss_type: list[str] = setting(
+        factory=lambda: ["sigmoid"],
+        help="TRL 1.x loss list, e.g. [sigmoid] (DPO), [ipo], [hinge], [robust], [sigmoid, sft] (RPO)",
+        differs_in_pack=True,
+        trl="loss_type",
+    )
+    loss_weights: list[float] | None = setting(
+        None, help="one weight per loss_type entry; null = 1.0 each", differs_in_pack=True, trl="loss_weights"
+    )
+    max_length: int = setting(
+        1024,
+        help="longest prompt + response in tokens; longer pairs are truncated (the data report counts them)",
+        changes=("tokenized",),
+        trl="max_length",
+    )
+    label_smoothing: float = setting(
+        0.0,
+        help="label flip probability for robust DPO / smoothing for EXO; 0 for plain DPO",
+        differs_in_pack=True,
+        trl="label_smoothing",
+    )
+    loss_params: dict[str, Any] = setting(
+        factory=dict,
+        help=(
+            "hyperparameters of your own loss functions in loss_type (package.module:function), e.g. "
+            "{gamma: 0.5}; checked against the function's declared params"
+        ),
+        differs_in_pack=True,
+    )
+    precompute_ref_log_probs: bool = setting(
+        False,
+        help="compute reference log-probs once before training: no reference forward per step",
+        trl="precompute_ref_log_probs",
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.beta <= 0:
@@ -155,8 +190,20 @@ class DPOConfig:
         if not self.loss_type:
             yield "loss_type", f"must list at least one of: {', '.join(DPO_LOSS_TYPES)}"
         for name in self.loss_type:
-            if name not in DPO_LOSS_TYPES:
-                yield "loss_type", f"unknown loss {name!r}; allowed: {', '.join(DPO_LOSS_TYPES)}"
+            if ":" in name and not _FUNCTION_PATH.match(name):
+                yield "loss_type", f"{name!r} is not a package.module:function path"
+            elif ":" not in name and name not in DPO_LOSS_TYPES:
+                yield (
+                    "loss_type",
+                    f"unknown loss {name!r}; allowed: {', '.join(DPO_LOSS_TYPES)}, or "
+                    "package.module:function",
+                )
+        if self.loss_params and not any(":" in name for name in self.loss_type):
+            yield (
+                "loss_params",
+                "only your own loss functions (package.module:function in dpo.loss_type) read it, and "
+                "dpo.loss_type names none",
+            )
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             yield (
                 "loss_weights",
@@ -178,39 +225,74 @@ class DPOConfig:
 
 @dataclass
 class DataColumns:
-    # source column holding the prompt (standard / conversational shapes)
-    prompt: str = "prompt"
-    # source column holding the preferred response
-    chosen: str = "chosen"
-    # source column holding the dispreferred response
-    rejected: str = "rejected"
+    prompt: str = setting(
+        "prompt",
+        help="source column holding the prompt (standard / conversational shapes)",
+        changes=("pairs",),
+    )
+    chosen: str = setting("chosen", help="source column holding the preferred response", changes=("pairs",))
+    rejected: str = setting(
+        "rejected", help="source column holding the dispreferred response", changes=("pairs",)
+    )
 
 
 @dataclass
-class DataConfig:
-    # a local file (jsonl, json, parquet, csv, jsonl.gz), a folder (saved dataset or files), or a hub id
-    path: str = MISSING
-    # sub-folder of a hub dataset (or local folder), e.g. harmless-base of Anthropic/hh-rlhf; null = all
-    data_dir: str | None = None
-    # split (or file) to train on
-    split: str = "train"
-    # held-out split to evaluate on; null = carve test_size off the train split
-    test_split: str | None = "test"
-    # fraction (0-1) or row count held out when test_split is null, or when data.path is a single file
-    # (it has no other split); split with the run's seed
-    test_size: float | None = None
-    # auto | standard | conversational | implicit_prompt | hh
-    format: DataFormat = DataFormat.auto
-    # source column names, for data whose columns are not prompt / chosen / rejected
-    columns: DataColumns = field(default_factory=DataColumns)
-    # error | drop: stop before training on invalid rows (default), or drop them and report counts per reason
-    on_invalid: OnInvalid = OnInvalid.error
-    # use only the first N training rows (quick experiments); null = all
-    max_train_samples: int | None = None
-    # use only the first N held-out rows; null = all
-    max_eval_samples: int | None = None
-    # system message prepended to every prompt that has none; null = none
-    system_prompt: str | None = None
+class DataSettings:
+    path: str = setting(
+        MISSING,
+        help=(
+            "a local file (jsonl, json, parquet, csv, jsonl.gz), a folder (saved dataset or files), or a "
+            "hub id"
+        ),
+        changes=("pairs",),
+    )
+    data_dir: str | None = setting(
+        None,
+        help=(
+            "sub-folder of a hub dataset (or local folder), e.g. harmless-base of Anthropic/hh-rlhf; null ="
+            " all"
+        ),
+        changes=("pairs",),
+    )
+    split: str = setting("train", help="split (or file) to train on", changes=("pairs",))
+    test_split: str | None = setting(
+        "test",
+        help="held-out split to evaluate on; null = carve test_size off the train split",
+        changes=("pairs",),
+    )
+    test_size: float | None = setting(
+        None,
+        help=(
+            "fraction (0-1) or row count held out when test_split is null, or when data.path is a single "
+            "file (it has no other split); split with the run's seed"
+        ),
+        changes=("pairs",),
+    )
+    format: DataFormat = setting(
+        DataFormat.auto, help="auto | standard | conversational | implicit_prompt | hh", changes=("pairs",)
+    )
+    columns: DataColumns = setting(
+        factory=DataColumns,
+        help="source column names, for data whose columns are not prompt / chosen / rejected",
+        changes=("pairs",),
+    )
+    on_invalid: OnInvalid = setting(
+        OnInvalid.error,
+        help=(
+            "error | drop: stop before training on invalid rows (default), or drop them and report counts "
+            "per reason"
+        ),
+        changes=("pairs",),
+    )
+    max_train_samples: int | None = setting(
+        None, help="use only the first N training rows (quick experiments); null = all", changes=("pairs",)
+    )
+    max_eval_samples: int | None = setting(
+        None, help="use only the first N held-out rows; null = all", changes=("pairs",)
+    )
+    system_prompt: str | None = setting(
+        None, help="system message prepended to every prompt that has none; null = none", changes=("pairs",)
+    )
 
     @property
     def is_single_file(self) -> bool:
@@ -240,50 +322,143 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    # peak learning rate of the adapter (AdamW); the default suits LoRA on a pretrained 1B-8B model. The
-    # shipped train/default option, sized for the embedded tiny model, sets 5e-4 (it needs a far larger rate)
-    learning_rate: float = 5e-6
-    # pairs per device per forward pass
-    per_device_train_batch_size: int = 4
-    # pairs per device per evaluation forward pass
-    per_device_eval_batch_size: int = 8
-    # micro-batches accumulated per optimizer step (effective batch = this x batch size x devices)
-    gradient_accumulation_steps: int = 1
-    # passes over the training data; ignored when max_steps > 0
-    num_train_epochs: float = 1.0
-    # optimizer steps to train for; -1 = derive from num_train_epochs
-    max_steps: int = -1
-    # evaluate on the held-out split every N steps; 0 = only before and after training
-    eval_steps: int = 0
-    # save a checkpoint every N steps; 0 = no intermediate checkpoints
-    save_steps: int = 0
-    # keep at most this many checkpoints (oldest deleted first)
-    save_total_limit: int = 2
-    # log training metrics every N steps
-    logging_steps: int = 5
-    # linear | cosine | constant | constant_with_warmup | ... (transformers scheduler names)
-    lr_scheduler_type: str = "linear"
-    # warm-up: a fraction of total steps if < 1, else a number of steps
-    warmup_steps: float = 0.0
-    # AdamW weight decay on the adapter weights
-    weight_decay: float = 0.0
-    # gradient clipping norm; 0 disables clipping
-    max_grad_norm: float = 1.0
-    # optimizer name as transformers knows it (adamw_torch_fused, adamw_torch, paged_adamw_8bit, ...)
-    optim: str = "adamw_torch_fused"
-    # recompute activations in backward: less memory, ~20-30% slower; for long sequences / big models
-    gradient_checkpointing: bool = False
-    # auto | fp32 | bf16 | fp16: auto = bf16 where the device computes it natively, else fp32
-    precision: Precision = Precision.auto
-    # evaluate on the held-out split before the first step (the "before" of before/after)
-    eval_before_training: bool = True
-    # batches of similar-length pairs: less padding, but less varied batches where length follows content
-    group_by_length: bool = False
-    # worker processes for the data loader
-    dataloader_num_workers: int = 0
-    # any other trl.DPOConfig / TrainingArguments field, passed through as-is
-    extra: dict[str, Any] = field(default_factory=dict)
+class TrainSettings:
+    learning_rate: float = setting(
+        5e-6,
+        help=(
+            "peak learning rate of the adapter (AdamW); the default suits LoRA on a pretrained 1B-8B model."
+            " The shipped train/default option, sized for the embedded tiny model, sets 5e-4 (it needs a "
+            "far larger rate)"
+        ),
+        differs_in_pack=True,
+        trl="learning_rate",
+        trl_differs="TRL's 1e-6 is sized for full fine-tuning; a LoRA adapter needs a larger rate",
+    )
+    per_device_train_batch_size: int = setting(
+        4,
+        help="pairs per device per forward pass",
+        changes=("reference",),
+        trl="per_device_train_batch_size",
+        trl_differs=(
+            "4 pairs (8 sequences) fit the tiny and 1B models on a CPU and an 8B model in 4-bit on a 24 GB "
+            "GPU"
+        ),
+    )
+    per_device_eval_batch_size: int = setting(
+        8,
+        help="pairs per device per evaluation forward pass",
+        changes=("reference",),
+        trl="per_device_eval_batch_size",
+    )
+    gradient_accumulation_steps: int = setting(
+        1,
+        help="micro-batches accumulated per optimizer step (effective batch = this x batch size x devices)",
+        trl="gradient_accumulation_steps",
+    )
+    num_train_epochs: float = setting(
+        1.0,
+        help="passes over the training data; ignored when max_steps > 0",
+        trl="num_train_epochs",
+        trl_differs=(
+            "one pass over the pairs, as in the DPO paper; TrainingArguments' 3.0 is a generic fine-tuning "
+            "default"
+        ),
+    )
+    max_steps: int = setting(
+        -1, help="optimizer steps to train for; -1 = derive from num_train_epochs", trl="max_steps"
+    )
+    eval_steps: int = setting(
+        0,
+        help="evaluate on the held-out split every N steps; 0 = only before and after training",
+        differs_in_pack=True,
+        trl="eval_steps",
+        trl_differs=(
+            "0 means held-out evaluations only before and after training; TRL's null (with eval_strategy) "
+            "is set from this"
+        ),
+    )
+    save_steps: int = setting(
+        0,
+        help="save a checkpoint every N steps; 0 = no intermediate checkpoints",
+        trl="save_steps",
+        trl_differs=(
+            "0 means no intermediate checkpoints (a short run needs none); set it for long runs that should"
+            " survive a kill"
+        ),
+    )
+    save_total_limit: int = setting(
+        2,
+        help="keep at most this many checkpoints (oldest deleted first)",
+        differs_in_pack=True,
+        trl="save_total_limit",
+        trl_differs="dpo_lab rotates complete checkpoints itself and keeps 2 (TRL's null keeps all)",
+    )
+    logging_steps: int = setting(
+        5,
+        help="log training metrics every N steps",
+        differs_in_pack=True,
+        trl="logging_steps",
+        trl_differs="5: short CPU runs still log several points",
+    )
+    lr_scheduler_type: str = setting(
+        "linear",
+        help="linear | cosine | constant | constant_with_warmup | ... (transformers scheduler names)",
+        differs_in_pack=True,
+        trl="lr_scheduler_type",
+    )
+    warmup_steps: float = setting(
+        0.0,
+        help="warm-up: a fraction of total steps if < 1, else a number of steps",
+        differs_in_pack=True,
+        trl="warmup_steps",
+    )
+    weight_decay: float = setting(
+        0.0, help="AdamW weight decay on the adapter weights", differs_in_pack=True, trl="weight_decay"
+    )
+    max_grad_norm: float = setting(
+        1.0, help="gradient clipping norm; 0 disables clipping", differs_in_pack=True, trl="max_grad_norm"
+    )
+    optim: str = setting(
+        "adamw_torch_fused",
+        help=(
+            "optimizer name as transformers knows it (adamw_torch_fused, adamw_torch, paged_adamw_8bit, ...)"
+        ),
+        trl="optim",
+    )
+    gradient_checkpointing: bool = setting(
+        False,
+        help=(
+            "recompute activations in backward: less memory, ~20-30% slower; for long sequences / big models"
+        ),
+        changes=("base",),
+        trl="gradient_checkpointing",
+        trl_differs=(
+            "off: it costs 20-30% more compute, and on CPUs and small models memory is not the limit (TRL "
+            "turns it on everywhere)"
+        ),
+    )
+    precision: Precision = setting(
+        Precision.auto,
+        help="auto | fp32 | bf16 | fp16: auto = bf16 where the device computes it natively, else fp32",
+    )
+    eval_before_training: bool = setting(
+        True, help='evaluate on the held-out split before the first step (the "before" of before/after)'
+    )
+    group_by_length: bool = setting(
+        False,
+        help=(
+            "batches of similar-length pairs: less padding, but less varied batches where length follows "
+            "content"
+        ),
+    )
+    dataloader_num_workers: int = setting(
+        0, help="worker processes for the data loader", trl="dataloader_num_workers"
+    )
+    extra: dict[str, Any] = setting(
+        factory=dict,
+        help="any other trl.DPOConfig / TrainingArguments field, passed through as-is",
+        changes=("tokenized",),
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.learning_rate <= 0:
@@ -341,62 +516,59 @@ def _owner(key: str) -> str:
         "run_name": "logger.name", "output_dir": "hydra.run.dir", "eval_strategy": "train.eval_steps",
         "save_strategy": "train.save_steps", "use_cpu": "the detected device",
         "train_sampling_strategy": "train.group_by_length", "eval_on_start": "train.eval_before_training",
-    }.get(key, f"dpo.{key}" if key in {f.name for f in fields(DPOConfig)} else f"train.{key}")  # fmt: skip
+    }.get(key, f"dpo.{key}" if key in {f.name for f in fields(DPOSettings)} else f"train.{key}")  # fmt: skip
 
 
 @dataclass
-class LoggerConfig:
-    # none | wandb
-    backend: LoggerBackend = LoggerBackend.wandb
-    # W&B project the runs land in
-    project: str = "dpo_lab"
-    # W&B team or user; null = the API key's default entity
-    entity: str | None = None
-    # run name; null = built from the overrides that differ from the defaults (e.g. beta=0.05,r=8)
-    name: str | None = None
-    # run group; null = one group per multirun sweep, or the run's own name for a single run
-    group: str | None = None
-    # free-form tags to filter runs by
-    tags: list[str] = field(default_factory=list)
-    # W&B job type (train, eval, sweep...)
-    job_type: str = "train"
-    # free-text notes shown on the run page
-    notes: str | None = None
-    # auto | online | offline | disabled; auto = online with an API key and network, offline otherwise
-    mode: WandbMode = WandbMode.auto
-    # folder for W&B files; null = the run folder
-    dir: str | None = None
-    # upload the adapter folder (with its model card) as a W&B artifact of type model
-    log_model: bool = False
+class LoggerSettings:
+    backend: LoggerBackend = setting(LoggerBackend.wandb, help="none | wandb")
+    project: str = setting("dpo_lab", help="W&B project the runs land in")
+    entity: str | None = setting(None, help="W&B team or user; null = the API key's default entity")
+    name: str | None = setting(
+        None,
+        help="run name; null = built from the overrides that differ from the defaults (e.g. beta=0.05,r=8)",
+    )
+    group: str | None = setting(
+        None, help="run group; null = one group per multirun sweep, or the run's own name for a single run"
+    )
+    tags: list[str] = setting(factory=list, help="free-form tags to filter runs by")
+    job_type: str = setting("train", help="W&B job type (train, eval, sweep...)")
+    notes: str | None = setting(None, help="free-text notes shown on the run page")
+    mode: WandbMode = setting(
+        WandbMode.auto,
+        help=(
+            "auto | online | offline | disabled; auto = online with an API key and network, offline otherwise"
+        ),
+    )
+    dir: str | None = setting(None, help="folder for W&B files; null = the run folder")
+    log_model: bool = setting(
+        False, help="upload the adapter folder (with its model card) as a W&B artifact of type model"
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.backend is LoggerBackend.wandb and not self.project.strip():
             yield "project", "must name a W&B project"
 
 
-class Judge(str, Enum):
-    """Who decides which of two answers is better in ``dpo-lab compare``."""
-
-    checker = "checker"  # the task checker against the held-out ground truth (eval.checker)
-    reward_model = "reward_model"  # a sequence-classification model with one score output
-
-
 @dataclass
-class GenerationConfig:
-    # new tokens per answer; the embedded finance answers need ~80-120 with the tiny tokenizer
-    max_new_tokens: int = 128
-    # false = greedy decoding (deterministic); true = sample with temperature / top_p / top_k
-    do_sample: bool = False
-    # sampling temperature (only with do_sample): lower = closer to greedy
-    temperature: float = 0.7
-    # nucleus sampling mass (only with do_sample); 1.0 disables it
-    top_p: float = 0.9
-    # sample among the k most likely tokens (only with do_sample); 0 disables it
-    top_k: int = 50
-    # > 1 discourages repeating tokens; 1.0 = off
-    repetition_penalty: float = 1.0
-    # prompts generated together (left-padded); larger is faster until memory runs out
-    batch_size: int = 16
+class GenerationSettings:
+    max_new_tokens: int = setting(
+        128, help="new tokens per answer; the embedded finance answers need ~80-120 with the tiny tokenizer"
+    )
+    do_sample: bool = setting(
+        False, help="false = greedy decoding (deterministic); true = sample with temperature / top_p / top_k"
+    )
+    temperature: float = setting(
+        0.7, help="sampling temperature (only with do_sample): lower = closer to greedy"
+    )
+    top_p: float = setting(0.9, help="nucleus sampling mass (only with do_sample); 1.0 disables it")
+    top_k: int = setting(
+        50, help="sample among the k most likely tokens (only with do_sample); 0 disables it"
+    )
+    repetition_penalty: float = setting(1.0, help="> 1 discourages repeating tokens; 1.0 = off")
+    batch_size: int = setting(
+        16, help="prompts generated together (left-padded); larger is faster until memory runs out"
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.max_new_tokens < 1:
@@ -414,17 +586,23 @@ class GenerationConfig:
 
 
 @dataclass
-class CheckerConfig:
-    # a checker registered in dpo_lab.evaluation.task (finance_number, exact_match) or
-    # "package.module:function";
-    # null = no accuracy, sample generations only (data without ground truth)
-    name: str | None = "finance_number"
-    # held-out column holding the ground truth the checker compares the answer with
-    answer_column: str = "answer"
-    # numeric match: |answer - truth| <= max(abs_tol, rel_tol * |truth|); 0.001 = within 0.1%
-    rel_tol: float = 0.001
-    # numeric match floor in the answer's unit; 0.01 forgives rounding to the cent
-    abs_tol: float = 0.01
+class CheckerSettings:
+    name: str | None = setting(
+        "finance_number",
+        help=(
+            "a registered checker (finance_number, exact_match) or package.module:function; null = no "
+            "accuracy, sample generations only (data without ground truth)"
+        ),
+    )
+    answer_column: str = setting(
+        "answer", help="held-out column holding the ground truth the checker compares the answer with"
+    )
+    rel_tol: float = setting(
+        0.001, help="numeric match: |answer - truth| <= max(abs_tol, rel_tol * |truth|); 0.001 = within 0.1%"
+    )
+    abs_tol: float = setting(
+        0.01, help="numeric match floor in the answer's unit; 0.01 forgives rounding to the cent"
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.name is not None and not self.name.strip():
@@ -438,24 +616,35 @@ class CheckerConfig:
 
 
 @dataclass
-class TaskEvalConfig:
-    # generate answers to held-out prompts with the base (before) and the trained adapter (after)
-    enabled: bool = True
-    # held-out prompts answered (the first N of the held-out split): more = steadier accuracy, slower
-    num_prompts: int = 16
-    # how answers are scored against the ground truth
-    checker: CheckerConfig = field(default_factory=CheckerConfig)
-    # decoding settings of these answers (greedy by default, so before/after differ only by training)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+class TaskEvalSettings:
+    enabled: bool = setting(
+        True,
+        help="generate answers to held-out prompts with the base (before) and the trained adapter (after)",
+    )
+    num_prompts: int = setting(
+        16,
+        help=(
+            "held-out prompts answered (the first N of the held-out split): more = steadier accuracy, slower"
+        ),
+    )
+    checker: CheckerSettings = setting(
+        factory=CheckerSettings, help="how answers are scored against the ground truth"
+    )
+    generation: GenerationSettings = setting(
+        factory=GenerationSettings,
+        help=(
+            "decoding settings of these answers (greedy by default, so before/after differ only by training)"
+        ),
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.num_prompts < 1:
             yield "num_prompts", f"must be an integer >= 1, got {self.num_prompts}"
-        yield from _nested("checker", self.checker.problems())
-        yield from _nested("generation", self.generation.problems())
+        yield from nested("checker", self.checker.problems())
+        yield from nested("generation", self.generation.problems())
 
 
-def _nested(prefix: str, problems: Iterator[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+def nested(prefix: str, problems: Iterator[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     for key, message in problems:
         yield f"{prefix}.{key}", message
 
@@ -470,11 +659,17 @@ OBJECTIVE_METRICS = (
 
 
 @dataclass
-class ObjectiveConfig:
-    # held-out metric that ranks a sweep's jobs and that Optuna optimises (TRL's eval name without "eval_")
-    metric: str = "rewards/accuracies"
-    # maximize | minimize: which way is better for the metric (loss: minimize)
-    direction: Direction = Direction.maximize
+class ObjectiveSettings:
+    metric: str = setting(
+        "rewards/accuracies",
+        help=(
+            "held-out metric that ranks a sweep's jobs and that Optuna optimises (TRL's eval name without "
+            '"eval_")'
+        ),
+    )
+    direction: Direction = setting(
+        Direction.maximize, help="maximize | minimize: which way is better for the metric (loss: minimize)"
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.metric not in OBJECTIVE_METRICS:
@@ -489,134 +684,55 @@ class ObjectiveConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    # in a same-process multirun, hand the next job the loaded base model (adapter removed), the tokenised
-    # data and the reference log-probs when they would come out identical; false reloads them for every job
-    reuse: bool = True
-    # CPU memory that torch frees stays in the process for the next step (glibc malloc: no fresh mmap and
-    # page faults for every large tensor, every step); false = glibc's defaults (hardware.keep_freed_memory)
-    keep_freed_memory: bool = True
-    # seeds Python, NumPy, torch, the adapter init, data shuffling and the held-out split
-    seed: int = 42
-    # a run folder to continue from its newest complete checkpoint, with the overrides it was started with;
-    # null = a new run (re-running with the same hydra.run.dir resumes too)
-    resume: str | None = None
+    model: ModelSettings = field(default_factory=ModelSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    logger: LoggerSettings = field(default_factory=LoggerSettings)
+    eval: TaskEvalSettings = field(default_factory=TaskEvalSettings)
+    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    reuse: bool = setting(
+        True,
+        help=(
+            "in a same-process multirun, hand the next job the loaded base model (adapter removed), the "
+            "tokenised data and the reference log-probs when they would come out identical; false reloads "
+            "them for every job"
+        ),
+    )
+    keep_freed_memory: bool = setting(
+        True,
+        help=(
+            "CPU memory that torch frees stays in the process for the next step (glibc malloc: no fresh "
+            "mmap and page faults for every large tensor, every step); false = glibc's defaults "
+            "(hardware.keep_freed_memory)"
+        ),
+    )
+    seed: int = setting(
+        42,
+        help="seeds Python, NumPy, torch, the adapter init, data shuffling and the held-out split",
+        changes=("pairs",),
+    )
+    resume: str | None = setting(
+        None,
+        help=(
+            "a run folder to continue from its newest complete checkpoint, with the overrides it was "
+            "started with; null = a new run (re-running with the same hydra.run.dir resumes too)"
+        ),
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         for group in GROUPS:
             node = getattr(self, group)
             assert is_dataclass(node)
-            yield from _nested(group, node.problems())
+            yield from nested(group, node.problems())
         if self.dpo.precompute_ref_log_probs and self.train.extra.get("sync_ref_model"):
             yield "dpo.precompute_ref_log_probs", "cannot be combined with train.extra.sync_ref_model"
 
 
-GROUPS = {"model": ModelConfig, "lora": LoraConfig, "dpo": DPOConfig, "data": DataConfig,
-          "train": TrainConfig, "logger": LoggerConfig, "eval": TaskEvalConfig,
-          "objective": ObjectiveConfig}  # fmt: skip
-
-
-def register_configs() -> None:
-    """Register every group schema as ``<group>/base_<group>`` and the root schema as ``base_config``."""
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=RunConfig)
-    for group, schema in GROUPS.items():
-        cs.store(group=group, name=f"base_{group}", node=schema)
-    for name, schema in ENTRY_POINTS.items():
-        cs.store(name=f"base_{name}", node=schema)
+GROUPS = {"model": ModelSettings, "lora": LoraSettings, "dpo": DPOSettings, "data": DataSettings,
+          "train": TrainSettings, "logger": LoggerSettings, "eval": TaskEvalSettings,
+          "objective": ObjectiveSettings}  # fmt: skip
 
 
 # Schemas of the entry points that work on a finished run folder (conf/<name>.yaml each).
-
-
-@dataclass
-class GenerateConfig:
-    # run folder written by python -m dpo_lab.run (holds config.yaml and adapter/)
-    run: str = MISSING
-    # one prompt to answer; with no prompt, prompts_file or chat, the prompts piped on standard input
-    # (one per line) are answered
-    prompt: str | None = None
-    # prompts to answer: .txt (one per line, blank lines skipped) or .jsonl (a prompt field per line)
-    prompts_file: str | None = None
-    # field of each .jsonl line holding the prompt (a string, or a list of {role, content} messages)
-    prompt_field: str = "prompt"
-    # interactive multi-turn chat reading stdin (piped input works too); /reset clears, /exit ends
-    chat: bool = False
-    # system message of every conversation; null = the run's data.system_prompt
-    system_prompt: str | None = None
-    # answer with the adapter disabled (the untrained base model), to see what training changed
-    base_only: bool = False
-    # also write {prompt, answer} lines to this jsonl file
-    output: str | None = None
-    # print tokens as they are generated (one prompt at a time); false = batched, printed per answer
-    stream: bool = True
-    # null = the run's model.quantization; e.g. nf4 to chat with a big base on a small GPU
-    quantization: Quantization | None = None
-    # seeds sampling (do_sample=true); greedy decoding is deterministic anyway
-    seed: int = 42
-    # decoding settings
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        sources = [k for k in ("prompt", "prompts_file") if getattr(self, k) is not None]
-        sources += ["chat"] if self.chat else []
-        if len(sources) > 1:
-            found = ", ".join(sources)
-            yield "prompt", f"give one of prompt=..., prompts_file=... or chat=true (got {found})"
-        if self.prompt is not None and not self.prompt.strip():
-            yield "prompt", "must not be empty"
-        yield from _nested("generation", self.generation.problems())
-
-
-@dataclass
-class MergeConfig:
-    # run folder written by python -m dpo_lab.run (holds config.yaml and adapter/)
-    run: str = MISSING
-    # folder for the standalone merged model; null = <run>/merged
-    out: str | None = None
-    # auto | float32 | bfloat16 | float16: dtype of the merged weights; auto = the run's base dtype
-    dtype: DType = DType.auto
-    # replace the out folder if it already holds files
-    overwrite: bool = False
-
-
-@dataclass
-class CompareConfig:
-    # run folder of model A (its held-out split supplies the prompts)
-    a: str = MISSING
-    # run folder of model B, or "base" for A's base model with the adapter disabled
-    b: str = "base"
-    # checker | reward_model: score against the ground truth, or by a reward model's score
-    judge: Judge = Judge.checker
-    # folder of a sequence-classification model with one output (judge=reward_model)
-    reward_model: str | None = None
-    # held-out prompts compared (the first N of A's held-out split)
-    num_prompts: int = 32
-    # answers scored against the ground truth (judge=checker)
-    checker: CheckerConfig = field(default_factory=CheckerConfig)
-    # decoding settings of both models' answers
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    # per-prompt results (jsonl) and a summary next to it (.json); null = <a>/compare/vs-<b>.jsonl
-    out: str | None = None
-    # seeds sampling (do_sample=true); greedy decoding is deterministic anyway
-    seed: int = 42
-
-    def problems(self) -> Iterator[tuple[str, str]]:
-        if self.num_prompts < 1:
-            yield "num_prompts", f"must be an integer >= 1, got {self.num_prompts}"
-        if self.judge is Judge.reward_model and not self.reward_model:
-            yield "reward_model", "judge=reward_model needs reward_model=<folder of the reward model>"
-        if self.judge is Judge.checker and self.checker.name is None:
-            yield "checker.name", "judge=checker needs a checker name (finance_number, exact_match, ...)"
-        yield from _nested("checker", self.checker.problems())
-        yield from _nested("generation", self.generation.problems())
-
-
-ENTRY_POINTS = {"generate": GenerateConfig, "merge": MergeConfig, "compare": CompareConfig}

@@ -7,6 +7,8 @@ line that says how to name the file instead; new options, experiments and sweeps
 
 from __future__ import annotations
 
+import os
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -80,3 +82,21 @@ def check_user_config_dirs(args: list[str]) -> None:
                     f"{path} has the name of a shipped config, which Hydra would use instead; rename it "
                     f"(e.g. {rel[: -len('.yaml')]}_mine.yaml) and {hint}",
                 )
+
+
+def make_config_dirs_importable(args: list[str]) -> list[Path]:
+    """Put each ``--config-dir`` folder at the end of the import path, in this process and (through
+    ``PYTHONPATH``) in the processes a launcher starts, so that ``package.module:function`` names a loss,
+    checker or reward function in a Python file beside your configs. Appended, never prepended: a file there
+    cannot shadow an installed package. Returns the folders added."""
+    added = []
+    for folder in config_dirs(args):
+        path = str(folder.resolve())
+        if folder.is_dir() and path not in sys.path:
+            sys.path.append(path)
+            added.append(folder)
+    if added:
+        current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        extra = [str(f.resolve()) for f in added if str(f.resolve()) not in current]
+        os.environ["PYTHONPATH"] = os.pathsep.join([*current, *extra])
+    return added

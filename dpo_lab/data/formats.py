@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dpo_lab.config.schemas import DataColumns, DataFormat
+from dpo_lab.config.choices import DataFormat
+from dpo_lab.config.schemas import DataColumns
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")

@@ -20,7 +20,8 @@ from typing import Any
 from datasets import Dataset, Features, List, Value
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import DataColumns, DataConfig, DataFormat, OnInvalid
+from dpo_lab.config.choices import DataFormat, OnInvalid
+from dpo_lab.config.schemas import DataColumns, DataSettings
 from dpo_lab.data.checks import SplitProblems, invalid_rows_message, prompt_length_problem, tally
 from dpo_lab.data.formats import FORMATS, Pair, Reason, RowProblem, detect_format, normalise_record
 from dpo_lab.data.report import pair_token_ids, split_report
@@ -110,7 +111,7 @@ class PreferenceData:
         return flat
 
 
-def _train_and_held_out(parsed: dict[str, Any], cfg: DataConfig, seed: int) -> dict[str, Dataset]:
+def _train_and_held_out(parsed: dict[str, Any], cfg: DataSettings, seed: int) -> dict[str, Dataset]:
     """The held-out split (its own, or carved off the train rows with the seed), both capped by
     ``data.max_*_samples``."""
     train = parsed["train"].valid
@@ -126,7 +127,7 @@ def _train_and_held_out(parsed: dict[str, Any], cfg: DataConfig, seed: int) -> d
 
 
 def load_preference_data(
-    cfg: DataConfig,
+    cfg: DataSettings,
     seed: int,
     tokenizer: PreTrainedTokenizerBase | None = None,
     max_length: int | None = None,
@@ -181,7 +182,7 @@ def load_preference_data(
     )
 
 
-def _nothing_left(name: str, parsed: _Parsed, cfg: DataConfig) -> str:
+def _nothing_left(name: str, parsed: _Parsed, cfg: DataSettings) -> str:
     """Why a split has no row left: every row invalid (and dropped), or the held-out carving / caps."""
     origin, invalid = parsed.raw.origin, len(parsed.problems.rows)
     if invalid and invalid == len(parsed.raw.dataset):
@@ -194,7 +195,7 @@ def _nothing_left(name: str, parsed: _Parsed, cfg: DataConfig) -> str:
     return f"no valid {name} rows left from {origin}"
 
 
-def _check_split_keys(cfg: DataConfig) -> None:
+def _check_split_keys(cfg: DataSettings) -> None:
     if cfg.held_out_split is not None and single_split_source(cfg):
         raise ConfigError(
             "data.test_split",
@@ -203,7 +204,7 @@ def _check_split_keys(cfg: DataConfig) -> None:
         )
 
 
-def _refuse_or_log(cfg: DataConfig, found: list[SplitProblems]) -> None:
+def _refuse_or_log(cfg: DataSettings, found: list[SplitProblems]) -> None:
     """Raise on invalid rows with ``on_invalid=error``; otherwise log what is dropped."""
     found = [p for p in found if p.groups]
     if found and cfg.on_invalid is OnInvalid.error:
@@ -220,7 +221,7 @@ class _Parsed:
     problems: SplitProblems
 
 
-def _parse_split(raw: RawSplit, cfg: DataConfig) -> _Parsed:
+def _parse_split(raw: RawSplit, cfg: DataSettings) -> _Parsed:
     """Normalise every row of one split and tally the invalid ones; ``valid`` holds the rest."""
     fmt = cfg.format if cfg.format is not DataFormat.auto else detect_split_format(raw, cfg.columns)
     _check_columns(raw, fmt, cfg.columns)
@@ -365,7 +366,7 @@ def measure_row(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict
 
 
 def _carve_held_out(train: Dataset, test_size: float | None, seed: int) -> tuple[Dataset, Dataset]:
-    assert test_size is not None  # DataConfig.problems insists on test_split or test_size
+    assert test_size is not None  # DataSettings.problems insists on test_split or test_size
     size: float | int = test_size if test_size < 1 else int(test_size)
     try:
         parts = train.train_test_split(test_size=size, seed=seed)
@@ -410,7 +411,7 @@ def source_rows(raw: RawSplit, numbers: list[int]) -> list[dict[str, Any]]:
     return [row for row in rows if isinstance(row, dict)]
 
 
-def load_held_out_rows(cfg: DataConfig) -> list[dict[str, Any]]:
+def load_held_out_rows(cfg: DataSettings) -> list[dict[str, Any]]:
     """The source rows of the held-out split as stored, every column kept (e.g. the ground truth a task
     checker needs); rows that are not JSON objects are skipped. Without ``data.test_split`` the held-out
     rows are carved off ``data.split`` after normalisation, so this returns all of ``data.split``: match

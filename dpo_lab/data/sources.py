@@ -29,7 +29,7 @@ from typing import IO, TypeVar
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 
-from dpo_lab.config.schemas import DataConfig
+from dpo_lab.config.schemas import DataSettings
 from dpo_lab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def file_suffix(path: Path) -> str:
     return next((s for s in sorted(FILE_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
 
 
-def read_split(cfg: DataConfig, split: str, key: str) -> RawSplit:
+def read_split(cfg: DataSettings, split: str, key: str) -> RawSplit:
     """The split named ``split`` (from config key ``key``) of the source ``data.path`` names."""
     path = Path(cfg.path).expanduser()
     if path.is_file():
@@ -80,7 +80,7 @@ def read_split(cfg: DataConfig, split: str, key: str) -> RawSplit:
     return _load_with_datasets(cfg.path, cfg.data_dir, split, key)
 
 
-def single_split_source(cfg: DataConfig) -> bool:
+def single_split_source(cfg: DataSettings) -> bool:
     """True when ``data.path`` holds one split only (a file, or a folder saved from a single Dataset)."""
     path = Path(cfg.path).expanduser()
     folder = path / cfg.data_dir if cfg.data_dir else path

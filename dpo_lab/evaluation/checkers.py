@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dpo_lab.config.schemas import CheckerConfig
+from dpo_lab.config.schemas import CheckerSettings
 from dpo_lab.errors import ConfigError
 
 
@@ -26,7 +26,7 @@ class CheckResult:
     reason: str  # "match", "wrong", "no number", ...
 
 
-Checker = Callable[[str, Mapping[str, Any], CheckerConfig], CheckResult]
+Checker = Callable[[str, Mapping[str, Any], CheckerSettings], CheckResult]
 
 
 CHECKERS: dict[str, Checker] = {}
@@ -62,7 +62,7 @@ def get_checker(name: str, key: str = "eval.checker.name") -> Checker:
 
 
 @register_checker("exact_match")
-def exact_match(answer: str, row: Mapping[str, Any], cfg: CheckerConfig) -> CheckResult:
+def exact_match(answer: str, row: Mapping[str, Any], cfg: CheckerSettings) -> CheckResult:
     """Short-answer tasks: the answer, case- and space-normalised, equals or ends with the truth."""
     truth = _normalise_text(str(row[cfg.answer_column]))
     said = _normalise_text(answer)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dpo_lab.config.schemas import CheckerConfig
+from dpo_lab.config.schemas import CheckerSettings
 from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.checkers import CheckResult, register_checker
 
@@ -102,7 +102,7 @@ def parse_truth(value: Any, key: str) -> float:
 
 
 @register_checker("finance_number")
-def finance_number(answer: str, row: Mapping[str, Any], cfg: CheckerConfig) -> CheckResult:
+def finance_number(answer: str, row: Mapping[str, Any], cfg: CheckerSettings) -> CheckResult:
     """The finance pairs' checker: the answer's final number against ``row[answer_column]``; rows whose
     ``unit`` is ``percent`` store the percentage (9.34 for 9.34%)."""
     truth = parse_truth(row[cfg.answer_column], f"eval.checker.answer_column ({cfg.answer_column})")

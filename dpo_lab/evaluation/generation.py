@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, TextStreamer, set_seed
 from transformers.tokenization_utils_base import BatchEncoding, PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import GenerationConfig
+from dpo_lab.config.schemas import GenerationSettings
 
 Messages = list[dict[str, str]]
 
@@ -40,7 +40,7 @@ def chat_inputs(
     return batch.to(device)
 
 
-def generate_kwargs(cfg: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+def generate_kwargs(cfg: GenerationSettings, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """``model.generate`` arguments; sampling knobs only when sampling (greedy ignores them)."""
     kwargs: dict[str, Any] = {
         "max_new_tokens": cfg.max_new_tokens,
@@ -59,7 +59,7 @@ def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     conversations: Sequence[Messages],
-    cfg: GenerationConfig,
+    cfg: GenerationSettings,
     seed: int | None = None,
 ) -> list[str]:
     """The assistant's reply to each conversation, generated ``cfg.batch_size`` at a time."""
@@ -79,7 +79,7 @@ def stream_answer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     conversation: Messages,
-    cfg: GenerationConfig,
+    cfg: GenerationSettings,
     out: TextIO | None = None,
 ) -> str:
     """Generate one reply while writing its text to ``out`` (stdout) as tokens arrive; returns the reply."""

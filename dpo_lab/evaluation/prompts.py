@@ -8,7 +8,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from dpo_lab.config.schemas import CheckerConfig, DataConfig, TaskEvalConfig
+from dpo_lab.config.schemas import CheckerSettings, DataSettings, TaskEvalSettings
 from dpo_lab.data.loading import load_held_out_rows
 from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.checkers import get_checker
@@ -31,8 +31,8 @@ class TaskPrompt:
 
 
 def load_task_prompts(
-    cfg: TaskEvalConfig,
-    data_cfg: DataConfig,
+    cfg: TaskEvalSettings,
+    data_cfg: DataSettings,
     held_out: Dataset,
     stored_rows: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
 ) -> list[TaskPrompt]:
@@ -52,9 +52,9 @@ def load_task_prompts(
 def task_prompts(
     held_out: Dataset,
     raw_rows: Sequence[Mapping[str, Any]] | None,
-    data_cfg: DataConfig,
+    data_cfg: DataSettings,
     num_prompts: int,
-    checker: CheckerConfig,
+    checker: CheckerSettings,
 ) -> list[TaskPrompt]:
     """The first ``num_prompts`` normalised held-out pairs, each joined by its prompt text to the stored
     row that holds its ground truth (``raw_rows``; needed only when a checker is set)."""
@@ -82,7 +82,7 @@ def task_prompts(
 
 
 def _rows_by_prompt(
-    raw: Sequence[Mapping[str, Any]] | None, data_cfg: DataConfig, checker: CheckerConfig
+    raw: Sequence[Mapping[str, Any]] | None, data_cfg: DataSettings, checker: CheckerSettings
 ) -> dict[str, dict]:
     """Stored rows that hold a prompt and a ground truth, by prompt text (the last user turn of a
     conversational prompt); the first row wins when a prompt repeats."""

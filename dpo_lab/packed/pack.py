@@ -22,8 +22,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,20 +35,29 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.trainer_utils import speed_metrics
 from trl.trainer.utils import disable_dropout_in_model
 
+from dpo_lab.config.schemas import DPOSettings
 from dpo_lab.errors import NonFiniteError
 from dpo_lab.model.loading import adapter_state_dict, strip_adapters
-from dpo_lab.packed.handoff import PackedTraining
+from dpo_lab.packed.handoff import PackedOutcome
 from dpo_lab.packed.slicing import _SliceOfOutputs, adapters_by_slice
 from dpo_lab.reuse.cache import ModelSnapshot
+from dpo_lab.train.library import (
+    count_input_tokens,
+    logged_train_tokens,
+    mark_accelerate_prepared,
+    pending_metrics,
+    prepare_inputs,
+    set_logged_train_tokens,
+    set_pending_metrics,
+    start_input_token_count,
+)
 from dpo_lab.train.preemption import Preemption
-from dpo_lab.train.trainer import DPOTrainer, PreparedDatasets, build_trainer
+from dpo_lab.train.trainer import REF_COLUMNS, DPOTrainer, PreparedDatasets, build_trainer
 
-if TYPE_CHECKING:  # the store reads PackedTraining back: imported for annotations only
+if TYPE_CHECKING:  # the store reads PackedOutcome back: imported for annotations only
     from dpo_lab.packed.store import PackStore
 
 log = logging.getLogger(__name__)
-
-_REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 @dataclass
@@ -58,6 +66,7 @@ class PackJob:
 
     args: Any  # trl.DPOConfig of the job (build_dpo_args)
     lora: PeftLoraConfig
+    dpo: DPOSettings | None = None  # the job's dpo settings (custom losses and their parameters)
 
 
 @dataclass
@@ -65,7 +74,7 @@ class _Member:
     name: str  # adapter name in the packed model
     trainer: DPOTrainer
     params: list[torch.nn.Parameter]
-    result: PackedTraining
+    result: PackedOutcome
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     tr_loss: float = 0.0
@@ -85,7 +94,7 @@ class Pack:
     """K jobs' adapters on one base model, each job with its own DPOTrainer (see the module docstring).
 
     Built by :func:`build_pack`; :meth:`train` runs the packed optimisation and returns one
-    :class:`PackedTraining` per job, in the order of the jobs.
+    :class:`PackedOutcome` per job, in the order of the jobs.
     """
 
     def __init__(self, model: PeftModel, members: list[_Member], in_turn: bool = False):
@@ -103,7 +112,7 @@ class Pack:
 
     def train(
         self, store: PackStore | None = None, save_steps: int = 0, preemption: Preemption | None = None
-    ) -> list[PackedTraining]:
+    ) -> list[PackedOutcome]:
         """The packed optimisation. With ``store``, the pack's state is saved every ``save_steps`` optimizer
         steps and at the last one, and training resumes from the store's newest checkpoint; a preemption
         signal (``preemption``) saves a checkpoint at the next step boundary and exits for requeue."""
@@ -122,6 +131,11 @@ class Pack:
         for epoch in range(done // max(updates_per_epoch, 1), num_epochs):
             if done >= max_steps or not self._training():
                 break
+            if saved is not None and epoch * updates_per_epoch >= done:
+                # the checkpoint ends the epoch before: the random state comes back before this epoch's
+                # iterator is made (making it draws from torch's generator, as it did in the run that saved)
+                set_rng_state(saved["rng"])
+                saved = None
             if hasattr(dataloader, "set_epoch"):
                 dataloader.set_epoch(epoch)
             batches = iter(dataloader)
@@ -181,8 +195,8 @@ class Pack:
             "optimizer": member.optimizer.state_dict(),
             "scheduler": member.scheduler.state_dict(),
             "trainer_state": json.dumps(dataclasses.asdict(trainer.state)),
-            "pending_metrics": {k: list(v) for k, v in trainer._metrics["train"].items()},
-            "total_train_tokens": int(trainer._total_train_tokens),
+            "pending_metrics": {k: list(v) for k, v in pending_metrics(trainer, "train").items()},
+            "total_train_tokens": logged_train_tokens(trainer),
             "current_flos": float(trainer.current_flos),
             "losses": [member.tr_loss, member.total_loss, member.last_logged],
             "result": member.result.to_state(),
@@ -200,12 +214,11 @@ class Pack:
             member.optimizer.load_state_dict(state["optimizer"])
             member.scheduler.load_state_dict(state["scheduler"])
             trainer.state = TrainerState(**json.loads(state["trainer_state"]))
-            trainer._metrics["train"].clear()
-            trainer._metrics["train"].update(state["pending_metrics"])
-            trainer._total_train_tokens = state["total_train_tokens"]
+            set_pending_metrics(trainer, "train", state["pending_metrics"])
+            set_logged_train_tokens(trainer, state["total_train_tokens"])
             trainer.current_flos = state["current_flos"]
             member.tr_loss, member.total_loss, member.last_logged = state["losses"]
-            member.result = PackedTraining.from_state(state["result"])
+            member.result = PackedOutcome.from_state(state["result"])
         return int(saved["step"])
 
     def _alive(self) -> list[_Member]:
@@ -214,14 +227,14 @@ class Pack:
     def _start(self, member: _Member, max_steps: int, num_epochs: int) -> None:
         trainer = member.trainer
         trainer.state = TrainerState()
-        trainer.state.train_batch_size = trainer._train_batch_size
+        trainer.state.train_batch_size = trainer.args.train_batch_size
         trainer.state.compute_steps(trainer.args, max_steps)
         trainer.state.init_training_references(trainer, max_steps, num_epochs, None)
         member.optimizer = job_optimizer(trainer, self.model, member.params)
         trainer.optimizer = member.optimizer
         trainer.lr_scheduler = None
         member.scheduler = trainer.create_scheduler(num_training_steps=max_steps, optimizer=member.optimizer)
-        trainer._initial_num_input_tokens_seen = 0
+        start_input_token_count(trainer)
         trainer.control = trainer.callback_handler.on_train_begin(
             trainer.args, trainer.state, trainer.control
         )
@@ -233,9 +246,9 @@ class Pack:
         in turn, so that only one copy of the activations is alive at a time."""
         leader = self.leader
         alive = self._alive()
-        inputs = leader._prepare_inputs(inputs)
-        if not all(column in inputs for column in _REF_COLUMNS):
-            inputs = {**inputs, **dict(zip(_REF_COLUMNS, self._reference_logps(inputs), strict=True))}
+        inputs = prepare_inputs(leader, inputs)
+        if not all(column in inputs for column in REF_COLUMNS):
+            inputs = {**inputs, **dict(zip(REF_COLUMNS, self._reference_logps(inputs), strict=True))}
         rows = inputs["input_ids"].shape[0]
         turns = [[member] for member in alive] if self.in_turn else [alive]
         for members in turns:
@@ -255,7 +268,7 @@ class Pack:
         model_kwargs = {
             k: v.repeat(len(members), *([1] * (v.dim() - 1)))
             for k, v in inputs.items()
-            if k not in ("completion_mask", *_REF_COLUMNS)
+            if k not in ("completion_mask", *REF_COLUMNS)
         }
         completion_mask = inputs["completion_mask"].repeat(len(members), 1)
         labels = model_kwargs["input_ids"].masked_fill(completion_mask == 0, -100)
@@ -271,10 +284,10 @@ class Pack:
         """The job's TRL loss on its slice of the outputs over ``accumulation`` (TRL stores the metrics),
         or None if it is not finite (the job leaves the pack)."""
         trainer = member.trainer
-        with _reference_from_inputs(trainer), trainer.compute_loss_context_manager():
-            loss = trainer._compute_loss(outputs, inputs, False) / accumulation
+        with trainer.compute_loss_context_manager():  # the reference comes with the inputs (computed once)
+            loss = trainer.compute_loss(outputs, inputs) / accumulation
         trainer.current_flos += float(trainer.floating_point_ops(inputs))
-        trainer._track_num_input_tokens(inputs)
+        count_input_tokens(trainer, inputs)
         if not bool(torch.isfinite(loss.detach())):
             self._drop(member, f"loss ({float(loss.detach())})")
             return None
@@ -386,7 +399,7 @@ class Pack:
             param.grad = None
         log.error("packed job %s leaves the pack: %s", member.name, member.result.error)
 
-    def _finish(self, member: _Member, start_time: float, num_train_samples: int) -> PackedTraining:
+    def _finish(self, member: _Member, start_time: float, num_train_samples: int) -> PackedOutcome:
         trainer, result = member.trainer, member.result
         state = trainer.state
         member.total_loss += member.tr_loss
@@ -415,17 +428,6 @@ class Pack:
         result.global_step, result.epoch = steps, state.epoch or 0.0
         result.num_input_tokens_seen = state.num_input_tokens_seen
         return result
-
-
-@contextmanager
-def _reference_from_inputs(trainer: DPOTrainer) -> Iterator[None]:
-    """TRL's loss reads the reference log-probs from the batch (the pack computed them once)."""
-    saved = trainer.precompute_ref_logps
-    trainer.precompute_ref_logps = True
-    try:
-        yield
-    finally:
-        trainer.precompute_ref_logps = saved
 
 
 def rng_state() -> dict[str, Any]:
@@ -496,7 +498,7 @@ def build_pack(
     snapshot = ModelSnapshot.capture(model)
     for job in jobs:
         trainer = build_trainer(
-            model, tokenizer, job.args, train_dataset, eval_dataset, job.lora, prepared=prepared
+            model, tokenizer, job.args, train_dataset, eval_dataset, job.lora, prepared=prepared, dpo=job.dpo
         )
         initial.append({k: v.detach().clone() for k, v in adapter_state_dict(trainer.model).items()})
         strip_adapters(model)
@@ -522,11 +524,11 @@ def build_pack(
         if trainer.args.disable_dropout:
             disable_dropout_in_model(packed)
         trainer.model = trainer.model_wrapped = packed
-        members.append(_Member(name=name, trainer=trainer, params=params, result=PackedTraining()))
+        members.append(_Member(name=name, trainer=trainer, params=params, result=PackedOutcome()))
     # what Trainer.train does to a job's model: accelerate's mixed-precision forward (autocast in the training
     # precision, outputs back in fp32). Without it a bf16 pack would train in fp32, unlike its jobs alone
     trainers[0].accelerator.prepare_model(packed, device_placement=False, evaluation_mode=True)
-    packed._is_accelerate_prepared = True  # the jobs' own evaluations take it as it is (no second wrapping)
+    mark_accelerate_prepared(packed)  # the jobs' own evaluations take it as it is (no second wrapping)
     pack = Pack(packed, members, in_turn=in_turn)
     pack._trainable()
     return pack

@@ -1,31 +1,19 @@
-"""Which jobs of a sweep train together, and how a packed group runs (``hydra/launcher=packed``).
+"""Which jobs of a sweep train together (``hydra/launcher=packed``), and how a packed step runs.
 
-The launcher (``hydra_plugins/dpo_lab_packed_launcher``) hands this module the composed config of every
-job of a batch. :func:`plan_groups` sorts them into groups that can share one frozen base: every config
-value that changes the base model, the batches or the number of steps is the same (:func:`pack_key`). In a
-group they may differ in ``dpo.beta`` / ``loss_type`` / ``loss_weights`` / ``label_smoothing``,
-``train.learning_rate`` / ``lr_scheduler_type`` / ``warmup_steps`` / ``weight_decay`` / ``max_grad_norm`` /
-``logging_steps`` / ``eval_steps``, ``lora.r`` / ``alpha`` / ``dropout`` / ``target_modules`` /
-``use_rslora``, and in anything after training (``eval``, ``logger``, ``objective``). The ``seed`` is part
-of the key: dpo_lab draws the data order and the held-out split from it, so jobs of different seeds do not
-see the same batches. Jobs that fit no group (another app's jobs, DoRA, a trained LoRA bias, a folder started
+The launcher (``hydra_plugins/dpo_lab_packed_launcher``) hands the composed config of every job of a batch
+here. :func:`plan_groups` sorts them into groups that can share one frozen base: every config value that
+changes the base model, the batches or the number of steps is the same (:func:`pack_key`). Which keys may
+differ inside a pack is declared once, on the schema fields (``differs_in_pack`` in dpo_lab.config.schemas:
+beta, the loss, the learning rate and its schedule, clipping, LoRA rank / alpha / dropout / targets...);
+anything after training (``eval``, ``logger``, ``objective``) may differ too. The ``seed`` is part of the
+key: dpo_lab draws the data order and the held-out split from it, so jobs of different seeds do not see the
+same batches. Jobs that fit no group (another app's jobs, DoRA, a trained LoRA bias, a folder started
 before, several processes) run one by one as the basic launcher runs them.
-
-A pack keeps its state in the sweep folder (dpo_lab.packed.store): a checkpoint every ``train.save_steps``
-optimizer steps and at the last one, and its jobs' outcome once trained. The same command run again after a
-kill resumes the pack from its checkpoint, or hands its saved outcome to the jobs that had not finished
-(:func:`saved_share`).
-
-A group of two or more trains in :func:`train_group` (dpo_lab.packed.pack), then each of its jobs runs
-through the normal entry point, where :func:`train_or_finish` hands the job its share of the packed training
-instead of training again: the job evaluates, writes its folder, its W&B run and its report row as usual.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -33,24 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dpo_lab.config.fields import config_key, differs_in_pack, values_where
 from dpo_lab.config.schemas import RunConfig
-from dpo_lab.runtime.hardware import device_type
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 # how a packed step runs its adapters over a micro-batch (hydra.launcher.step; dpo_lab.packed.pack.Pack)
 TOGETHER, IN_TURN = "together", "in_turn"
-# per-job keys that may differ inside a pack (everything else in these groups must be equal)
-FREE_KEYS = {
-    "dpo": {"beta", "loss_type", "loss_weights", "label_smoothing"},
-    "train": {"learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
-              "logging_steps", "eval_steps", "save_total_limit"},
-    "lora": {"r", "alpha", "dropout", "target_modules", "use_rslora"},
-}  # fmt: skip
+# the groups whose values must be equal inside a pack, except the keys declared ``differs_in_pack``
 SHARED_GROUPS = ("model", "data", "dpo", "train", "lora")
 
 
@@ -64,6 +45,7 @@ class PackedJobInfo:
     run_dir: Path | None
     why_alone: str | None = None  # why the job cannot be packed (None: it can)
     sweep_dir: Path | None = None  # hydra.sweep.dir (where the packs keep their state)
+    saved: Any = None  # the PackedOutcome a pack left for this job before the sweep was stopped
 
 
 def task_config(sweep_config: DictConfig) -> DictConfig:
@@ -105,12 +87,12 @@ def why_alone(cfg: RunConfig, run_dir: Path) -> str | None:
 
 
 def pack_key(cfg: RunConfig) -> str:
-    """Every value jobs of one pack must share (see the module docstring)."""
-    parts: dict[str, Any] = {"seed": cfg.seed, "reuse": cfg.reuse}
+    """Every value jobs of one pack must share: each key of the training groups that is not declared
+    ``differs_in_pack`` on its schema field, the seed and ``reuse`` (see the module docstring)."""
+    shared: dict[str, Any] = {"seed": cfg.seed, "reuse": cfg.reuse}
     for group in SHARED_GROUPS:
-        values = dataclasses.asdict(getattr(cfg, group))
-        parts[group] = {k: v for k, v in values.items() if k not in FREE_KEYS.get(group, set())}
-    return json.dumps(parts, sort_keys=True, default=lambda v: getattr(v, "value", str(v)))
+        shared.update(values_where(getattr(cfg, group), lambda f: not differs_in_pack(f), f"{group}."))
+    return config_key(shared)
 
 
 def plan_groups(
@@ -144,15 +126,32 @@ _ACTIVATION_BYTES_PER_TOKEN_UNIT = {"cuda": 40, "cpu": 170}
 _AUTO_CPU_LIMIT = 8
 
 
+STEPS = (TOGETHER, IN_TURN, AUTO)
+
+
+def check_pack_size(value: Any) -> int | str:
+    """``hydra.launcher.pack_size``: a positive integer or ``auto`` (ValueError naming the key otherwise)."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"hydra.launcher.pack_size: expected a positive integer or 'auto', got {value!r}")
+    return value
+
+
+def check_step(value: Any) -> str:
+    """``hydra.launcher.step``: together, in_turn or auto (ValueError naming the key otherwise)."""
+    if value not in STEPS:
+        raise ValueError(f"hydra.launcher.step: expected one of {', '.join(STEPS)}, got {value!r}")
+    return value
+
+
 def packed_step(step: str, device: str) -> str:
     """``hydra.launcher.step`` resolved: ``together`` (the batch replicated once per adapter, one forward and
     backward for all) or ``in_turn`` (each adapter's forward and backward over the batch in turn: one copy
     of the activations at a time). ``auto``: together on a GPU, in turn on a CPU, where the matmuls are
     already compute-bound and K copies only add memory traffic (docs/packed-sweeps.md)."""
-    if step == AUTO:
+    if check_step(step) == AUTO:
         return TOGETHER if device == "cuda" else IN_TURN
-    if step not in (TOGETHER, IN_TURN):
-        raise ValueError(f"hydra.launcher.step: expected together, in_turn or auto, got {step!r}")
     return step
 
 
@@ -168,13 +167,27 @@ def auto_pack_size(group: Sequence[PackedJobInfo], step: str = AUTO) -> int:
     limit = len(group) if device == "cuda" else min(len(group), _AUTO_CPU_LIMIT)
     if packed_step(step, device) == IN_TURN:
         return limit
-    free = torch.cuda.mem_get_info()[0] if device == "cuda" else available_memory()
+    free = _cuda_free_memory() if device == "cuda" else available_memory()
     if free is None:  # no /proc/meminfo: the CPU limit alone
         return limit
     shape = _model_shape(cfg)
     tokens = 2 * cfg.train.per_device_train_batch_size * cfg.dpo.max_length
     per_copy = tokens * shape["hidden"] * shape["layers"] * _ACTIVATION_BYTES_PER_TOKEN_UNIT[device]
     return max(1, min(limit, int(0.8 * free // max(per_copy, 1))))
+
+
+def device_type() -> str:
+    """The device jobs train on (dpo_lab.runtime.hardware; imported here, not at module load: Hydra imports
+    every launcher plugin when it starts, and a command line is checked before torch loads)."""
+    from dpo_lab.runtime.hardware import device_type as detect
+
+    return detect()
+
+
+def _cuda_free_memory() -> int:
+    import torch
+
+    return int(torch.cuda.mem_get_info()[0])
 
 
 def available_memory() -> int | None:
@@ -197,37 +210,3 @@ def _model_shape(cfg: RunConfig) -> dict[str, int]:
     config = AutoConfig.from_pretrained(source.name_or_path, revision=source.revision)
     text = config.get_text_config()
     return {"hidden": int(text.hidden_size), "layers": int(text.num_hidden_layers)}
-
-
-# ---- the hand-over from the packed training to the job's own run -------------------------------------------
-
-
-# ---- a pack's state on disk (dpo_lab.packed.store) ---------------------------------------------------
-
-
-def pack_store(jobs: Sequence[PackedJobInfo]) -> Any:
-    """The on-disk state of the pack made of ``jobs`` (None for jobs without a sweep folder)."""
-    from dpo_lab.packed.store import PackStore
-
-    if any(job.sweep_dir is None or job.run_dir is None for job in jobs):
-        return None
-    return PackStore.for_jobs(jobs[0].sweep_dir, [(job.run_dir, job.run_config) for job in jobs])
-
-
-def saved_share(job: PackedJobInfo) -> Any:
-    """What a finished pack trained for this job before (a sweep killed after its pack had trained, while
-    the jobs wrote their folders), else None (the job trains, packed or alone, or resumes itself). The
-    launcher runs such a job alone with this share, whether its folder was started or not."""
-    from dpo_lab.packed.pack import PackedTraining
-    from dpo_lab.packed.store import saved_share as find
-
-    if job.run_config is None or job.sweep_dir is None or job.run_dir is None:
-        return None
-    state = find(job.sweep_dir, job.run_dir, job.run_config)
-    if state is None:
-        return None
-    log.info("job %s takes its adapter from the pack that trained it before", job.config.hydra.job.num)
-    return PackedTraining.from_state(state)
-
-
-# ---- one packed group ----------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _slice_forward(layer: LoraLinear, names: list[str | None], rows: int):
             piece = result[k * rows : (k + 1) * rows]
             if name is not None and name in layer.lora_A:
                 lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-                xk = layer._cast_input_dtype(x[k * rows : (k + 1) * rows], lora_a.weight.dtype)
+                xk = x[k * rows : (k + 1) * rows].to(lora_a.weight.dtype)  # as PEFT casts the input
                 delta = lora_b(lora_a(layer.lora_dropout[name](xk))) * layer.scaling[name]
                 piece = (piece + delta).to(result.dtype)
             pieces.append(piece)
@@ -56,7 +56,7 @@ def _slice_forward(layer: LoraLinear, names: list[str | None], rows: int):
 
 
 class _SliceOfOutputs:
-    """Stands in for the model in a job's TRL ``_compute_loss``: returns that job's rows of the packed
+    """Stands in for the model in a job's ``compute_loss``: returns that job's rows of the packed
     forward's outputs (whatever the call's arguments, which are the job's own, unreplicated inputs)."""
 
     def __init__(self, outputs: Any, start: int, stop: int):

@@ -10,7 +10,7 @@ the remaining jobs to train again. Each pack therefore keeps a folder in the swe
   schedule of the pack, each job's trainer state and pending metrics, the RNG state (the newest two are kept;
   one that does not load sends the pack back to the one before);
 - ``result.pt``, once training and the shared task answers are done: each job's outcome
-  (``PackedTraining.to_state()`` of dpo_lab.packed.pack: plain values and tensors).
+  (``PackedOutcome.to_state()`` of dpo_lab.packed.handoff: plain values and tensors).
 
 The pack id is a digest of its jobs' run folders and configs, so running the same command again finds the
 same folder; a job whose config changed belongs to another pack. Every file is written under a temporary
@@ -19,7 +19,6 @@ name and renamed into place (``os.replace``), so a file is there whole or not at
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -30,6 +29,9 @@ from typing import Any
 
 import torch
 
+from dpo_lab.config.fields import digest, plain
+from dpo_lab.packed.handoff import PackedOutcome
+from dpo_lab.packed.plan import PackedJobInfo
 from dpo_lab.runs.atomic import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,7 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 def job_digest(run_config: Any) -> str:
     """A digest of a job's validated config (everything that decides what it trains)."""
-    text = json.dumps(
-        dataclasses.asdict(run_config), sort_keys=True, default=lambda v: getattr(v, "value", str(v))
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(plain(run_config))
 
 
 class PackStore:
@@ -104,7 +103,7 @@ class PackStore:
     # ---- the outcome -------------------------------------------------------------------------------------
 
     def save_result(self, states: Sequence[dict[str, Any]]) -> None:
-        """Each job's outcome (``PackedTraining.to_state()``), in pack order; the checkpoints are no longer
+        """Each job's outcome (``PackedOutcome.to_state()``), in pack order; the checkpoints are no longer
         needed after it."""
         _atomic_torch_save(list(states), self.folder / RESULT_FILE)
         for _, path in self.checkpoints():
@@ -123,7 +122,7 @@ class PackStore:
         return states
 
 
-def saved_share(sweep_dir: Path, run_dir: Path, run_config: Any) -> dict[str, Any] | None:
+def saved_state(sweep_dir: Path, run_dir: Path, run_config: Any) -> dict[str, Any] | None:
     """The outcome state a finished pack left for this job (same run folder and config), or None."""
     digest = job_digest(run_config)
     for index in sorted((sweep_dir / PACKS_FOLDER).glob(f"*/{INDEX_FILE}")):
@@ -158,3 +157,23 @@ def _load_result_once(folder: Path) -> list[dict[str, Any]] | None:
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda handle: torch.save(obj, handle), mode="wb")
+
+
+def store_for(jobs: Sequence[PackedJobInfo]) -> PackStore | None:
+    """The on-disk state of the pack made of ``jobs`` (None for jobs without a sweep folder)."""
+    if any(job.sweep_dir is None or job.run_dir is None for job in jobs):
+        return None
+    return PackStore.for_jobs(jobs[0].sweep_dir, [(job.run_dir, job.run_config) for job in jobs])
+
+
+def saved_outcome(job: PackedJobInfo) -> PackedOutcome | None:
+    """What a finished pack trained for this job before (a sweep killed after its pack had trained, while
+    the jobs wrote their folders), else None (the job trains, packed or alone, or resumes itself). The
+    launcher runs such a job alone with this outcome, whether its folder was started or not."""
+    if job.run_config is None or job.sweep_dir is None or job.run_dir is None:
+        return None
+    state = saved_state(job.sweep_dir, job.run_dir, job.run_config)
+    if state is None:
+        return None
+    log.info("job %s takes its adapter from the pack that trained it before", job.config.hydra.job.num)
+    return PackedOutcome.from_state(state)

@@ -19,9 +19,7 @@ starts with an empty cache of its own.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -31,7 +29,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import DataConfig, ModelConfig, RunConfig
+from dpo_lab.config.fields import changes_of, config_key, values_where
+from dpo_lab.config.schemas import DataSettings, ModelSettings, RunConfig
 from dpo_lab.data.loading import PreferenceData, load_preference_data
 from dpo_lab.model.loading import load_base_model, strip_adapters
 from dpo_lab.reuse.snapshot import ModelSnapshot
@@ -42,55 +41,52 @@ from dpo_lab.train.trainer import PreparedDatasets
 log = logging.getLogger(__name__)
 
 
-def _key(**parts: Any) -> str:
-    """A stable text key from config values (dataclasses and enums included)."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return getattr(value, "value", value)
-
-    return json.dumps(plain(parts), sort_keys=True, default=str)
+def model_key(model: ModelSettings, precision: Precision, gradient_checkpointing: bool, device: str) -> str:
+    """Everything that changes the loaded base model: the fields marked ``base`` (every model.* key, and
+    ``train.gradient_checkpointing``, passed here as it is: it prepares the model), the resolved precision and
+    the device."""
+    return config_key(
+        {**_marked(model, "base", "model."), "train.gradient_checkpointing": gradient_checkpointing,
+         "precision": precision.value, "device": device}
+    )  # fmt: skip
 
 
-def model_key(model: ModelConfig, precision: Precision, gradient_checkpointing: bool, device: str) -> str:
-    """Everything that changes the loaded base model: the whole model group, precision, kbit preparation."""
-    return _key(
-        model=model, precision=precision, gradient_checkpointing=gradient_checkpointing, device=device
-    )
+def data_key(data: DataSettings, seed: int) -> str:
+    """Everything that changes the loaded preference pairs: the fields marked ``pairs`` (every data.* key,
+    and the seed, which draws a carved-off held-out split)."""
+    return config_key({**_marked(data, "pairs", "data."), "seed": seed})
 
 
-def data_key(data: DataConfig, seed: int) -> str:
-    """Everything that changes the loaded preference pairs (the seed draws a carved-off held-out split)."""
-    return _key(data=data, seed=seed)
-
-
-def tokenizer_key(model: ModelConfig) -> str:
-    """Everything that changes the tokenizer: where it loads from and the chat template installed in it."""
-    return _key(path=model.name_or_path, gguf=model.gguf_file, revision=model.revision,
-                template=model.chat_template, trust_remote_code=model.trust_remote_code)  # fmt: skip
+def tokenizer_key(model: ModelSettings) -> str:
+    """Everything that changes the tokenizer: the model fields marked ``tokenizer`` (where it loads from and
+    the chat template installed in it)."""
+    return config_key(_marked(model, "tokenizer", "model."))
 
 
 def tokenized_key(cfg: RunConfig) -> str:
-    """Everything that changes TRL's tokenised datasets: the data, the tokenizer and its chat template,
-    ``dpo.max_length`` (examples whose prompt fills it are dropped), and every pass-through trainer option."""
-    return _key(data=data_key(cfg.data, cfg.seed), tokenizer=tokenizer_key(cfg.model),
-                max_length=cfg.dpo.max_length, extra=cfg.train.extra)  # fmt: skip
+    """Everything that changes TRL's tokenised datasets: the pairs, the tokenizer, and the fields marked
+    ``tokenized`` (``dpo.max_length``: examples whose prompt fills it are dropped; ``train.extra``: every
+    pass-through trainer option)."""
+    return config_key(
+        {"pairs": data_key(cfg.data, cfg.seed), "tokenizer": tokenizer_key(cfg.model),
+         **_marked(cfg, "tokenized")}
+    )  # fmt: skip
 
 
 def ref_log_probs_key(cfg: RunConfig, precision: Precision, device: str) -> str:
-    """Everything that changes the reference log-probs: the tokenised data, the base model (weights, dtype,
-    quantization, attention kernel), the precision it runs in, and the batch sizes that pad the batches.
-    Not beta, the loss, the learning rate, the schedule or the LoRA settings: the reference has no adapter."""
-    return _key(
-        tokenized=tokenized_key(cfg),
-        model=model_key(cfg.model, precision, cfg.train.gradient_checkpointing, device),
-        batch=[cfg.train.per_device_train_batch_size, cfg.train.per_device_eval_batch_size],
-    )
+    """Everything that changes the reference log-probs: the tokenised data, the base model, the precision it
+    runs in, and the fields marked ``reference`` (the batch sizes that pad the batches). Not beta, the loss,
+    the learning rate, the schedule or the LoRA settings: the reference has no adapter."""
+    return config_key(
+        {"tokenized": tokenized_key(cfg),
+         "base": model_key(cfg.model, precision, cfg.train.gradient_checkpointing, device),
+         **_marked(cfg, "reference")}
+    )  # fmt: skip
+
+
+def _marked(obj: Any, artefact: str, prefix: str = "") -> dict[str, Any]:
+    """The values of the fields of ``obj`` whose declaration says they change ``artefact``."""
+    return values_where(obj, lambda f: artefact in changes_of(f), prefix)
 
 
 @dataclass
@@ -119,14 +115,16 @@ class SweepCache:
 
     def preference_data(
         self,
-        cfg: DataConfig,
+        cfg: DataSettings,
         seed: int,
         tokenizer: PreTrainedTokenizerBase,
         max_length: int,
-        model: ModelConfig,
+        model: ModelSettings,
     ) -> PreferenceData:
         """The validated pairs (their checks count tokens, so the tokenizer and max_length are in the key)."""
-        key = data_key(cfg, seed) + _key(tokenizer=tokenizer_key(model), max_length=max_length)
+        key = config_key(
+            {"pairs": data_key(cfg, seed), "tokenizer": tokenizer_key(model), "max_length": max_length}
+        )
         if self.enabled and key in self.data:
             self.last_job["data"] = True
             return self.data[key]
@@ -136,7 +134,7 @@ class SweepCache:
         return data
 
     def base_model(
-        self, cfg: ModelConfig, precision: Precision, gradient_checkpointing: bool
+        self, cfg: ModelSettings, precision: Precision, gradient_checkpointing: bool
     ) -> PreTrainedModel:
         """The cached base model when its key matches (adapter-free, as loaded), else a fresh load."""
         key = model_key(cfg, precision, gradient_checkpointing, device_type())

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dpo_lab.config.schemas import DataConfig, ModelConfig, TaskEvalConfig
+from dpo_lab.config.schemas import DataSettings, ModelSettings, TaskEvalSettings
 from dpo_lab.errors import ConfigError
 from dpo_lab.runs.layout import ADAPTER_DIR, CONFIG_FILE
 from dpo_lab.runtime.hardware import device_type, resolve_precision
@@ -21,9 +21,9 @@ class RunFolder:
     """What inference needs from a run: where it is, its base model, data and precision settings."""
 
     path: Path
-    model: ModelConfig
-    data: DataConfig
-    eval: TaskEvalConfig
+    model: ModelSettings
+    data: DataSettings
+    eval: TaskEvalSettings
     train_precision: Precision
     seed: int
 
@@ -53,9 +53,9 @@ def read_run(path: str, key: str = "run") -> RunFolder:
     assert isinstance(raw, dict)
     return RunFolder(
         path=folder,
-        model=_section(raw, "model", ModelConfig, config_file, key),
-        data=_section(raw, "data", DataConfig, config_file, key),
-        eval=_section(raw, "eval", TaskEvalConfig, config_file, key, required=False),
+        model=_section(raw, "model", ModelSettings, config_file, key),
+        data=_section(raw, "data", DataSettings, config_file, key),
+        eval=_section(raw, "eval", TaskEvalSettings, config_file, key, required=False),
         train_precision=Precision(raw.get("train", {}).get("precision", Precision.auto.value)),
         seed=int(raw.get("seed", 42)),
     )

@@ -5,13 +5,20 @@ torchrun and the Trainer."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # imported where a collective runs: run folders are written before torch loads
+    import torch
 
 
 def initialized() -> bool:
+    """A process group exists (none can before torch is imported, so torch is not imported to ask)."""
+    if "torch" not in sys.modules:
+        return False
+    import torch
+
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
@@ -27,6 +34,7 @@ def any_process(flag: bool) -> bool:
     """True on every process if ``flag`` is true on any process (a collective: all ranks must call it)."""
     if not initialized():
         return flag
+    import torch
     from accelerate import PartialState
 
     value = torch.tensor([1.0 if flag else 0.0], device=PartialState().device)
@@ -38,6 +46,8 @@ def gather(obj: Any) -> list[Any]:
     """``obj`` from every process, in rank order (a collective)."""
     if not initialized():
         return [obj]
+    import torch
+
     out: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
@@ -45,6 +55,8 @@ def gather(obj: Any) -> list[Any]:
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the names and fp32 values of a state dict, independent of key order and device."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())

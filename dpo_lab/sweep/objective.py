@@ -6,14 +6,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from dpo_lab.config.schemas import Direction, ObjectiveConfig
+from dpo_lab.config.choices import Direction
+from dpo_lab.config.schemas import ObjectiveSettings
 
 
 class NonFiniteMetricError(RuntimeError):
     """Training diverged: a loss or a held-out metric is NaN or infinite (the job is recorded as failed)."""
 
 
-def objective_value(eval_metrics: Mapping[str, Any], objective: ObjectiveConfig) -> float:
+def objective_value(eval_metrics: Mapping[str, Any], objective: ObjectiveSettings) -> float:
     """``eval_<metric>`` of Trainer.evaluate()'s output; KeyError naming what exists if it is absent."""
     key = f"eval_{objective.metric}"
     if key not in eval_metrics:

@@ -29,7 +29,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab.config.schemas import OBJECTIVE_METRICS, SUMMARY_METRICS, Direction
+from dpo_lab.config.choices import Direction
+from dpo_lab.config.schemas import OBJECTIVE_METRICS, SUMMARY_METRICS
 from dpo_lab.sweep.results import Job, ReportError, Sweep, enum_text, load_sweep
 
 log = logging.getLogger(__name__)

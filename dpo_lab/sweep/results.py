@@ -14,7 +14,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab.config.schemas import OBJECTIVE_METRICS, Direction, ObjectiveConfig
+from dpo_lab.config.choices import Direction
+from dpo_lab.config.schemas import OBJECTIVE_METRICS, ObjectiveSettings
 from dpo_lab.runs.history import read_history
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.naming import format_value
@@ -60,7 +61,7 @@ class Sweep:
     path: Path
     jobs: list[Job]
     swept: list[str]
-    objective: ObjectiveConfig
+    objective: ObjectiveSettings
 
     @property
     def metric_column(self) -> str:
@@ -146,10 +147,10 @@ def load_sweep(sweep_dir: Path | str, metric: str | None = None, direction: str 
     return Sweep(path, jobs, swept_keys(jobs), objective)
 
 
-def _objective(jobs: Sequence[Job], metric: str | None, direction: str | None) -> ObjectiveConfig:
+def _objective(jobs: Sequence[Job], metric: str | None, direction: str | None) -> ObjectiveSettings:
     configured = [OmegaConf.select(j.config, "objective", default=None) for j in jobs if j.config is not None]
     first = configured[0] if configured else None
-    metric = metric or (first.metric if first is not None else ObjectiveConfig.metric)
+    metric = metric or (first.metric if first is not None else ObjectiveSettings.metric)
     if direction is None:
         direction = enum_text(first.direction) if first is not None and first.metric == metric else None
         direction = direction or (Direction.minimize.value if metric == "loss" else Direction.maximize.value)
@@ -159,7 +160,7 @@ def _objective(jobs: Sequence[Job], metric: str | None, direction: str | None) -
         )
     if direction not in Direction.__members__:
         raise ReportError(f"--direction: must be maximize or minimize, got {direction!r}")
-    return ObjectiveConfig(metric=metric, direction=Direction(direction))
+    return ObjectiveSettings(metric=metric, direction=Direction(direction))
 
 
 def enum_text(value: Any) -> str:

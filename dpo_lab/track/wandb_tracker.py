@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpo_lab.config.schemas import LoggerBackend, LoggerConfig, WandbMode
+from dpo_lab.config.choices import LoggerBackend, WandbMode
+from dpo_lab.config.schemas import LoggerSettings
 from dpo_lab.runs.atomic import atomic_write_json
 from dpo_lab.runs.redaction import redact, redact_text, redacted_argv
 from dpo_lab.runtime.processes import is_main_process
@@ -118,7 +119,9 @@ def stored_run_id(run_dir: Path) -> str | None:
     return json.loads(path.read_text())["id"] if path.is_file() else None
 
 
-def start_run(cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], name: str, group: str) -> Tracker:
+def start_run(
+    cfg: LoggerSettings, *, run_dir: Path, config: dict[str, Any], name: str, group: str
+) -> Tracker:
     """Create the run for this experiment (its id is stored in the run folder), or continue the stored one
     when the run folder was started before (resume). Only the main process of a multi-process run logs."""
     if cfg.backend is LoggerBackend.none or cfg.mode is WandbMode.disabled or not is_main_process():

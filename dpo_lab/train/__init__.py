@@ -1,1 +1,1 @@
-"""Training: DPOConfig and the trainer, batching, checkpoints, resume, preemption, guards, speed."""
+"""Training: DPOSettings and the trainer, batching, checkpoints, resume, preemption, guards, speed."""

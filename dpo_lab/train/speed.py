@@ -25,6 +25,7 @@ import logging
 import os
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,6 @@ class StepClock(TrainerCallback):
         self.training = False
         self.eval_seconds_in_train = 0.0
         self.tokens_at_start = 0  # num_input_tokens_seen when train() began: > 0 after a resume
-        # a job trained in a pack (dpo_lab.packed.handoff.finish_as_trained): the LoRA size of every job of it
-        self.pack_lora_params: list[int] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
@@ -103,6 +102,15 @@ class StepClock(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.training:
             self.eval_seconds_in_train += sum(v for k, v in (metrics or {}).items() if k.endswith("_runtime"))
+
+    def replay(self, step_times: Sequence[tuple[float, float]]) -> None:
+        """Take the (wall, CPU) end times of steps that ran elsewhere: a job whose adapter a pack trained."""
+        if step_times:
+            (self.first_step_at, self.first_step_cpu), (self.last_step_at, self.last_step_cpu) = (
+                step_times[0],
+                step_times[-1],
+            )
+            self.steps = len(step_times)
 
     def on_step_end(self, args, state, control, **kwargs):
         now, cpu = time.time(), time.process_time()
@@ -132,7 +140,13 @@ def peak_memory_mb() -> float:
 
 
 def speed_metrics(
-    trainer: Any, clock: StepClock, runtime: float, precision: Precision, device: str, started_at: float
+    trainer: Any,
+    clock: StepClock,
+    runtime: float,
+    precision: Precision,
+    device: str,
+    started_at: float,
+    pack_lora_params: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """tokens/s, step timing and the FLOP model's MFU of a trained TRL DPOTrainer (see flops.py).
 
@@ -155,8 +169,8 @@ def speed_metrics(
     report = dict(tokens=tokens, seconds=seconds, peak_flops_per_s=peak,
                   reference_forward=not trainer.args.precompute_ref_log_probs)  # fmt: skip
     shapes = model_shapes(trainer.model)
-    if clock.pack_lora_params:
-        flops = packed_flop_report(shapes, clock.pack_lora_params, ratios, **report)
+    if pack_lora_params:  # trained in a pack: the LoRA size of every job of it
+        flops = packed_flop_report(shapes, list(pack_lora_params), ratios, **report)
     else:
         flops = flop_report(shapes, ratios, **report)
     metrics["mfu"] = flops["mfu"]

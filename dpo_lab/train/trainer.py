@@ -1,4 +1,4 @@
-"""The only module that imports trl: DPOConfig from the schemas, and the DPOTrainer."""
+"""The only module that imports trl: DPOSettings from the schemas, and the DPOTrainer."""
 
 from __future__ import annotations
 
@@ -19,16 +19,18 @@ from torch.utils.data import Sampler, SequentialSampler
 from transformers import PreTrainedModel, PrinterCallback, TrainerCallback
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from dpo_lab.config.schemas import DPOConfig, TrainConfig
+from dpo_lab.config.schemas import DPOSettings, TrainSettings
 from dpo_lab.errors import ConfigError
 from dpo_lab.runs.redaction import REDACTED, is_secret_key, redact
 from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.batching import PAIR_ID_COLUMNS, dpo_length_sampler, pair_token_lengths
+from dpo_lab.train.library import TrainerHooks, pending_metrics, set_logged_train_tokens
+from dpo_lab.train.losses import PairLogps, custom_loss, is_custom, plan_losses, sequence_logps
 
 
 def build_dpo_args(
-    dpo: DPOConfig,
-    train: TrainConfig,
+    dpo: DPOSettings,
+    train: TrainSettings,
     *,
     output_dir: Path,
     seed: int,
@@ -50,8 +52,7 @@ def build_dpo_args(
         "fp16": precision is Precision.fp16,
         # DPO
         "beta": dpo.beta,
-        "loss_type": list(dpo.loss_type),
-        "loss_weights": list(dpo.loss_weights) if dpo.loss_weights is not None else None,
+        **_trl_losses(dpo),
         "max_length": dpo.max_length,
         "label_smoothing": dpo.label_smoothing,
         "precompute_ref_log_probs": dpo.precompute_ref_log_probs,
@@ -84,6 +85,15 @@ def build_dpo_args(
     }
     check_extra_keys(train.extra)
     return _dpo_config({**kwargs, **train.extra})
+
+
+def _trl_losses(dpo: DPOSettings) -> dict[str, Any]:
+    """The losses TRL computes: all of ``dpo.loss_type`` when none is custom, else TRL's part of the plan."""
+    if not any(is_custom(name) for name in dpo.loss_type):
+        weights = list(dpo.loss_weights) if dpo.loss_weights is not None else None
+        return {"loss_type": list(dpo.loss_type), "loss_weights": weights}
+    plan = plan_losses(dpo.loss_type, dpo.loss_weights)
+    return {"loss_type": plan.trl_types, "loss_weights": plan.trl_weights}
 
 
 def _dpo_config(kwargs: dict[str, Any]) -> trl.DPOConfig:
@@ -139,25 +149,90 @@ class PreparedDatasets:
 MicroBatchObserver = Callable[[int, torch.Tensor, Mapping[str, Any]], None]
 
 
-class DPOTrainer(trl.DPOTrainer):
-    """trl.DPOTrainer that shows every training micro-batch loss to observers (the non-finite guard, the
-    per-rank batch counter: TrainerCallbacks never see the loss of a step), and whose ``group_by_length``
-    works on its tokenised pair columns (see batching.py). Evaluation stays sequential, so held-out
-    metrics come from the same batches with or without grouping. ``prepared`` lends it the datasets
-    an earlier job of the same sweep prepared (see :class:`PreparedDatasets`)."""
+# Called with (mode, the batch's log-probs, chosen rewards, rejected rewards) after each loss computation.
+PairObserver = Callable[[str, PairLogps, torch.Tensor, torch.Tensor], None]
+
+
+class DPOTrainer(TrainerHooks):
+    """trl.DPOTrainer that
+
+    - computes its loss through :meth:`compute_loss`: the reference log-probs come from the batch
+      (precomputed, or a pack's shared reference forward) or are computed here first, exactly as TRL would;
+      TRL then computes its losses and metrics; the policy's sequence log-probs are kept, custom losses of
+      ``dpo.loss_type`` added (dpo_lab.train.losses), and each batch's per-pair values shown to
+      ``pair_observers`` (the held-out per-pair records);
+    - shows every training micro-batch loss to ``micro_batch_observers`` (the non-finite guard, the per-rank
+      batch counter: TrainerCallbacks never see the loss of a step);
+    - groups by length on its tokenised pair columns (see batching.py); evaluation stays sequential, so
+      held-out metrics come from the same batches with or without grouping;
+    - takes datasets an earlier job of the same sweep prepared (``prepared``, see :class:`PreparedDatasets`).
+    """
 
     def __init__(
         self,
         *args: Any,
         micro_batch_observers: Sequence[MicroBatchObserver] = (),
         prepared: PreparedDatasets | None = None,
+        dpo: DPOSettings | None = None,
         **kwargs: Any,
     ):
         self._prepared = prepared  # set before super().__init__, which prepares the datasets
         super().__init__(*args, **kwargs)
         self.micro_batch_observers = list(micro_batch_observers)
+        self.pair_observers: list[PairObserver] = []
+        self.dpo = dpo if dpo is not None else DPOSettings(beta=self.beta)
+        self.loss_plan = plan_losses(self.dpo.loss_type, self.dpo.loss_weights)
 
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = self.with_reference(inputs)
+        recorder = _LogProbsRecorder(model)
+        saved, self.precompute_ref_logps = self.precompute_ref_logps, True  # TRL reads them from the batch
+        try:
+            out = super().compute_loss(recorder, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self.precompute_ref_logps = saved
+        loss, outputs = out if return_outputs else (out, None)
+        policy = sequence_logps(recorder.log_probs, inputs["completion_mask"], self.ld_alpha).chunk(2, dim=0)
+        logps = PairLogps(*policy, inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
+        extra, first = custom_loss(self.loss_plan, logps, self.dpo)
+        if self.loss_plan.custom:
+            loss = loss + extra
+        if first is not None and self.loss_plan.all_custom:
+            chosen, rejected = first.chosen_rewards.detach(), first.rejected_rewards.detach()
+            self._replace_reward_metrics(chosen, rejected)
+        else:
+            chosen, rejected = (
+                self.beta * logps.chosen_logratios.detach(),
+                self.beta * logps.rejected_logratios.detach(),
+            )
+        mode = "train" if self.model.training else "eval"
+        for observe in self.pair_observers:
+            observe(mode, logps, chosen, rejected)
+        return (loss, outputs) if return_outputs else loss
+
+    def with_reference(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The batch with its reference log-probs: those it carries, or TRL's reference forward (the base
+        with the adapter disabled) run here, before the policy's."""
+        if all(column in inputs for column in REF_COLUMNS):
+            return inputs
+        chosen, rejected = self.compute_ref_log_probs(self.model, inputs)
+        return {**inputs, REF_COLUMNS[0]: chosen, REF_COLUMNS[1]: rejected}
+
+    def _replace_reward_metrics(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        """The custom loss's rewards in place of TRL's (beta-scaled log-ratios) in the metrics just kept."""
+        metrics = pending_metrics(self, "train" if self.model.training else "eval")
+        gather = self.accelerator.gather
+        values = {
+            "rewards/chosen": gather(chosen).mean(),
+            "rewards/rejected": gather(rejected).mean(),
+            "rewards/accuracies": gather((chosen > rejected).float()).mean(),
+            "rewards/margins": gather(chosen - rejected).mean(),
+        }
+        for name, value in values.items():
+            if metrics.get(name):
+                metrics[name][-1] = float(value.item())
+
+    def prepare_split(self, dataset, processing_class, args, dataset_name):
         """TRL's preparation (chat template, tokenisation), or the one an earlier sweep job made."""
         if self._prepared is None:
             return self._tokenized_once(dataset, processing_class, args, dataset_name)
@@ -175,7 +250,7 @@ class DPOTrainer(trl.DPOTrainer):
         ``max_length`` (with ``keep_start`` truncation the collator would cut every response token).
         Anything else goes through TRL's own preparation."""
         if not set(PAIR_ID_COLUMNS) <= set(getattr(dataset, "column_names", None) or ()):
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return super().prepare_split(dataset, processing_class, args, dataset_name)
         if args.max_length is None or args.truncation_mode != "keep_start":
             return dataset
         limit = args.max_length
@@ -183,13 +258,13 @@ class DPOTrainer(trl.DPOTrainer):
         keep = [i for i, (prompt, _, _) in enumerate(lengths) if prompt < limit]
         return dataset if len(keep) == len(dataset) else dataset.select(keep)
 
-    def _precompute_ref_logps(self, dataset, name, batch_size):
+    def reference_logps_of_split(self, dataset, name, batch_size):
         """TRL's reference log-probs, or the ones an earlier sweep job computed on the same inputs."""
         if self._prepared is None:
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+            return super().reference_logps_of_split(dataset, name, batch_size)
         cached = self._prepared.with_ref_log_probs.get(name)
         if cached is None:
-            cached = super()._precompute_ref_logps(dataset, name, batch_size)
+            cached = super().reference_logps_of_split(dataset, name, batch_size)
             self._prepared.with_ref_log_probs[name] = cached
             self._prepared.computed["ref_log_probs"] += 1
         return cached
@@ -200,11 +275,10 @@ class DPOTrainer(trl.DPOTrainer):
             observe(self.state.global_step + 1, loss, inputs)
         return loss
 
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        super()._save(output_dir, state_dict)
+    def after_save(self, folder: Path) -> None:
         # training_args.bin pickles every argument, secrets passed in train.extra (hub_token...) included:
         # each checkpoint keeps a copy with their values redacted (nothing reads them back on resume)
-        path = Path(output_dir or self.args.output_dir) / "training_args.bin"
+        path = folder / "training_args.bin"
         if path.is_file() and self.args.should_save:
             torch.save(redacted_args(self.args), path)
 
@@ -220,15 +294,15 @@ class DPOTrainer(trl.DPOTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # the Trainer's train_loss is the mean over this train() call only; a resumed run reports the run's
         # (a packed sweep logs its jobs' end of training itself, outside train(): it computes the mean loss)
-        if "train_loss" in logs and hasattr(self, "_tr_loss"):  # in place: it is train()'s output metrics
-            unlogged = float(self._tr_loss.item())
+        unlogged = self.unlogged_loss()
+        if "train_loss" in logs and unlogged is not None:  # in place: it is train()'s output metrics
             logs["train_loss"] = run_mean_loss(self.state.log_history, unlogged, self.state.global_step)
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
         # TRL counts the logged `num_tokens` in the trainer, not in the checkpointed state: carry it over
         if resume_from_checkpoint:
-            self._total_train_tokens = logged_train_tokens(Path(resume_from_checkpoint))
+            set_logged_train_tokens(self, logged_train_tokens_at(Path(resume_from_checkpoint)))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _groups_by_length(self, dataset: Dataset | None) -> bool:
@@ -236,17 +310,36 @@ class DPOTrainer(trl.DPOTrainer):
             getattr(dataset, "column_names", None) or ()
         )
 
-    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
+    def train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not self._groups_by_length(dataset):
-            return super()._get_train_sampler(train_dataset)
+            return super().train_sampler(train_dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return dpo_length_sampler(dataset, self.args.per_device_train_batch_size, self.args.max_length, seed)
 
-    def _get_eval_sampler(self, eval_dataset: Dataset) -> Sampler | None:
+    def eval_sampler(self, eval_dataset: Dataset) -> Sampler | None:
         if not self._groups_by_length(eval_dataset):
-            return super()._get_eval_sampler(eval_dataset)
+            return super().eval_sampler(eval_dataset)
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+
+# the batch columns that carry the reference log-probs (TRL's names)
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+class _LogProbsRecorder:
+    """Stands in for the model in TRL's loss: calls it and keeps the per-token log-probs of the first call
+    (the policy forward; TRL's deprecated return_outputs path calls again for logits)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.log_probs: torch.Tensor | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        outputs = self.model(*args, **kwargs)
+        if self.log_probs is None:
+            self.log_probs = outputs.log_probs
+        return outputs
 
 
 def run_mean_loss(log_history: Sequence[Mapping[str, Any]], unlogged: float, global_step: int) -> float:
@@ -261,7 +354,7 @@ def run_mean_loss(log_history: Sequence[Mapping[str, Any]], unlogged: float, glo
     return (total + unlogged) / max(global_step, 0.001)
 
 
-def logged_train_tokens(checkpoint: Path) -> int:
+def logged_train_tokens_at(checkpoint: Path) -> int:
     """The last training ``num_tokens`` logged before ``checkpoint`` was saved (0 if none was logged)."""
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     logged = [entry["num_tokens"] for entry in history if "num_tokens" in entry]
@@ -278,6 +371,7 @@ def build_trainer(
     callbacks: list[TrainerCallback] | None = None,
     micro_batch_observers: Sequence[MicroBatchObserver] = (),
     prepared: PreparedDatasets | None = None,
+    dpo: DPOSettings | None = None,
 ) -> DPOTrainer:
     """DPOTrainer on the base model + a fresh LoRA adapter. With no ``ref_model``, TRL computes the
     reference log-probs with the adapter disabled: the base model is the reference, never a second copy.
@@ -295,6 +389,7 @@ def build_trainer(
         callbacks=callbacks,
         micro_batch_observers=micro_batch_observers,
         prepared=prepared,
+        dpo=dpo,
     )
     # every log as a raw dict on stdout: the numbers go to log_history.jsonl / W&B, the console gets a bar
     trainer.remove_callback(PrinterCallback)

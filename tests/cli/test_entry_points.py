@@ -7,9 +7,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from dpo_lab.config.choices import Judge
+from dpo_lab.config.commands import CompareConfig, GenerateConfig, MergeConfig
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
-from dpo_lab.config.schemas import CompareConfig, GenerateConfig, Judge, MergeConfig, register_configs
+from dpo_lab.config.store import register_configs
 from dpo_lab.config.validation import typed_config, validate
 from dpo_lab.errors import ConfigError
 from dpo_lab.runs.folder import read_run

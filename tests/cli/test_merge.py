@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from dpo_lab.cli.merge import output_folder
-from dpo_lab.config.schemas import MergeConfig
+from dpo_lab.config.commands import MergeConfig
 from dpo_lab.errors import ConfigError
 from tests.helpers import compose_config, run_cli
 

@@ -10,9 +10,11 @@ import trl
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from dpo_lab.config.choices import DPO_LOSS_TYPES
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
-from dpo_lab.config.schemas import DPO_LOSS_TYPES, RunConfig, register_configs
+from dpo_lab.config.schemas import RunConfig
+from dpo_lab.config.store import register_configs
 from dpo_lab.config.validation import to_run_config, validate
 from dpo_lab.errors import ConfigError
 from dpo_lab.runtime.precision import Precision

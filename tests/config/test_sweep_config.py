@@ -11,9 +11,11 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution
 
+from dpo_lab.config.choices import Direction
 from dpo_lab.config.overrides import check_overrides
 from dpo_lab.config.resolvers import register_resolvers
-from dpo_lab.config.schemas import Direction, ObjectiveConfig, register_configs
+from dpo_lab.config.schemas import ObjectiveSettings
+from dpo_lab.config.store import register_configs
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.errors import ConfigError
 from dpo_lab.sweep.objective import NonFiniteMetricError, better, check_finite, objective_value
@@ -101,7 +103,7 @@ def _log_float(distribution) -> bool:
 
 def test_objective_defaults_and_bad_values() -> None:
     run_cfg = to_run_config(compose_config())
-    assert run_cfg.objective == ObjectiveConfig(metric="rewards/accuracies", direction=Direction.maximize)
+    assert run_cfg.objective == ObjectiveSettings(metric="rewards/accuracies", direction=Direction.maximize)
     assert run_cfg.reuse is True
     with pytest.raises(ConfigError) as info:
         to_run_config(compose_config(["objective.metric=accuracy"]))
@@ -115,10 +117,10 @@ def test_objective_defaults_and_bad_values() -> None:
 
 def test_objective_value_and_divergence() -> None:
     evaluated = {"eval_loss": 0.4, "eval_rewards/accuracies": 0.75}
-    assert objective_value(evaluated, ObjectiveConfig()) == 0.75
-    assert objective_value(evaluated, ObjectiveConfig("loss", Direction.minimize)) == 0.4
+    assert objective_value(evaluated, ObjectiveSettings()) == 0.75
+    assert objective_value(evaluated, ObjectiveSettings("loss", Direction.minimize)) == 0.4
     with pytest.raises(KeyError, match="rewards/margins.*held-out: \\['loss', 'rewards/accuracies'\\]"):
-        objective_value(evaluated, ObjectiveConfig("rewards/margins"))
+        objective_value(evaluated, ObjectiveSettings("rewards/margins"))
     check_finite({"train_loss": 0.5}, evaluated)
     with pytest.raises(NonFiniteMetricError, match="train_loss"):
         check_finite({"train_loss": float("nan")}, evaluated)

@@ -14,7 +14,8 @@ import pytest
 from datasets import Dataset
 
 from dpo_lab.assets import TINY_MODEL_DIR
-from dpo_lab.config.schemas import DataConfig, ModelConfig, OnInvalid
+from dpo_lab.config.choices import OnInvalid
+from dpo_lab.config.schemas import DataSettings, ModelSettings
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.data.report import common_prefix_length, format_report, length_stats, split_report, token_lengths
 from dpo_lab.errors import ConfigError, DataError
@@ -30,7 +31,7 @@ def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer(ModelConfig(name_or_path=str(TINY_MODEL_DIR)))
+    return load_tokenizer(ModelSettings(name_or_path=str(TINY_MODEL_DIR)))
 
 
 def good(i: int) -> dict:
@@ -76,8 +77,8 @@ def crafted_file(tmp_path: Path) -> Path:
     return write_lines(tmp_path / "pairs.jsonl", lines)
 
 
-def cfg_for(path: Path, **kw) -> DataConfig:
-    return DataConfig(path=str(path), test_split=None, test_size=kw.pop("test_size", 1), **kw)
+def cfg_for(path: Path, **kw) -> DataSettings:
+    return DataSettings(path=str(path), test_split=None, test_size=kw.pop("test_size", 1), **kw)
 
 
 def test_error_names_file_line_field_problem_and_count(tmp_path: Path) -> None:
@@ -155,7 +156,7 @@ def test_each_split_reports_its_own_file(tmp_path: Path) -> None:
         tmp_path / "d" / "test.jsonl", [json.dumps(good(0)), json.dumps({**good(1), "rejected": "It is 2."})]
     )
     with pytest.raises(DataError) as info:
-        load_preference_data(DataConfig(path=str(tmp_path / "d")), seed=0)
+        load_preference_data(DataSettings(path=str(tmp_path / "d")), seed=0)
     assert str(info.value).startswith(
         f"{tmp_path / 'd' / 'test.jsonl'} line 2, field 'chosen': chosen is identical"
     )
@@ -192,11 +193,13 @@ def test_prompt_length_is_checked_on_the_rows_used(tmp_path: Path, tokenizer) ->
     rows[5] = {**rows[5], "prompt": "compound interest " * 40}
     write_lines(tmp_path / "d" / "train.jsonl", [json.dumps(r) for r in rows])
     write_lines(tmp_path / "d" / "test.jsonl", [json.dumps(good(9))])
-    capped = DataConfig(path=str(tmp_path / "d"), max_train_samples=5)
+    capped = DataSettings(path=str(tmp_path / "d"), max_train_samples=5)
     data = load_preference_data(capped, seed=0, tokenizer=tokenizer, max_length=40)
     assert len(data.train) == 5 and data.splits["train"]["prompt_tokens"]["max"] < 40
     with pytest.raises(DataError, match=r"train.jsonl line 6, field 'prompt': the prompt is \d+ tokens"):
-        load_preference_data(DataConfig(path=str(tmp_path / "d")), seed=0, tokenizer=tokenizer, max_length=40)
+        load_preference_data(
+            DataSettings(path=str(tmp_path / "d")), seed=0, tokenizer=tokenizer, max_length=40
+        )
 
 
 def test_token_lengths_match_the_chat_template(tokenizer) -> None:
@@ -274,10 +277,10 @@ def test_tokenizer_without_chat_template_names_the_key(tmp_path: Path) -> None:
     config.pop("chat_template", None)
     (bare / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="has no chat template; set model.chat_template") as info:
-        load_tokenizer(ModelConfig(name_or_path=str(bare)))
+        load_tokenizer(ModelSettings(name_or_path=str(bare)))
     assert info.value.key == "model.chat_template"
     fixed = load_tokenizer(
-        ModelConfig(name_or_path=str(bare), chat_template=str(TINY_MODEL_DIR / "chat_template.jinja"))
+        ModelSettings(name_or_path=str(bare), chat_template=str(TINY_MODEL_DIR / "chat_template.jinja"))
     )
     assert fixed.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).startswith(
         "<|begin_of_text|><|start_header_id|>user"

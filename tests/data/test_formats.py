@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_lab.config.schemas import DataColumns, DataFormat
+from dpo_lab.config.choices import DataFormat
+from dpo_lab.config.schemas import DataColumns
 from dpo_lab.data.formats import (
     Pair,
     Reason,

@@ -9,7 +9,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from dpo_lab.config.schemas import DataColumns, DataConfig, DataFormat, OnInvalid
+from dpo_lab.config.choices import DataFormat, OnInvalid
+from dpo_lab.config.schemas import DataColumns, DataSettings
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.data.formats import Pair, Reason, RowProblem, normalise_record
 from dpo_lab.data.loading import load_preference_data
@@ -75,7 +76,7 @@ def test_first_row_in_detail() -> None:
 
 
 def test_loader_reports_the_empty_responses_by_line_number() -> None:
-    cfg = DataConfig(path=str(HH_DATA), test_split=None, test_size=0.1)
+    cfg = DataSettings(path=str(HH_DATA), test_split=None, test_size=0.1)
     with pytest.raises(DataError) as info:
         load_preference_data(cfg, seed=0)
     assert str(info.value).splitlines()[0] == (
@@ -109,7 +110,7 @@ def test_an_unparseable_transcript_is_reported_by_line(tmp_path: Path) -> None:
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.writelines(lines)
     with pytest.raises(DataError) as info:
-        load_preference_data(DataConfig(path=str(path), test_split=None, test_size=1), seed=0)
+        load_preference_data(DataSettings(path=str(path), test_split=None, test_size=1), seed=0)
     assert str(info.value).startswith(
         f"{path} line 4, field 'rejected': cannot parse the HH transcript: "
         "does not start with a 'Human:' turn"

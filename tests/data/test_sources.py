@@ -10,7 +10,8 @@ import datasets
 import pytest
 from datasets import Dataset, DatasetDict
 
-from dpo_lab.config.schemas import DataColumns, DataConfig, DataFormat
+from dpo_lab.config.choices import DataFormat
+from dpo_lab.config.schemas import DataColumns, DataSettings
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.errors import ConfigError, DataError
@@ -43,8 +44,8 @@ def prompts(ds: Dataset) -> list[str]:
     return [row["prompt"][-1]["content"] for row in ds]
 
 
-def single_file_cfg(path: Path, **kw) -> DataConfig:
-    return DataConfig(path=str(path), test_split=None, test_size=kw.pop("test_size", 2), **kw)
+def single_file_cfg(path: Path, **kw) -> DataSettings:
+    return DataSettings(path=str(path), test_split=None, test_size=kw.pop("test_size", 2), **kw)
 
 
 def _write_parquet(path: Path, rows: list[dict]) -> Path:
@@ -131,7 +132,7 @@ def test_held_out_is_carved_deterministically_with_the_seed(tmp_path: Path) -> N
 def test_folder_of_split_files(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "d" / "train.jsonl", ROWS)
     _write_parquet(tmp_path / "d" / "test.parquet", HELD_OUT)
-    data = load_preference_data(DataConfig(path=str(tmp_path / "d")), seed=0)
+    data = load_preference_data(DataSettings(path=str(tmp_path / "d")), seed=0)
     assert prompts(data.train) == [r["prompt"] for r in ROWS]
     assert prompts(data.eval) == [r["prompt"] for r in HELD_OUT]
 
@@ -139,7 +140,7 @@ def test_folder_of_split_files(tmp_path: Path) -> None:
 def test_split_to_file_mapping_by_file_name(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "d" / "pairs_v2.jsonl.gz", ROWS)
     _write_csv(tmp_path / "d" / "holdout.csv", HELD_OUT)
-    cfg = DataConfig(path=str(tmp_path / "d"), split="pairs_v2.jsonl.gz", test_split="holdout.csv")
+    cfg = DataSettings(path=str(tmp_path / "d"), split="pairs_v2.jsonl.gz", test_split="holdout.csv")
     data = load_preference_data(cfg, seed=0)
     assert (len(data.train), len(data.eval)) == (10, 4)
 
@@ -147,7 +148,7 @@ def test_split_to_file_mapping_by_file_name(tmp_path: Path) -> None:
 def test_missing_split_file_names_the_key(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "d" / "train.jsonl", ROWS)
     with pytest.raises(ConfigError) as info:
-        load_preference_data(DataConfig(path=str(tmp_path / "d"), test_split="validation"), seed=0)
+        load_preference_data(DataSettings(path=str(tmp_path / "d"), test_split="validation"), seed=0)
     assert info.value.key == "data.test_split"
     assert "validation" in str(info.value)
 
@@ -156,10 +157,10 @@ def test_saved_dataset_dict(tmp_path: Path) -> None:
     DatasetDict({"train": Dataset.from_list(ROWS), "test": Dataset.from_list(HELD_OUT)}).save_to_disk(
         str(tmp_path / "saved")
     )
-    data = load_preference_data(DataConfig(path=str(tmp_path / "saved")), seed=0)
+    data = load_preference_data(DataSettings(path=str(tmp_path / "saved")), seed=0)
     assert (len(data.train), len(data.eval)) == (10, 4)
     with pytest.raises(ConfigError, match="no split 'dev'.*it has: train, test") as info:
-        load_preference_data(DataConfig(path=str(tmp_path / "saved"), test_split="dev"), seed=0)
+        load_preference_data(DataSettings(path=str(tmp_path / "saved"), test_split="dev"), seed=0)
     assert info.value.key == "data.test_split"
 
 
@@ -168,7 +169,7 @@ def test_saved_single_dataset_is_one_split(tmp_path: Path) -> None:
     data = load_preference_data(single_file_cfg(tmp_path / "saved"), seed=0)
     assert (len(data.train), len(data.eval)) == (8, 2)
     with pytest.raises(ConfigError) as info:
-        load_preference_data(DataConfig(path=str(tmp_path / "saved")), seed=0)
+        load_preference_data(DataSettings(path=str(tmp_path / "saved")), seed=0)
     assert info.value.key == "data.test_split"
 
 
@@ -186,17 +187,17 @@ def hub_layout(root: Path) -> Path:
 
 def test_hub_layout_goes_through_load_dataset_with_data_dir(tmp_path: Path) -> None:
     repo = hub_layout(tmp_path / "hh-rlhf")
-    data = load_preference_data(DataConfig(path=str(repo), data_dir="harmless-base"), seed=0)
+    data = load_preference_data(DataSettings(path=str(repo), data_dir="harmless-base"), seed=0)
     assert (len(data.train), len(data.eval)) == (6, 2)
     assert data.formats == {"train": "hh", "eval": "hh"}
-    everything = load_preference_data(DataConfig(path=str(repo)), seed=0)
+    everything = load_preference_data(DataSettings(path=str(repo)), seed=0)
     assert (len(everything.train), len(everything.eval)) == (9, 4)
 
 
 def test_hub_layout_unknown_split(tmp_path: Path) -> None:
     repo = hub_layout(tmp_path / "hh-rlhf")
     with pytest.raises(ConfigError, match="Unknown split") as info:
-        load_preference_data(DataConfig(path=str(repo), test_split="validation"), seed=0)
+        load_preference_data(DataSettings(path=str(repo), test_split="validation"), seed=0)
     assert info.value.key == "data.test_split"
 
 
@@ -205,21 +206,21 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(
         ConfigError, match="no such file or folder, and datasets cannot load 'nobody/no-such-set'"
     ) as info:
-        load_preference_data(DataConfig(path="nobody/no-such-set"), seed=0)
+        load_preference_data(DataSettings(path="nobody/no-such-set"), seed=0)
     assert info.value.key == "data.path"
 
 
 @pytest.mark.parametrize("path", ["missing/train.jsonl", "./nowhere", "/no/such/dir"])
 def test_missing_local_path(path: str) -> None:
     with pytest.raises(ConfigError, match="no such file or folder") as info:
-        load_preference_data(DataConfig(path=path), seed=0)
+        load_preference_data(DataSettings(path=path), seed=0)
     assert info.value.key == "data.path"
 
 
 def test_single_file_with_a_test_split_is_refused(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "pairs.jsonl", ROWS)
     with pytest.raises(ConfigError, match="holds a single split; set data.test_split=null") as info:
-        load_preference_data(DataConfig(path=str(path)), seed=0)
+        load_preference_data(DataSettings(path=str(path)), seed=0)
     assert info.value.key == "data.test_split"
 
 
@@ -266,7 +267,7 @@ def test_undetectable_shape_lists_the_fields(tmp_path: Path) -> None:
 def test_sample_caps(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "d" / "train.jsonl", ROWS)
     write_jsonl(tmp_path / "d" / "test.jsonl", HELD_OUT)
-    cfg = DataConfig(path=str(tmp_path / "d"), max_train_samples=3, max_eval_samples=50)
+    cfg = DataSettings(path=str(tmp_path / "d"), max_train_samples=3, max_eval_samples=50)
     data = load_preference_data(cfg, seed=0)
     assert prompts(data.train) == [r["prompt"] for r in ROWS[:3]]
     assert len(data.eval) == 4

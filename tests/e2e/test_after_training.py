@@ -16,7 +16,7 @@ from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import CheckerConfig, GenerationConfig
+from dpo_lab.config.schemas import CheckerSettings, GenerationSettings
 from dpo_lab.evaluation.finance import finance_number
 from dpo_lab.evaluation.generation import chat_inputs, generate_answers
 from tests.helpers import ROOT, run_cli
@@ -51,7 +51,7 @@ def test_run_records_task_accuracy_and_samples(trained_run: Path) -> None:
             row = ROWS_BY_PROMPT[record["prompt"]]
             assert record["chosen"] == row["chosen"] and record["rejected"] == row["rejected"]
             assert record["truth"] == row["answer"] and record["answer"].strip()
-            assert record["correct"] == finance_number(record["answer"], row, CheckerConfig()).correct
+            assert record["correct"] == finance_number(record["answer"], row, CheckerSettings()).correct
         assert task[f"accuracy_{name}"] == pytest.approx(sum(r["correct"] for r in records) / len(records))
     card = (trained_run / "README.md").read_text()
     assert f"| task/accuracy_after | {task['accuracy_after']:.4g} |" in card
@@ -63,7 +63,7 @@ def test_before_is_the_base_model_and_after_the_adapter(trained_run: Path) -> No
     """Regenerate the recorded samples independently: base checkpoint alone, and base + saved adapter."""
     adapter = trained_run / "adapter"
     tokenizer = AutoTokenizer.from_pretrained(adapter)
-    cfg = GenerationConfig(max_new_tokens=128, batch_size=16)
+    cfg = GenerationSettings(max_new_tokens=128, batch_size=16)
     messages = held_out_messages(NUM_PROMPTS)
     base = AutoModelForCausalLM.from_pretrained(asset_path("tiny-llama"), dtype=torch.float32)
     tuned = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
@@ -79,7 +79,7 @@ def test_sampling_is_reproducible_with_a_seed(trained_run: Path) -> None:
     adapter = trained_run / "adapter"
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     tuned = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
-    cfg = GenerationConfig(max_new_tokens=40, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    cfg = GenerationSettings(max_new_tokens=40, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     messages = held_out_messages(3)
     first = generate_answers(tuned, tokenizer, messages, cfg, seed=3)
     assert generate_answers(tuned, tokenizer, messages, cfg, seed=3) == first
@@ -183,7 +183,7 @@ def test_adapter_folder_loads_offline_like_the_card_says(trained_run: Path, tmp_
     tuned = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
     question = re.search(r'"content": "([^"]+)"', (adapter / "README.md").read_text()).group(1)
     expected = generate_answers(
-        tuned, tokenizer, [[{"role": "user", "content": question}]], GenerationConfig()
+        tuned, tokenizer, [[{"role": "user", "content": question}]], GenerationSettings()
     )
     assert result["printed"][0].strip() == expected[0]
 
@@ -225,7 +225,7 @@ def test_merged_model_matches_the_adapter_model(trained_run: Path, tmp_path: Pat
         with tuned.disable_adapter():
             adapter_effect = (merged(**batch).logits - tuned(**batch).logits).abs().max().item()
     assert diff < 1e-4 and adapter_effect > 1e-3
-    cfg = GenerationConfig(max_new_tokens=48)
+    cfg = GenerationSettings(max_new_tokens=48)
     assert generate_answers(merged, tokenizer, held_out_messages(2), cfg) == generate_answers(
         tuned, tokenizer, held_out_messages(2), cfg
     )
@@ -252,7 +252,7 @@ def test_compare_with_base_by_the_checker(trained_run: Path, tmp_path: Path) -> 
         assert record["truth"] == row["answer"]
         for side in "ab":
             assert record[f"score_{side}"] == float(
-                finance_number(record[f"answer_{side}"], row, CheckerConfig()).correct
+                finance_number(record[f"answer_{side}"], row, CheckerSettings()).correct
             )
         expected = (
             "a"

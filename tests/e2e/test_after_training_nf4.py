@@ -12,8 +12,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_lab.cli.generate import load_model
+from dpo_lab.config.choices import Quantization
+from dpo_lab.config.commands import GenerateConfig
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import GenerateConfig, GenerationConfig, Quantization
+from dpo_lab.config.schemas import GenerationSettings
 from dpo_lab.evaluation.generation import chat_inputs, generate_answers
 from dpo_lab.model.loading import bnb_config
 from dpo_lab.runs.folder import read_run
@@ -73,7 +75,7 @@ def test_merged_nf4_run_loads_and_generates(nf4_run: Path, tmp_path: Path) -> No
 
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    answers = generate_answers(merged, tokenizer, held_out_messages(2), GenerationConfig(max_new_tokens=32))
+    answers = generate_answers(merged, tokenizer, held_out_messages(2), GenerationSettings(max_new_tokens=32))
     assert all(answers) and all(a.strip() for a in answers)
 
     # the merged weights reproduce the adapter on the 4-bit base (up to 4-bit compute rounding)

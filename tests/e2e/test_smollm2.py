@@ -20,16 +20,8 @@ import pytest
 import torch
 import yaml
 
-from dpo_lab.config.schemas import (
-    DataConfig,
-    DataFormat,
-    DPOConfig,
-    GenerationConfig,
-    LoraConfig,
-    OnInvalid,
-    Quantization,
-    TrainConfig,
-)
+from dpo_lab.config.choices import DataFormat, OnInvalid, Quantization
+from dpo_lab.config.schemas import DataSettings, DPOSettings, GenerationSettings, LoraSettings, TrainSettings
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.evaluation.generation import generate_answers
@@ -131,7 +123,7 @@ def test_saved_adapter_loads_with_peft_and_pipeline_and_answers_the_same(trained
     from transformers import AutoTokenizer, pipeline
 
     adapter = str(trained_run / "adapter")
-    gen = GenerationConfig(max_new_tokens=24, do_sample=False, batch_size=1)
+    gen = GenerationSettings(max_new_tokens=24, do_sample=False, batch_size=1)
     run = read_run(str(trained_run))
     in_process = load_adapter_model(run.model, run.adapter_dir, Precision.fp32)
     saved_tokenizer = AutoTokenizer.from_pretrained(adapter)
@@ -168,21 +160,21 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_adapter(trained_run: P
 @pytest.fixture(scope="module")
 def trainer(model_cfg, tokenizer, tmp_path_factory):
     """DPOTrainer on SmolLM2 + a fresh LoRA adapter, on two multi-turn HH prompts with a system message."""
-    data_cfg = DataConfig(
+    data_cfg = DataSettings(
         path=str(require_hh_data()), format=DataFormat.hh, test_split=None, test_size=4,
         max_train_samples=40, max_eval_samples=2, on_invalid=OnInvalid.drop, system_prompt=SYSTEM,
     )  # fmt: skip
     data = load_preference_data(data_cfg, 3, tokenizer, max_length=256)
     multi_turn = [i for i, row in enumerate(data.train) if len(row["prompt"]) >= 4][:2]
     assert len(multi_turn) == 2, "no multi-turn HH prompts among the first training rows"
-    train = TrainConfig(per_device_train_batch_size=2, max_steps=1, precision=Precision.fp32)
+    train = TrainSettings(per_device_train_batch_size=2, max_steps=1, precision=Precision.fp32)
     args = build_dpo_args(
-        DPOConfig(max_length=256), train, output_dir=tmp_path_factory.mktemp("trainer"), seed=3,
+        DPOSettings(max_length=256), train, output_dir=tmp_path_factory.mktemp("trainer"), seed=3,
         precision=Precision.fp32, device="cpu",
     )  # fmt: skip
     model = load_base_model(model_cfg, Precision.fp32, gradient_checkpointing=False)
     return build_trainer(
-        model, tokenizer, args, data.train.select(multi_turn), None, build_lora_config(LoraConfig())
+        model, tokenizer, args, data.train.select(multi_turn), None, build_lora_config(LoraSettings())
     )
 
 

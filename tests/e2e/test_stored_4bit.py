@@ -14,8 +14,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dpo_lab.config.choices import Quantization
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import ModelConfig, Quantization
+from dpo_lab.config.schemas import ModelSettings
 from dpo_lab.model.loading import bnb_config
 from dpo_lab.model.source import check_source, stored_quantization
 from dpo_lab.runtime.precision import Precision
@@ -43,7 +44,7 @@ def nf4_checkpoint(tmp_path_factory) -> Path:
 def test_stored_quantization_is_read_from_the_checkpoint(nf4_checkpoint: Path) -> None:
     assert stored_quantization(str(nf4_checkpoint)) is Quantization.nf4
     assert stored_quantization(asset_path("tiny-llama")) is Quantization.none
-    check_source(ModelConfig(name_or_path=str(nf4_checkpoint), quantization=Quantization.nf4))
+    check_source(ModelSettings(name_or_path=str(nf4_checkpoint), quantization=Quantization.nf4))
 
 
 def test_contradicting_quantization_is_refused_with_one_line(nf4_checkpoint: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import CheckerConfig, DataConfig, TaskEvalConfig
+from dpo_lab.config.schemas import CheckerSettings, DataSettings, TaskEvalSettings
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.checkers import CheckResult, get_checker
@@ -79,7 +79,7 @@ def test_tolerance_is_configurable() -> None:
     assert check_number(answer, 9.34, percent=True, rel_tol=0.01).correct
     assert not check_number("The answer is $1,400.", 1399.19, abs_tol=0.01, rel_tol=0).correct
     assert check_number("The answer is $1,400.", 1399.19, abs_tol=1.0, rel_tol=0).correct
-    cfg = CheckerConfig(rel_tol=0.01)
+    cfg = CheckerSettings(rel_tol=0.01)
     assert finance_number(answer, {"answer": 9.34, "unit": "percent"}, cfg).correct
 
 
@@ -93,20 +93,20 @@ def test_find_numbers_reads_each_number_once() -> None:
 def test_checker_on_the_embedded_data() -> None:
     """Every chosen (correct) answer of the held-out split passes, every rejected (mistaken) one fails."""
     rows = [json.loads(line) for line in (open(asset_path("finance") + "/test.jsonl"))]
-    cfg = CheckerConfig()
+    cfg = CheckerSettings()
     assert len(rows) == 200
     assert all(finance_number(r["chosen"], r, cfg).correct for r in rows)
     assert not any(finance_number(r["rejected"], r, cfg).correct for r in rows)
 
 
 def test_ground_truth_given_as_text() -> None:
-    cfg = CheckerConfig()
+    cfg = CheckerSettings()
     assert finance_number("The answer is $1,234.50", {"answer": "$1,234.50"}, cfg).correct
     with pytest.raises(ConfigError, match="exactly one number"):
         finance_number("The answer is 3", {"answer": "three"}, cfg)
 
 
-def always_right(answer: str, row: Mapping[str, Any], cfg: CheckerConfig) -> CheckResult:
+def always_right(answer: str, row: Mapping[str, Any], cfg: CheckerSettings) -> CheckResult:
     """A checker plugged in by import path (used below)."""
     return CheckResult(correct=True, extracted=len(answer), reason="match")
 
@@ -120,37 +120,37 @@ def test_checker_registry() -> None:
     with pytest.raises(ConfigError, match="cannot import"):
         get_checker("tests.evaluation.test_task:no_such_function")
     exact = get_checker("exact_match")
-    cfg = CheckerConfig(name="exact_match", answer_column="label")
+    cfg = CheckerSettings(name="exact_match", answer_column="label")
     assert exact("The answer is Paris.", {"label": "paris"}, cfg).correct
     assert not exact("London", {"label": "Paris"}, cfg).correct
 
 
-def _held_out(n: int) -> tuple[DataConfig, Any]:
-    data_cfg = DataConfig(path=asset_path("finance"), max_train_samples=1, max_eval_samples=n)
+def _held_out(n: int) -> tuple[DataSettings, Any]:
+    data_cfg = DataSettings(path=asset_path("finance"), max_train_samples=1, max_eval_samples=n)
     return data_cfg, load_preference_data(data_cfg, seed=0).eval
 
 
 def test_task_prompts_carry_their_ground_truth() -> None:
     data_cfg, held_out = _held_out(5)
-    prompts = load_task_prompts(TaskEvalConfig(num_prompts=3), data_cfg, held_out)
+    prompts = load_task_prompts(TaskEvalSettings(num_prompts=3), data_cfg, held_out)
     rows = [json.loads(line) for line in open(asset_path("finance") + "/test.jsonl")][:3]
     assert len(prompts) == 3
     for prompt, row in zip(prompts, rows, strict=True):
         assert prompt.text == row["prompt"] and prompt.messages[-1]["role"] == "user"
         assert prompt.row["answer"] == row["answer"] and prompt.chosen == row["chosen"]
-    records = score(prompts, [p.chosen for p in prompts], CheckerConfig())
+    records = score(prompts, [p.chosen for p in prompts], CheckerSettings())
     assert [r["correct"] for r in records] == [True, True, True] and accuracy(records) == 1.0
-    plugged = score(prompts, ["x", "y", "z"], CheckerConfig(name="tests.evaluation.test_task:always_right"))
+    plugged = score(prompts, ["x", "y", "z"], CheckerSettings(name="tests.evaluation.test_task:always_right"))
     assert accuracy(plugged) == 1.0 and plugged[0]["extracted"] == 1
 
 
 def test_missing_ground_truth_is_a_config_error() -> None:
     data_cfg, held_out = _held_out(2)
-    cfg = TaskEvalConfig(checker=CheckerConfig(answer_column="solution"))
+    cfg = TaskEvalSettings(checker=CheckerSettings(answer_column="solution"))
     with pytest.raises(ConfigError) as info:
         load_task_prompts(cfg, data_cfg, held_out)
     assert info.value.key == "eval.checker.answer_column" and "'solution'" in str(info.value)
-    samples_only = TaskEvalConfig(checker=CheckerConfig(name=None))
+    samples_only = TaskEvalSettings(checker=CheckerSettings(name=None))
     prompts = load_task_prompts(samples_only, data_cfg, held_out)
     assert len(prompts) == 2 and prompts[0].row == {}
-    assert load_task_prompts(TaskEvalConfig(enabled=False), data_cfg, held_out) == []
+    assert load_task_prompts(TaskEvalSettings(enabled=False), data_cfg, held_out) == []

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from dpo_lab.config.resolvers import register_resolvers
-from dpo_lab.config.schemas import register_configs
+from dpo_lab.config.store import register_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"

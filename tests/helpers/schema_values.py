@@ -12,15 +12,17 @@ import dataclasses
 from enum import Enum
 from typing import Any
 
-from dpo_lab.config.schemas import DPOConfig, LoraConfig, TrainConfig
+from dpo_lab.config.schemas import DPOSettings, LoraSettings, TrainSettings
 from dpo_lab.runtime.precision import Precision
 
 DPO_VALUES: dict[str, Any] = {
     "beta": 0.37,
-    "loss_type": ["sigmoid", "sft"],
-    "loss_weights": [0.8, 0.2],
+    # TRL's losses and one of your own (package.module:function), which reads loss_params
+    "loss_type": ["sigmoid", "sft", "dpo_lab.train.losses:sigmoid_dpo"],
+    "loss_weights": [0.8, 0.2, 0.45],
     "max_length": 200,
     "label_smoothing": 0.23,
+    "loss_params": {"gamma": 0.5},
     "precompute_ref_log_probs": True,
 }
 
@@ -63,9 +65,9 @@ LORA_VALUES: dict[str, Any] = {
 }
 
 TABLES: dict[str, tuple[type, dict[str, Any]]] = {
-    "dpo": (DPOConfig, DPO_VALUES),
-    "train": (TrainConfig, TRAIN_VALUES),
-    "lora": (LoraConfig, LORA_VALUES),
+    "dpo": (DPOSettings, DPO_VALUES),
+    "train": (TrainSettings, TRAIN_VALUES),
+    "lora": (LoraSettings, LORA_VALUES),
 }
 
 

@@ -10,13 +10,13 @@ import torch
 
 from dpo_lab.config.resolvers import asset_path
 from dpo_lab.config.schemas import (
-    DataConfig,
-    DPOConfig,
-    GenerationConfig,
-    LoraConfig,
-    ModelConfig,
+    DataSettings,
+    DPOSettings,
+    GenerationSettings,
+    LoraSettings,
+    ModelSettings,
     RunConfig,
-    TrainConfig,
+    TrainSettings,
 )
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.evaluation.generation import generate_answers
@@ -36,29 +36,50 @@ from dpo_lab.reuse.cache import ModelSnapshot
 from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.trainer import build_dpo_args, build_trainer
 
-MODEL = ModelConfig(name_or_path=asset_path("tiny-llama"))
-# three jobs that differ in beta, learning rate, LoRA rank (and so scaling), schedule and weight decay
+MODEL = ModelSettings(name_or_path=asset_path("tiny-llama"))
+
+
+def margin_sigmoid(logps, dpo):
+    """A custom loss (dpo.loss_type as package.module:function) with its own parameter: DPO with a margin."""
+    from dpo_lab.train.losses import PairLoss
+
+    chosen, rejected = dpo.beta * logps.chosen_logratios, dpo.beta * logps.rejected_logratios
+    losses = -torch.nn.functional.logsigmoid(chosen - rejected - dpo.loss_params["gamma"])
+    return PairLoss(losses, chosen.detach(), rejected.detach())
+
+
+# three jobs that differ in everything that may differ inside a pack: beta, the loss (TRL's sigmoid, a custom
+# function with its own parameter, TRL's ipo), learning rate, LoRA rank, alpha (and so scaling), dropout and
+# targets, schedule, warm-up, weight decay and gradient clipping; all accumulate 2 micro-batches a step
 JOBS = [
     dict(
-        dpo=DPOConfig(beta=0.1, max_length=192),
+        dpo=DPOSettings(beta=0.1, max_length=192),
         lr=5e-3,
-        lora=LoraConfig(r=4, alpha=8),
+        lora=LoraSettings(r=4, alpha=8),
         wd=0.0,
         sched="linear",
+        clip=0.5,
+        warmup=1,
     ),
     dict(
-        dpo=DPOConfig(beta=0.5, max_length=192),
+        dpo=DPOSettings(
+            beta=0.5, max_length=192, loss_type=[f"{__name__}:margin_sigmoid"], loss_params={"gamma": 0.3}
+        ),
         lr=2e-3,
-        lora=LoraConfig(r=8, alpha=8),
+        lora=LoraSettings(r=8, alpha=8, dropout=0.1),
         wd=0.1,
         sched="cosine",
+        clip=1.0,
+        warmup=0,
     ),
     dict(
-        dpo=DPOConfig(beta=0.3, loss_type=["ipo"], max_length=192),
+        dpo=DPOSettings(beta=0.3, loss_type=["ipo"], max_length=192),
         lr=1e-2,
-        lora=LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]),
+        lora=LoraSettings(r=2, alpha=4, target_modules=["q_proj", "v_proj"], dropout=0.0),
         wd=0.0,
         sched="constant",
+        clip=0.3,
+        warmup=2,
     ),
 ]
 
@@ -67,7 +88,7 @@ JOBS = [
 def setup():
     torch.set_num_threads(1)
     data = load_preference_data(
-        DataConfig(path=asset_path("finance"), max_train_samples=12, max_eval_samples=6), seed=0
+        DataSettings(path=asset_path("finance"), max_train_samples=12, max_eval_samples=6), seed=0
     )
     tokenizer = load_tokenizer(MODEL)
     model = load_base_model(MODEL, Precision.fp32, gradient_checkpointing=False)
@@ -83,20 +104,20 @@ def _reset(setup) -> None:
 
 
 def _job(job: dict, tmp_path, name: str, steps: int = 3) -> PackJob:
-    train = TrainConfig(
-        learning_rate=job["lr"], per_device_train_batch_size=4, per_device_eval_batch_size=6, max_steps=steps,
+    train = TrainSettings(
+        learning_rate=job["lr"], per_device_train_batch_size=3, per_device_eval_batch_size=6, max_steps=steps,
         logging_steps=1, precision=Precision.fp32, weight_decay=job["wd"], lr_scheduler_type=job["sched"],
-        warmup_steps=1, max_grad_norm=0.5, eval_steps=2,
+        warmup_steps=job["warmup"], max_grad_norm=job["clip"], eval_steps=2, gradient_accumulation_steps=2,
     )  # fmt: skip
     args = build_dpo_args(job["dpo"], train, output_dir=tmp_path / name, seed=0, precision=Precision.fp32,
                           device="cpu")  # fmt: skip
-    return PackJob(args=args, lora=build_lora_config(job["lora"]))
+    return PackJob(args=args, lora=build_lora_config(job["lora"]), dpo=job["dpo"])
 
 
 def _alone(setup, job: PackJob):
     """The job through the normal path: a DPOTrainer with a fresh adapter, trained, evaluated."""
     data, tokenizer, model, _ = setup
-    trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora)
+    trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora, dpo=job.dpo)
     trainer.train()
     out = {
         "adapter": {k: v.detach().clone() for k, v in adapter_state_dict(trainer.model).items()},
@@ -118,8 +139,8 @@ def test_slices_get_their_own_adapter() -> None:
 
     model = load_base_model(MODEL, Precision.fp32, gradient_checkpointing=False)
     generator = torch.Generator().manual_seed(0)
-    packed = get_peft_model(model, build_lora_config(LoraConfig(r=4)), adapter_name="one")
-    packed.add_adapter("two", build_lora_config(LoraConfig(r=2, target_modules=["q_proj"])))
+    packed = get_peft_model(model, build_lora_config(LoraSettings(r=4)), adapter_name="one")
+    packed.add_adapter("two", build_lora_config(LoraSettings(r=2, target_modules=["q_proj"])))
     for name, param in packed.named_parameters():
         if "lora_B" in name:
             param.data.normal_(generator=generator)
@@ -156,7 +177,7 @@ def test_packed_generation_gives_each_adapter_its_own_answers(setup, tmp_path) -
         if "lora_B" in name:
             param.data.normal_(std=0.5)  # trained-looking adapters, so that their answers differ
     conversations = [row["prompt"] for row in data.eval][:3]
-    generation = GenerationConfig(max_new_tokens=10, batch_size=2)
+    generation = GenerationSettings(max_new_tokens=10, batch_size=2)
     try:
         base, answers = pack.generate(tokenizer, conversations, generation, seed=0)
         alone = {}
@@ -192,10 +213,11 @@ def test_pack_of_three_matches_each_job_alone(setup, trained_alone, tmp_path, in
         results = pack.train()
     finally:
         hook.remove()
-    # 4 pairs a step (8 sequences), evaluations of 6 pairs: together, the 3 jobs' 24 rows in one forward
-    assert max(rows) == (12 if in_turn else 24), sorted(set(rows))
+    # micro-batches of 3 pairs (6 sequences), evaluations of 6 pairs (12): together, the 3 jobs' 18 training
+    # rows go through one forward; in turn the largest forward is an evaluation's
+    assert max(rows) == (12 if in_turn else 18), sorted(set(rows))
     conversations = [row["prompt"] for row in data.eval][:3]
-    generation = GenerationConfig(max_new_tokens=12, batch_size=2)
+    generation = GenerationSettings(max_new_tokens=12, batch_size=2)
     base_answers, packed_answers = pack.generate(tokenizer, conversations, generation, seed=0)
     _reset(setup)
 
@@ -221,7 +243,7 @@ def test_pack_of_three_matches_each_job_alone(setup, trained_alone, tmp_path, in
         # the job finished as a normal run would: fresh trainer, the pack's weights, TRL's evaluate
         job = _job(JOBS[i], tmp_path, f"finish{i}")
         job.args.eval_on_start = False
-        trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora)
+        trainer = build_trainer(model, tokenizer, job.args, data.train, data.eval, job.lora, dpo=job.dpo)
         finish_as_trained(trainer, packed)
         evaluated = trainer.evaluate()
         # the task answers generated in the pack are the job's own greedy answers, and the base's
@@ -242,14 +264,14 @@ def test_a_bf16_pack_trains_in_bf16_and_in_turn_equals_each_job_alone(tmp_path) 
     its linear layers run under bf16 autocast (not fp32, as they did once), and a pack stepping in turn runs
     each adapter on the job's own batch shapes, so every job is bit-identical to the job alone."""
     data = load_preference_data(
-        DataConfig(path=asset_path("finance"), max_train_samples=8, max_eval_samples=4), seed=0
+        DataSettings(path=asset_path("finance"), max_train_samples=8, max_eval_samples=4), seed=0
     )
     tokenizer = load_tokenizer(MODEL)
     model = load_base_model(MODEL, Precision.bf16, gradient_checkpointing=False)
     snapshot = ModelSnapshot.capture(model)
 
     def job(spec: dict, name: str) -> PackJob:
-        train = TrainConfig(learning_rate=spec["lr"], per_device_train_batch_size=4, max_steps=2,
+        train = TrainSettings(learning_rate=spec["lr"], per_device_train_batch_size=4, max_steps=2,
                             logging_steps=1, precision=Precision.bf16, eval_steps=0)  # fmt: skip
         args = build_dpo_args(spec["dpo"], train, output_dir=tmp_path / name, seed=0,
                               precision=Precision.bf16, device="cpu")  # fmt: skip
@@ -287,7 +309,7 @@ def test_a_bf16_pack_trains_in_bf16_and_in_turn_equals_each_job_alone(tmp_path) 
 
 
 def _info(index: int, **changes) -> PackedJobInfo:
-    cfg = RunConfig(model=MODEL, data=DataConfig(path=asset_path("finance")))
+    cfg = RunConfig(model=MODEL, data=DataSettings(path=asset_path("finance")))
     for group, values in changes.items():
         new = dataclasses.replace(getattr(cfg, group), **values) if isinstance(values, dict) else values
         setattr(cfg, group, new)
@@ -319,11 +341,13 @@ class _Killed(Exception):
 
 
 def test_a_killed_pack_resumes_from_its_checkpoint_as_if_never_stopped(setup, tmp_path, monkeypatch) -> None:
-    """A pack stopped after step 3 of 4 (checkpoint at step 2; 3 steps an epoch, so the resume crosses into
-    the second epoch) and built again from scratch resumes from its checkpoint: every adapter and every
-    logged loss equal the uninterrupted pack's (LoRA dropout on, so the random state must come back too);
-    a finished pack's outcome is read back as it was."""
-    from dpo_lab.packed.pack import Pack, PackedTraining
+    """A pack stopped after step 3 of 4 (checkpoint at step 2; 2 steps of 2 accumulated micro-batches an
+    epoch, so the checkpoint ends epoch 1 and the resume starts epoch 2) and built again from scratch resumes
+    from its checkpoint: every adapter and every logged loss equal the uninterrupted pack's (LoRA dropout on,
+    so the random state must come back too, before the epoch's data iterator draws from it); a finished
+    pack's outcome is read back as it was."""
+    from dpo_lab.packed.handoff import PackedOutcome
+    from dpo_lab.packed.pack import Pack
     from dpo_lab.packed.store import PackStore
 
     data, tokenizer, model, _ = setup
@@ -370,7 +394,7 @@ def test_a_killed_pack_resumes_from_its_checkpoint_as_if_never_stopped(setup, tm
 
     store.save_result([result.to_state() for result in resumed])
     assert store.checkpoints() == []
-    again = [PackedTraining.from_state(state) for state in store.load_result()]
+    again = [PackedOutcome.from_state(state) for state in store.load_result()]
     for a, b in zip(resumed, again, strict=True):
         assert a.log_history == b.log_history and a.step_times == b.step_times
         assert all(torch.equal(a.adapter[k], b.adapter[k]) for k in a.adapter)
@@ -398,7 +422,7 @@ def test_auto_pack_size_on_a_cpu_packs_what_the_available_memory_holds(monkeypat
     cfg = jobs[0].run_config
     tokens = 2 * cfg.train.per_device_train_batch_size * cfg.dpo.max_length
     per_copy = tokens * 192 * 4 * 170  # the tiny model: hidden 192, 4 layers; CPU bytes per token-unit-layer
-    monkeypatch.setattr(packing.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(packing, "device_type", lambda: "cpu")
     monkeypatch.setattr(packing, "available_memory", lambda: int(2.5 * per_copy / 0.8))
     assert packing.auto_pack_size(jobs, "together") == 2
     assert packing.auto_pack_size(jobs, "in_turn") == 8
@@ -416,5 +440,5 @@ def test_the_packed_step_is_together_on_a_gpu_and_in_turn_on_a_cpu() -> None:
 
     assert packed_step("auto", "cuda") == "together" and packed_step("auto", "cpu") == "in_turn"
     assert packed_step("together", "cpu") == "together" and packed_step("in_turn", "cuda") == "in_turn"
-    with pytest.raises(ValueError, match="hydra.launcher.step: expected together, in_turn or auto"):
+    with pytest.raises(ValueError, match="hydra.launcher.step: expected one of together, in_turn, auto"):
         packed_step("sideways", "cpu")

@@ -11,8 +11,9 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from dpo_lab.config.choices import Quantization
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import DataConfig, DPOConfig, ModelConfig, Quantization, RunConfig, TrainConfig
+from dpo_lab.config.schemas import DataSettings, DPOSettings, ModelSettings, RunConfig, TrainSettings
 from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.reuse.cache import (
     ModelSnapshot,
@@ -30,10 +31,10 @@ from tests.helpers import ROOT
 
 def _cfg(**changes) -> RunConfig:
     cfg = RunConfig(
-        model=ModelConfig(name_or_path=asset_path("tiny-llama")),
-        data=DataConfig(path=asset_path("finance"), max_train_samples=8, max_eval_samples=4),
-        dpo=DPOConfig(max_length=128, precompute_ref_log_probs=True),
-        train=TrainConfig(
+        model=ModelSettings(name_or_path=asset_path("tiny-llama")),
+        data=DataSettings(path=asset_path("finance"), max_train_samples=8, max_eval_samples=4),
+        dpo=DPOSettings(max_length=128, precompute_ref_log_probs=True),
+        train=TrainSettings(
             learning_rate=5e-2,
             per_device_train_batch_size=2,
             per_device_eval_batch_size=4,

@@ -11,16 +11,9 @@ from typing import Any
 import datasets
 import pytest
 
+from dpo_lab.config.choices import DataFormat, OnInvalid, Quantization
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import (
-    DataColumns,
-    DataConfig,
-    DataFormat,
-    ModelConfig,
-    OnInvalid,
-    Quantization,
-    RunConfig,
-)
+from dpo_lab.config.schemas import DataColumns, DataSettings, ModelSettings, RunConfig
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.model.loading import load_tokenizer
 from dpo_lab.reuse import cache as reuse
@@ -70,8 +63,8 @@ def _leaf_fields(schema: type, prefix: str = "") -> list[str]:
     return names
 
 
-def _data(changes: dict[str, Any] | None = None) -> DataConfig:
-    cfg = DataConfig(path=asset_path("finance"), max_train_samples=8, max_eval_samples=4)
+def _data(changes: dict[str, Any] | None = None) -> DataSettings:
+    cfg = DataSettings(path=asset_path("finance"), max_train_samples=8, max_eval_samples=4)
     columns = DataColumns()
     for key, value in (changes or {}).items():
         if key.startswith("columns."):
@@ -81,18 +74,18 @@ def _data(changes: dict[str, Any] | None = None) -> DataConfig:
     return dataclasses.replace(cfg, columns=columns)
 
 
-def _model(**changes: Any) -> ModelConfig:
-    return dataclasses.replace(ModelConfig(name_or_path=asset_path("tiny-llama")), **changes)
+def _model(**changes: Any) -> ModelSettings:
+    return dataclasses.replace(ModelSettings(name_or_path=asset_path("tiny-llama")), **changes)
 
 
 # (description, data, seed, max_length, model) of a job that must not get the first job's pairs
-def _other_jobs() -> list[tuple[str, DataConfig, int, int, ModelConfig]]:
+def _other_jobs() -> list[tuple[str, DataSettings, int, int, ModelSettings]]:
     jobs = [(f"data.{k}", _data({k: v}), 1, 128, _model()) for k, v in DATA_CHANGES.items()]
     jobs += [(f"model.{k}", _data(), 1, 128, _model(**{k: v})) for k, v in TOKENIZER_CHANGES.items()]
     return [*jobs, ("seed", _data(), 2, 128, _model()), ("dpo.max_length", _data(), 1, 64, _model())]
 
 
-def _field(cfg: DataConfig, key: str) -> Any:
+def _field(cfg: DataSettings, key: str) -> Any:
     value: Any = cfg
     for part in key.split("."):
         value = getattr(value, part)
@@ -100,8 +93,8 @@ def _field(cfg: DataConfig, key: str) -> Any:
 
 
 def test_change_tables_cover_every_field() -> None:
-    assert set(DATA_CHANGES) == set(_leaf_fields(DataConfig)), "give every data field another value"
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert set(DATA_CHANGES) == set(_leaf_fields(DataSettings)), "give every data field another value"
+    model_fields = {f.name for f in dataclasses.fields(ModelSettings)}
     assert set(TOKENIZER_CHANGES) | set(NOT_IN_DATA_KEY) == model_fields, "say where a new model field goes"
     for key, value in DATA_CHANGES.items():
         assert value != _field(_data(), key), f"data.{key}: not a change"
@@ -110,7 +103,7 @@ def test_change_tables_cover_every_field() -> None:
 def test_preference_data_is_reused_only_when_every_input_is_the_same(monkeypatch) -> None:
     """The loader is replaced, not run: each job that differs in one input must load its own pairs."""
 
-    def record(cfg: DataConfig, seed: int, tokenizer: Any, max_length: int | None = None) -> object:
+    def record(cfg: DataSettings, seed: int, tokenizer: Any, max_length: int | None = None) -> object:
         return object()  # a new object per load: a reused one is the same object
 
     monkeypatch.setattr(reuse, "load_preference_data", record)
@@ -155,7 +148,7 @@ def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_a_seed_sweep_with_a_carved_split_does_not_reuse_job_1s_split(datasets_cache: Path) -> None:
     """The real loader: job 2 (seed 2) gets the held-out split seed 2 carves, not job 1's."""
-    data = DataConfig(path=asset_path("finance"), test_split=None, test_size=0.25, max_eval_samples=8)
+    data = DataSettings(path=asset_path("finance"), test_split=None, test_size=0.25, max_eval_samples=8)
     model = _model()
     tokenizer = load_tokenizer(model)
     cache = SweepCache()

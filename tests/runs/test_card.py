@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dpo_lab.config.schemas import ModelConfig, Quantization, RunConfig
+from dpo_lab.config.choices import Quantization
+from dpo_lab.config.schemas import ModelSettings, RunConfig
 from dpo_lab.runs.card import card_hyperparameters as _card_hyperparameters
 from dpo_lab.runs.card import render_model_card
 from tests.helpers.schema_values import CARD_ROWS, card_hyperparameters, card_value, same_cell, typed
@@ -10,7 +11,7 @@ from tests.helpers.schema_values import CARD_ROWS, card_hyperparameters, card_va
 
 def test_every_hyperparameter_has_its_row_with_the_runs_value() -> None:
     run_cfg = RunConfig(
-        model=ModelConfig(name_or_path="org/base-model", quantization=Quantization.nf4),
+        model=ModelSettings(name_or_path="org/base-model", quantization=Quantization.nf4),
         lora=typed("lora"),
         dpo=typed("dpo"),
         train=typed("train"),

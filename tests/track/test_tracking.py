@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from dpo_lab.config.schemas import WandbMode
+from dpo_lab.config.choices import WandbMode
 from dpo_lab.runs.naming import format_value, run_group, run_name
 from dpo_lab.runs.redaction import redact
 from dpo_lab.track.callbacks import prefixed

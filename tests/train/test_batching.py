@@ -56,23 +56,23 @@ def test_pair_lengths_from_trl_columns() -> None:
 def test_group_by_length_works_with_the_dpo_trainer(tmp_path) -> None:
     """transformers' own sampler looks for input_ids and raises on TRL's DPO columns; ours groups them."""
     from dpo_lab.config.resolvers import asset_path
-    from dpo_lab.config.schemas import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
+    from dpo_lab.config.schemas import DataSettings, DPOSettings, LoraSettings, ModelSettings, TrainSettings
     from dpo_lab.data.loading import load_preference_data
     from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
     from dpo_lab.runtime.precision import Precision
     from dpo_lab.train.trainer import build_dpo_args, build_trainer
 
-    model_cfg = ModelConfig(name_or_path=asset_path("tiny-llama"))
+    model_cfg = ModelSettings(name_or_path=asset_path("tiny-llama"))
     data = load_preference_data(
-        DataConfig(path=asset_path("finance"), max_train_samples=32, max_eval_samples=8), seed=0
+        DataSettings(path=asset_path("finance"), max_train_samples=32, max_eval_samples=8), seed=0
     )
-    train_cfg = TrainConfig(per_device_train_batch_size=4, max_steps=2, group_by_length=True,
+    train_cfg = TrainSettings(per_device_train_batch_size=4, max_steps=2, group_by_length=True,
                             precision=Precision.fp32)  # fmt: skip
-    args = build_dpo_args(DPOConfig(max_length=256), train_cfg, output_dir=tmp_path, seed=0,
+    args = build_dpo_args(DPOSettings(max_length=256), train_cfg, output_dir=tmp_path, seed=0,
                           precision=Precision.fp32, device="cpu")  # fmt: skip
     model = load_base_model(model_cfg, Precision.fp32, False)
     trainer = build_trainer(model, load_tokenizer(model_cfg), args, data.train, data.eval,
-                            build_lora_config(LoraConfig(r=4)))  # fmt: skip
+                            build_lora_config(LoraSettings(r=4)))  # fmt: skip
     loader = trainer.get_train_dataloader()
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
     pairs = pair_token_lengths(trainer.train_dataset)

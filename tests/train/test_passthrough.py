@@ -14,7 +14,7 @@ import pytest
 import trl
 import yaml
 
-from dpo_lab.config.schemas import DPOConfig, LoraConfig, TrainConfig
+from dpo_lab.config.schemas import DPOSettings, LoraSettings, TrainSettings
 from dpo_lab.model.loading import build_lora_config
 from dpo_lab.runs.checkpoints import list_checkpoints
 from dpo_lab.runtime.precision import Precision
@@ -36,6 +36,10 @@ from tests.helpers.schema_values import (
 
 # Schema fields that do not reach trl.DPOConfig as themselves, and why; each is checked by its own test.
 NOT_PASSED = {
+    "dpo.loss_params": (
+        "dpo_lab's own: the parameters of custom loss functions, read by dpo_lab's trainer, not by TRL "
+        "(tests/train/test_losses.py)"
+    ),
     "train.precision": (
         "run.py resolves auto to bf16/fp32 for the device and passes build_dpo_args(precision=) "
         "(test_derived_arguments_reach_dpo_config)"
@@ -49,7 +53,7 @@ NOT_PASSED = {
         "save_total_limit stays None (test_derived_arguments_reach_dpo_config, test_trained_run_keeps_*)"
     ),
     "train.extra": (
-        "merged as keyword arguments, each key a DPOConfig field (test_train_extra_reaches_dpo_config)"
+        "merged as keyword arguments, each key a trl.DPOConfig field (test_train_extra_reaches_dpo_config)"
     ),
 }
 
@@ -68,9 +72,19 @@ def observed(args: trl.DPOConfig, name: str) -> Any:
     return plain(getattr(args, name))
 
 
-def _args(dpo: DPOConfig, train: TrainConfig, out: Path, **kwargs: Any) -> trl.DPOConfig:
+def _args(dpo: DPOSettings, train: TrainSettings, out: Path, **kwargs: Any) -> trl.DPOConfig:
     settings = {"seed": 3, "precision": Precision.fp32, "device": "cpu", **kwargs}
     return build_dpo_args(dpo, train, output_dir=out, **settings)
+
+
+def trl_part(cfg: Any, name: str, value: Any) -> Any:
+    """What of a value trl.DPOConfig holds: TRL computes the losses it names; your own
+    (``package.module:function``) stay with dpo_lab's trainer (tests/train/test_losses.py)."""
+    if name == "loss_type":
+        return [n for n in value if ":" not in n]
+    if name == "loss_weights" and value is not None:
+        return [w for n, w in zip(cfg.loss_type, value, strict=True) if ":" not in n]
+    return value
 
 
 def _passed(group: str) -> list[str]:
@@ -95,7 +109,7 @@ def test_every_passed_dpo_and_train_field_reaches_dpo_config(tmp_path: Path) -> 
     """With the non-default values and with the schema defaults: a dropped field would show TRL's default,
     which one of the two differs from (checked too)."""
     args = _args(typed("dpo"), typed("train"), tmp_path)
-    default_args = _args(DPOConfig(), TrainConfig(), tmp_path)
+    default_args = _args(DPOSettings(), TrainSettings(), tmp_path)
     trl_default = trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True)
     checked = []
     for group, cfg in (("dpo", typed("dpo")), ("train", typed("train"))):
@@ -106,6 +120,7 @@ def test_every_passed_dpo_and_train_field_reaches_dpo_config(tmp_path: Path) -> 
                 plain(getattr(cfg, name)),
                 plain(schema_default(schema, name)),
             )
+            value, default = trl_part(cfg, name, value), trl_part(schema(), name, default)
             assert observed(args, name) == value, f"{key}={value!r} did not reach trl.DPOConfig"
             assert observed(default_args, name) == default, f"{key}={default!r} (default) did not reach it"
             trl_own = observed(trl_default, name)
@@ -115,7 +130,7 @@ def test_every_passed_dpo_and_train_field_reaches_dpo_config(tmp_path: Path) -> 
 
 
 def test_train_extra_reaches_dpo_config(tmp_path: Path) -> None:
-    args = _args(DPOConfig(), TrainConfig(extra=dict(EXTRA_VALUES)), tmp_path)
+    args = _args(DPOSettings(), TrainSettings(extra=dict(EXTRA_VALUES)), tmp_path)
     trl_default = trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True)
     for key, value in EXTRA_VALUES.items():
         assert getattr(trl_default, key) != value, f"extra.{key}: the test value is TRL's default"
@@ -154,9 +169,9 @@ def _lora_expected(name: str, value: Any) -> Any:
 
 def test_every_lora_field_reaches_peft_lora_config() -> None:
     peft_config = build_lora_config(typed("lora")).to_dict()
-    default_config = build_lora_config(LoraConfig()).to_dict()
-    for f in dataclasses.fields(LoraConfig):
-        value, default = _lora_expected(f.name, LORA_VALUES[f.name]), schema_default(LoraConfig, f.name)
+    default_config = build_lora_config(LoraSettings()).to_dict()
+    for f in dataclasses.fields(LoraSettings):
+        value, default = _lora_expected(f.name, LORA_VALUES[f.name]), schema_default(LoraSettings, f.name)
         assert _lora_observed(peft_config, f.name) == value, f"lora.{f.name}={value!r} did not reach PEFT"
         assert _lora_observed(default_config, f.name) == _lora_expected(f.name, default), f"lora.{f.name}"
     assert peft_config["task_type"] == "CAUSAL_LM"
@@ -185,7 +200,7 @@ def trained(tmp_path_factory) -> Path:
 def test_trained_run_saves_every_lora_field_in_adapter_config(trained: Path) -> None:
     saved = json.loads((trained / "adapter" / "adapter_config.json").read_text())
     resolved = yaml.safe_load((trained / "config.yaml").read_text())["lora"]
-    for f in dataclasses.fields(LoraConfig):
+    for f in dataclasses.fields(LoraSettings):
         value = _lora_expected(f.name, LORA_VALUES[f.name])
         assert resolved[f.name] == LORA_VALUES[f.name], f"lora.{f.name} override not in the run's config"
         assert _lora_observed(saved, f.name) == value, f"lora.{f.name}={value!r} not in adapter_config.json"

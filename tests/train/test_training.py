@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dpo_lab.config.resolvers import asset_path
-from dpo_lab.config.schemas import DataConfig, DPOConfig, LoraConfig, ModelConfig, TrainConfig
+from dpo_lab.config.schemas import DataSettings, DPOSettings, LoraSettings, ModelSettings, TrainSettings
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.model.loading import build_lora_config, load_base_model, load_tokenizer
 from dpo_lab.runtime.precision import Precision
@@ -14,17 +14,17 @@ from dpo_lab.train.trainer import build_dpo_args, build_trainer, run_mean_loss
 
 
 def _build(tmp_path, **train_overrides):
-    model_cfg = ModelConfig(name_or_path=asset_path("tiny-llama"))
+    model_cfg = ModelSettings(name_or_path=asset_path("tiny-llama"))
     data = load_preference_data(
-        DataConfig(path=asset_path("finance"), max_train_samples=24, max_eval_samples=8), seed=0
+        DataSettings(path=asset_path("finance"), max_train_samples=24, max_eval_samples=8), seed=0
     )
-    train_cfg = TrainConfig(learning_rate=5e-3, per_device_train_batch_size=4, max_steps=3, logging_steps=1,
+    train_cfg = TrainSettings(learning_rate=5e-3, per_device_train_batch_size=4, max_steps=3, logging_steps=1,
                             precision=Precision.fp32, **train_overrides)  # fmt: skip
-    args = build_dpo_args(DPOConfig(max_length=256), train_cfg, output_dir=tmp_path / "out", seed=0,
+    args = build_dpo_args(DPOSettings(max_length=256), train_cfg, output_dir=tmp_path / "out", seed=0,
                           precision=Precision.fp32, device="cpu")  # fmt: skip
     tokenizer = load_tokenizer(model_cfg)
     model = load_base_model(model_cfg, Precision.fp32, gradient_checkpointing=False)
-    return build_trainer(model, tokenizer, args, data.train, data.eval, build_lora_config(LoraConfig(r=4)))
+    return build_trainer(model, tokenizer, args, data.train, data.eval, build_lora_config(LoraSettings(r=4)))
 
 
 @pytest.mark.slow
@@ -49,8 +49,8 @@ def test_adapter_trains_and_base_stays_frozen(tmp_path) -> None:
 
 
 def test_dpo_args_follow_the_schema(tmp_path) -> None:
-    train_cfg = TrainConfig(eval_steps=10, save_steps=20, extra={"lr_scheduler_kwargs": {"min_lr": 1e-6}})
-    args = build_dpo_args(DPOConfig(beta=0.3, loss_type=["ipo"]), train_cfg, output_dir=tmp_path, seed=7,
+    train_cfg = TrainSettings(eval_steps=10, save_steps=20, extra={"lr_scheduler_kwargs": {"min_lr": 1e-6}})
+    args = build_dpo_args(DPOSettings(beta=0.3, loss_type=["ipo"]), train_cfg, output_dir=tmp_path, seed=7,
                           precision=Precision.fp32, device="cpu")  # fmt: skip
     assert args.beta == 0.3 and args.loss_type == ["ipo"]
     assert args.bf16 is False and args.fp16 is False and args.gradient_checkpointing is False
