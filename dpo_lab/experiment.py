@@ -14,26 +14,26 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from dpo_lab.config.schemas import RunConfig
-from dpo_lab.data.report import format_report
 from dpo_lab.evaluation.prompts import load_task_prompts
 from dpo_lab.evaluation.task import evaluate_task
-from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets, load_tokenizer
+from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets
 from dpo_lab.model.source import check_source, model_name
 from dpo_lab.packed.handoff import PackedOutcome, finish_as_trained
 from dpo_lab.reuse.cache import SweepCache, job_cache
-from dpo_lab.runs.atomic import write_final_artifacts
+from dpo_lab.runs.atomic import atomic_write_jsonl, write_final_artifacts
 from dpo_lab.runs.card import card_hyperparameters, display_name, framework_versions, render_model_card
 from dpo_lab.runs.job import in_multirun, run_identity, task_overrides
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.provenance import git_state
 from dpo_lab.runs.result import RunResult, record_failure
-from dpo_lab.runtime.hardware import describe, device_type, keep_freed_memory, resolve_precision
+from dpo_lab.runtime.hardware import describe
+from dpo_lab.runtime.hardware import prepare as prepare_hardware
 from dpo_lab.runtime.precision import Precision
 from dpo_lab.runtime.processes import check_same_run_dir, is_main_process
 from dpo_lab.sweep.objective import check_finite, objective_value
+from dpo_lab.track.base import Tracker, start_tracker
 from dpo_lab.track.callbacks import LogHistoryCallback, MetricsCallback
 from dpo_lab.track.console import ProgressBar
-from dpo_lab.track.wandb_tracker import Tracker, start_run
 from dpo_lab.train.before_eval import HeldOutBefore
 from dpo_lab.train.checkpoints import CheckpointCallback
 from dpo_lab.train.final_eval import HeldOutAfter
@@ -119,10 +119,8 @@ def start_job(run_cfg: RunConfig, cfg: DictConfig, run_dir: Path, packed: Packed
     """Seed, hardware, and what the folder holds already (resume, or a completed run); saves config.yaml."""
     started = job_started_at()  # process start for the first job, so imports and Hydra count
     check_source(run_cfg.model)  # an unfetched or contradicting base stops here, before anything loads
-    keep_freed_memory(run_cfg.keep_freed_memory)
+    device, precision = prepare_hardware(run_cfg.train.precision, run_cfg.keep_freed_memory)
     set_seed(run_cfg.seed)
-    device = device_type()
-    precision = resolve_precision(run_cfg.train.precision, device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     check_same_run_dir(str(run_dir))
     plan = plan_resume(run_dir, resolved)
@@ -138,11 +136,9 @@ def load_data(job: Job) -> JobData:
     """Tokenizer, the checked preference pairs (from the sweep cache when an earlier job loaded them) and
     the task-evaluation prompts."""
     cfg = job.cfg
-    tokenizer = load_tokenizer(cfg.model)
     check_lora_targets(cfg.model, cfg.lora)
     cache = job_cache(cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
-    data = cache.preference_data(cfg.data, cfg.seed, tokenizer, cfg.dpo.max_length, cfg.model)
-    log.info("%s", format_report(data.summary()))
+    tokenizer, data = cache.job_inputs(cfg)
     task_prompts = load_task_prompts(cfg.eval, cfg.data, data.eval, data.held_out_rows)
     return JobData(tokenizer, cache, data, task_prompts)
 
@@ -157,8 +153,8 @@ def start_tracking(job: Job, data: JobData) -> tuple[Tracker, str]:
         "git": git_state(Path(__file__).parent),
         "versions": framework_versions(),
     }
-    tracker = start_run(
-        job.cfg.logger, run_dir=job.layout.root, config={**job.resolved, "meta": meta}, name=name, group=group
+    tracker = start_tracker(
+        job.cfg.logger, layout=job.layout, config={**job.resolved, "meta": meta}, name=name, group=group
     )
     return tracker, name
 
@@ -234,16 +230,25 @@ def train_and_evaluate(job: Job, training: Training, tracker: Tracker) -> tuple[
 
 
 def evaluate_after_training(job: Job, data: JobData, tracker: Tracker, training: Training) -> dict[str, Any]:
-    """Answers to held-out prompts before / after, scored by the task checker. One process generates under
-    plain DDP; sharded weights (FSDP, ZeRO) need every rank."""
+    """Answers to held-out prompts before / after, scored by the task checker, written into the run folder
+    and logged as tables. One process generates under plain DDP; sharded weights (FSDP, ZeRO) need every
+    rank."""
     trainer = training.trainer
     if not (is_main_process() or not _plain_ddp(trainer)):
         return {}
-    return evaluate_task(
+    evaluation = evaluate_task(
         trainer.model, data.tokenizer, data.task_prompts, job.cfg.eval,
-        run_dir=job.layout.root, tracker=tracker, step=trainer.state.global_step, seed=job.cfg.seed,
+        step=trainer.state.global_step, seed=job.cfg.seed,
         ahead=job.packed.task_answers if job.packed is not None else None,
     )  # fmt: skip
+    if evaluation is None:
+        return {}
+    if is_main_process():
+        for phase, records in evaluation.records.items():
+            atomic_write_jsonl(job.layout.samples(phase), records)
+            columns, rows = evaluation.table(phase)
+            tracker.log_table(f"samples/{phase}", columns, rows, step=evaluation.steps[phase])
+    return evaluation.summary
 
 
 def _plain_ddp(trainer: Any) -> bool:

@@ -100,7 +100,7 @@ def test_both_sides_get_the_same_configuration() -> None:
     work = Workload(steps=7, batch_size=4, max_train_samples=32, max_eval_samples=8, beta=0.2)
     cfg = compose_config(work.dpo_lab_overrides())  # every override is a real key
     assert (cfg.train.max_steps, cfg.train.per_device_train_batch_size, cfg.dpo.beta) == (7, 4, 0.2)
-    assert cfg.data.max_train_samples == 32 and cfg.logger.backend.value == "none"
+    assert cfg.data.max_train_samples == 32 and cfg.logger.backend == "none"
     sides = make_sides("bf16", {"nogroup": ["train.group_by_length=false"]}, None)
     assert [s.name for s in sides] == ["dpo_lab", "trl_defaults", "trl_tuned", "nogroup"]
     only_tuned = make_sides("fp32", {"pre": ["dpo.precompute_ref_log_probs=true"]}, ["trl_tuned"])

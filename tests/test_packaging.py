@@ -205,11 +205,12 @@ def test_installed_wheel_with_user_configs_and_a_sweep_report(installed: Path, t
     rows = (work / "sweep" / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and "dpo.beta" in rows[0], rows
 
-    # your own loss in one function beside your configs (my_losses.py), selected by one YAML option
+    # your own loss in one function (my_losses.py) and your own tracker in one module (my_tracker.py),
+    # beside your configs, each selected by one YAML option
     proc = run_installed(
         installed,
         [dpo_lab, "--config-dir", "my_configs", "dpo=margin", "dpo.loss_params.gamma=0.25",
-         "hydra.run.dir=margin", *TINY],
+         "hydra.run.dir=margin", *TINY, "logger=jsonl"],
         work,
         tmp_path,
     )  # fmt: skip
@@ -219,6 +220,10 @@ def test_installed_wheel_with_user_configs_and_a_sweep_report(installed: Path, t
     resolved = yaml.safe_load((work / "margin" / "config.yaml").read_text())
     assert resolved["dpo"]["loss_type"] == ["my_losses:margin_dpo"]
     assert resolved["dpo"]["loss_params"] == {"gamma": 0.25}
+    events = [json.loads(line) for line in (work / "margin" / "tracker.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "start" and events[-1] == {"event": "finish", "exit_code": 0}
+    assert any(e["event"] == "log" and "eval/loss" in e for e in events)
+    assert any(e["event"] == "summary" and e.get("status") == "completed" for e in events)
     # a misspelt parameter of the function is refused before anything loads, with the key named
     proc = run_installed(
         installed,

@@ -34,9 +34,10 @@ from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.checkers import get_checker
 from dpo_lab.evaluation.generation import Messages, generate_answers
 from dpo_lab.evaluation.prompts import TaskPrompt, task_prompts
-from dpo_lab.evaluation.task import write_jsonl
 from dpo_lab.model.loading import adapter_disabled, load_adapter_model, load_tokenizer
+from dpo_lab.runs.atomic import atomic_write_jsonl
 from dpo_lab.runs.folder import RunFolder, read_run
+from dpo_lab.runs.layout import RunLayout
 
 log = logging.getLogger("dpo_lab.cli.compare")
 
@@ -160,7 +161,7 @@ def output_path(cfg: CompareConfig, run_a: RunFolder) -> Path:
     if cfg.out:
         return Path(cfg.out).expanduser().resolve()
     name = "base" if cfg.b == "base" else Path(cfg.b).expanduser().resolve().name
-    return run_a.path / "compare" / f"vs-{name}.jsonl"
+    return RunLayout(run_a.path).comparison(name)
 
 
 def compare(cfg: CompareConfig) -> dict[str, Any]:
@@ -194,7 +195,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     summary = summarize(records, cfg, label_b)
     out = output_path(cfg, run_a)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out, records)
+    atomic_write_jsonl(out, records)
     summary["records"] = str(out)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary

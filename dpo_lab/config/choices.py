@@ -38,11 +38,6 @@ class Direction(str, Enum):
     minimize = "minimize"
 
 
-class LoggerBackend(str, Enum):
-    none = "none"
-    wandb = "wandb"
-
-
 class WandbMode(str, Enum):
     auto = "auto"  # online when an API key and the network are there, offline otherwise
     online = "online"

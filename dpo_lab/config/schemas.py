@@ -20,7 +20,6 @@ from dpo_lab.config.choices import (
     LORA_BIAS,
     DataFormat,
     Direction,
-    LoggerBackend,
     OnInvalid,
     Quantization,
     WandbMode,
@@ -151,7 +150,10 @@ class DPOSettings:
     )
     loss_type: list[str] = setting(
         factory=lambda: ["sigmoid"],
-        help="TRL 1.x loss list, e.g. [sigmoid] (DPO), [ipo], [hinge], [robust], [sigmoid, sft] (RPO)",
+        help=(
+            "the losses, summed with loss_weights: TRL's names, e.g. [sigmoid] (DPO), [ipo], [hinge], "
+            "[robust], [sigmoid, sft] (RPO), and your own as package.module:function (dpo_lab.train.losses)"
+        ),
         differs_in_pack=True,
         trl="loss_type",
     )
@@ -388,10 +390,11 @@ class TrainSettings:
     )
     save_total_limit: int = setting(
         2,
-        help="keep at most this many checkpoints (oldest deleted first)",
+        help=(
+            "keep at most this many complete checkpoints (oldest deleted first); dpo_lab rotates them "
+            "itself, after a checkpoint is known to be complete (TRL's own save_total_limit stays null)"
+        ),
         differs_in_pack=True,
-        trl="save_total_limit",
-        trl_differs="dpo_lab rotates complete checkpoints itself and keeps 2 (TRL's null keeps all)",
     )
     logging_steps: int = setting(
         5,
@@ -431,10 +434,10 @@ class TrainSettings:
             "recompute activations in backward: less memory, ~20-30% slower; for long sequences / big models"
         ),
         changes=("base",),
-        trl="gradient_checkpointing",
+        trl="activation_checkpointing",
         trl_differs=(
             "off: it costs 20-30% more compute, and on CPUs and small models memory is not the limit (TRL "
-            "turns it on everywhere)"
+            "turns it on everywhere, through its deprecated gradient_checkpointing alias)"
         ),
     )
     precision: Precision = setting(
@@ -520,10 +523,36 @@ def _owner(key: str) -> str:
 
 
 @dataclass
-class LoggerSettings:
-    backend: LoggerBackend = setting(LoggerBackend.wandb, help="none | wandb")
+class WandbSettings:
     project: str = setting("dpo_lab", help="W&B project the runs land in")
     entity: str | None = setting(None, help="W&B team or user; null = the API key's default entity")
+    job_type: str = setting("train", help="W&B job type (train, eval, sweep...)")
+    mode: WandbMode = setting(
+        WandbMode.auto,
+        help=(
+            "auto | online | offline | disabled; auto = online with an API key and network, offline otherwise"
+        ),
+    )
+    dir: str | None = setting(None, help="folder for W&B files; null = the run folder")
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if not self.project.strip():
+            yield "project", "must name a W&B project"
+
+
+# the trackers dpo_lab ships (logger.backend); any other is package.module:function (dpo_lab.track.base)
+TRACKER_NAMES = ("wandb", "none")
+
+
+@dataclass
+class LoggerSettings:
+    backend: str = setting(
+        "wandb",
+        help=(
+            "wandb | none | package.module:function of your own tracker (dpo_lab.track.base.Tracker); "
+            "chosen by logger=<option>"
+        ),
+    )
     name: str | None = setting(
         None,
         help="run name; null = built from the overrides that differ from the defaults (e.g. beta=0.05,r=8)",
@@ -532,22 +561,27 @@ class LoggerSettings:
         None, help="run group; null = one group per multirun sweep, or the run's own name for a single run"
     )
     tags: list[str] = setting(factory=list, help="free-form tags to filter runs by")
-    job_type: str = setting("train", help="W&B job type (train, eval, sweep...)")
     notes: str | None = setting(None, help="free-text notes shown on the run page")
-    mode: WandbMode = setting(
-        WandbMode.auto,
-        help=(
-            "auto | online | offline | disabled; auto = online with an API key and network, offline otherwise"
-        ),
-    )
-    dir: str | None = setting(None, help="folder for W&B files; null = the run folder")
     log_model: bool = setting(
-        False, help="upload the adapter folder (with its model card) as a W&B artifact of type model"
+        False,
+        help="upload the adapter folder (with its model card) to the tracker as an artifact of type model",
+    )
+    wandb: WandbSettings = setting(factory=WandbSettings, help="Weights & Biases' own settings")
+    options: dict[str, Any] = setting(
+        factory=dict, help="settings of a tracker of your own (backend=package.module:function), passed to it"
     )
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        if self.backend is LoggerBackend.wandb and not self.project.strip():
-            yield "project", "must name a W&B project"
+        if self.backend not in TRACKER_NAMES and not _FUNCTION_PATH.match(self.backend):
+            yield (
+                "backend",
+                f"unknown tracker {self.backend!r}; use {', '.join(TRACKER_NAMES)} or "
+                "package.module:function",
+            )
+        if self.backend == "wandb":
+            yield from nested("wandb", self.wandb.problems())
+        if self.options and self.backend in TRACKER_NAMES:
+            yield "options", f"only a tracker of your own reads it; logger.backend is {self.backend}"
 
 
 @dataclass

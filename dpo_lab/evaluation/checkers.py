@@ -32,6 +32,10 @@ Checker = Callable[[str, Mapping[str, Any], CheckerSettings], CheckResult]
 CHECKERS: dict[str, Checker] = {}
 
 
+# modules of the domain checkers dpo_lab ships, each registering its checkers when imported
+DOMAIN_CHECKERS = ("dpo_lab.evaluation.finance",)
+
+
 def register_checker(name: str) -> Callable[[Checker], Checker]:
     """Decorator: make a checker selectable as ``eval.checker.name=<name>``."""
 
@@ -44,6 +48,8 @@ def register_checker(name: str) -> Callable[[Checker], Checker]:
 
 def get_checker(name: str, key: str = "eval.checker.name") -> Checker:
     """A registered checker, or ``package.module:function``; ConfigError naming ``key`` otherwise."""
+    for module in DOMAIN_CHECKERS:  # they register themselves when imported
+        importlib.import_module(module)
     if name in CHECKERS:
         return CHECKERS[name]
     if ":" in name:

@@ -1,10 +1,6 @@
-"""Task evaluation: answer held-out prompts, score the answers against the ground truth, and record
-accuracy and sample generations before (adapter disabled) and after training.
-
-Checkers are plain functions ``check(answer, row, cfg) -> CheckResult`` found by name: the ones
-registered here (``finance_number``, ``exact_match``) or any ``package.module:function`` given as
-``eval.checker.name``, so another dataset plugs in its own without touching dpo_lab.
-"""
+"""Task evaluation: answer held-out prompts before (adapter disabled) and after training, and score the
+answers with the task checker (dpo_lab.evaluation.checkers). Returns records; the run writes them into its
+folder and logs them to its tracker."""
 
 from __future__ import annotations
 
@@ -12,36 +8,21 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-import dpo_lab.evaluation.finance  # noqa: F401  (registers the finance_number checker)
 from dpo_lab.config.schemas import CheckerSettings, TaskEvalSettings
 from dpo_lab.evaluation.checkers import get_checker
 from dpo_lab.evaluation.generation import generate_answers
 from dpo_lab.evaluation.prompts import TaskPrompt
 from dpo_lab.model.loading import adapter_disabled
-from dpo_lab.runs.layout import RunLayout
-from dpo_lab.track.wandb_tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ["prompt", "chosen", "rejected", "answer", "truth", "extracted", "correct"]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The finance number checker (pure functions)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Held-out prompts with their ground truth
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Before / after training
 
 
 def score(
@@ -75,22 +56,37 @@ def accuracy(records: Sequence[Mapping[str, Any]]) -> float:
     return sum(bool(r["correct"]) for r in records) / len(records) if records else 0.0
 
 
+@dataclass
+class TaskEvaluation:
+    """What the task evaluation found: per phase (``before``: the base, ``after``: the trained adapter) the
+    records of :func:`score` and the training step they belong to, and the summary for metrics.json. The run
+    writes the records into its folder and logs them to its tracker (dpo_lab.experiment)."""
+
+    records: dict[str, list[dict[str, Any]]]
+    steps: dict[str, int]
+    summary: dict[str, Any]
+
+    def table(self, phase: str) -> tuple[list[str], list[list[Any]]]:
+        """(columns, rows) of one phase's records, for a tracker's table."""
+        records = self.records[phase]
+        columns = [c for c in SAMPLE_COLUMNS if c in records[0]]
+        return columns, [[_cell(r[c]) for c in columns] for r in records]
+
+
 def evaluate_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[TaskPrompt],
     cfg: TaskEvalSettings,
     *,
-    run_dir: Path,
-    tracker: Tracker,
     step: int,
     seed: int,
     ahead: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Answer ``prompts`` with the trained adapter (after) and with it disabled (before, the base model);
-    write samples_before.jsonl / samples_after.jsonl, log both as W&B tables, return the accuracies."""
+) -> TaskEvaluation | None:
+    """Answer ``prompts`` with the trained adapter (after) and with it disabled (before, the base model),
+    score the answers; None when the evaluation is off. ``ahead``: answers a pack generated for this job."""
     if not cfg.enabled or not prompts:
-        return {}
+        return None
     started = time.perf_counter()
     conversations = [p.messages for p in prompts]
     packed = answers_for(ahead, conversations)  # generated in the pack of a packed sweep
@@ -101,33 +97,19 @@ def evaluate_task(
         with adapter_disabled(model):
             before = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
         seconds = time.perf_counter() - started
-    result: dict[str, Any] = {
+    summary: dict[str, Any] = {
         "num_prompts": len(prompts),
         "checker": cfg.checker.name,
         "generation_s": seconds,
     }
-    for name, answers, at_step in (("before", before, 0), ("after", after, step)):
-        records = score(prompts, answers, cfg.checker)
-        write_jsonl(RunLayout(run_dir).samples(name), records)
-        columns = [c for c in SAMPLE_COLUMNS if c in records[0]]
-        rows = [[_cell(r[c]) for c in columns] for r in records]
-        tracker.log_table(f"samples/{name}", columns, rows, step=at_step)
-        if cfg.checker.name is not None:
-            result[f"accuracy_{name}"] = accuracy(records)
+    records = {"before": score(prompts, before, cfg.checker), "after": score(prompts, after, cfg.checker)}
+    if cfg.checker.name is not None:
+        summary.update({f"accuracy_{phase}": accuracy(found) for phase, found in records.items()})
     log.info(
         "task eval on %d held-out prompts in %.1f s: accuracy before %s, after %s",
-        len(prompts),
-        seconds,
-        result.get("accuracy_before", "-"),
-        result.get("accuracy_after", "-"),
-    )
-    return result
-
-
-def write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    with path.open("w") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        len(prompts), seconds, summary.get("accuracy_before", "-"), summary.get("accuracy_after", "-"),
+    )  # fmt: skip
+    return TaskEvaluation(records, {"before": 0, "after": step}, summary)
 
 
 def _cell(value: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 from dpo_lab.packed.plan import AUTO, IN_TURN, PackedJobInfo, packed_step
 from dpo_lab.packed.store import store_for
-from dpo_lab.runtime.hardware import device_type
+from dpo_lab.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -19,17 +19,12 @@ def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
     """Train the adapters of ``jobs`` (one pack key) together, each packed step run as ``step`` says
     (:func:`packed_step`); one PackedOutcome per job, in order.
 
-    The base model, the tokenised data and the reference log-probs come from this process's sweep cache
-    (dpo_lab.reuse.cache), so the jobs' own runs afterwards load none of them again.
+    The pack starts as each job alone starts (dpo_lab.experiment): the same hardware set-up, the tokenizer,
+    pairs and base model from this process's cache (dpo_lab.reuse), each job's own trl.DPOConfig; so the
+    jobs' own runs afterwards load none of them again.
     """
-    from dpo_lab.data.report import format_report
-    from dpo_lab.model.loading import build_lora_config, load_tokenizer
     from dpo_lab.packed.handoff import PackedOutcome
-    from dpo_lab.packed.pack import PackJob, build_pack, unpack
     from dpo_lab.reuse.cache import job_cache
-    from dpo_lab.runtime.hardware import keep_freed_memory, resolve_precision
-    from dpo_lab.train.preemption import Preemption
-    from dpo_lab.train.trainer import build_dpo_args
 
     first = jobs[0].run_config
     assert first is not None
@@ -39,43 +34,47 @@ def train_group(jobs: Sequence[PackedJobInfo], step: str = AUTO) -> list[Any]:
         log.info("the pack of jobs %s trained before: its jobs take their adapters from %s",
                  [job.index for job in jobs], store.folder)  # fmt: skip
         return [PackedOutcome.from_state(state) for state in finished]
-    keep_freed_memory(first.keep_freed_memory)
-    device = device_type()
-    precision = resolve_precision(first.train.precision, device)
-    started = time.perf_counter()
-    tokenizer = load_tokenizer(first.model)
     cache = job_cache(first.reuse, True)
-    data = cache.preference_data(first.data, first.seed, tokenizer, first.dpo.max_length, first.model)
-    log.info("%s", format_report(data.summary()))
     try:
-        model = cache.base_model(first.model, precision, first.train.gradient_checkpointing)
-        pack_jobs = []
-        for job in jobs:
-            cfg = job.run_config
-            args = build_dpo_args(cfg.dpo, cfg.train, output_dir=job.run_dir / "checkpoints", seed=cfg.seed,
-                                  precision=precision, device=device)  # fmt: skip
-            pack_jobs.append(PackJob(args=args, lora=build_lora_config(cfg.lora), dpo=cfg.dpo))
-        prepared = cache.prepared_datasets(first, precision)
-        in_turn = packed_step(step, device) == IN_TURN
-        pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared, in_turn=in_turn)
-        built = time.perf_counter()
-        with Preemption().armed() as preemption:
-            results = pack.train(store, first.train.save_steps, preemption)
-        trained = time.perf_counter()
-        _generate_together(pack, jobs, tokenizer, data, results)
-        unpack(model)
-        if store is not None:
-            store.save_result([result.to_state() for result in results])
+        return _train(jobs, step, store, cache)
     finally:
         cache.end_job()
+
+
+def _train(jobs: Sequence[PackedJobInfo], step: str, store: Any, cache: Any) -> list[Any]:
+    from dpo_lab.model.loading import build_lora_config
+    from dpo_lab.packed.pack import PackJob, build_pack, unpack
+    from dpo_lab.runtime.hardware import prepare as prepare_hardware
+    from dpo_lab.train.preemption import Preemption
+    from dpo_lab.train.trainer import build_dpo_args
+
+    first = jobs[0].run_config
+    started = time.perf_counter()
+    device, precision = prepare_hardware(first.train.precision, first.keep_freed_memory)
+    tokenizer, data = cache.job_inputs(first)
+    model = cache.base_model(first.model, precision, first.train.gradient_checkpointing)
+    pack_jobs = []
+    for job in jobs:
+        cfg = job.run_config
+        output = RunLayout(job.run_dir).checkpoints
+        args = build_dpo_args(cfg.dpo, cfg.train, output_dir=output, seed=cfg.seed, precision=precision,
+                              device=device)  # fmt: skip
+        pack_jobs.append(PackJob(args=args, lora=build_lora_config(cfg.lora), dpo=cfg.dpo))
+    in_turn = packed_step(step, device) == IN_TURN
+    prepared = cache.prepared_datasets(first, precision)
+    pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared, in_turn=in_turn)
+    built = time.perf_counter()
+    with Preemption().armed() as preemption:
+        results = pack.train(store, first.train.save_steps, preemption)
+    trained = time.perf_counter()
+    _generate_together(pack, jobs, tokenizer, data, results)
+    unpack(model)
+    if store is not None:
+        store.save_result([result.to_state() for result in results])
     log.info(
         "packed %d jobs (%s): %.1f s to build, %.1f s training, %.1f s generating the task answers",
-        len(jobs),
-        pack.step_name,
-        built - started,
-        trained - built,
-        time.perf_counter() - trained,
-    )
+        len(jobs), pack.step_name, built - started, trained - built, time.perf_counter() - trained,
+    )  # fmt: skip
     return results
 
 

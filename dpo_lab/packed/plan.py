@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpo_lab.config.fields import config_key, differs_in_pack, values_where
 from dpo_lab.config.schemas import RunConfig
+from dpo_lab.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def why_alone(cfg: RunConfig, run_dir: Path) -> str | None:
         return "lora.use_dora=true (packing applies plain LoRA only)"
     if cfg.lora.bias != "none":
         return f"lora.bias={cfg.lora.bias} (a trained bias is shared by the base layer)"
-    if cfg.resume is not None or (run_dir / "config.yaml").is_file():
+    if cfg.resume is not None or RunLayout(run_dir).config.is_file():
         return f"{run_dir} was started before (it resumes or reports as a normal job)"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return "several processes (WORLD_SIZE > 1)"

@@ -32,7 +32,8 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from dpo_lab.config.fields import changes_of, config_key, values_where
 from dpo_lab.config.schemas import DataSettings, ModelSettings, RunConfig
 from dpo_lab.data.loading import PreferenceData, load_preference_data
-from dpo_lab.model.loading import load_base_model, strip_adapters
+from dpo_lab.data.report import format_report
+from dpo_lab.model.loading import load_base_model, load_tokenizer, strip_adapters
 from dpo_lab.reuse.snapshot import ModelSnapshot
 from dpo_lab.runtime.hardware import device_type
 from dpo_lab.runtime.precision import Precision
@@ -132,6 +133,14 @@ class SweepCache:
         if self.enabled:
             self.data = {key: data}  # keep one: a sweep over data settings would otherwise pile them up
         return data
+
+    def job_inputs(self, cfg: RunConfig) -> tuple[PreTrainedTokenizerBase, PreferenceData]:
+        """A job's tokenizer and checked preference pairs (the pairs from an earlier job when their key
+        matches), the data report logged: what a run alone and a pack both start from."""
+        tokenizer = load_tokenizer(cfg.model)
+        data = self.preference_data(cfg.data, cfg.seed, tokenizer, cfg.dpo.max_length, cfg.model)
+        log.info("%s", format_report(data.summary()))
+        return tokenizer, data
 
     def base_model(
         self, cfg: ModelSettings, precision: Precision, gradient_checkpointing: bool

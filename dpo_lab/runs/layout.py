@@ -4,9 +4,11 @@
 <run>/checkpoints/         Trainer checkpoints (checkpoint-<step>/), newest complete one resumed
 <run>/log_history.jsonl    every Trainer log, a line each (the sweep report's curves)
 <run>/samples_<phase>.jsonl  task-evaluation answers before / after training
+<run>/compare/vs-<b>.jsonl  dpo-lab compare against run b (or base), a summary .json beside it
 <run>/adapter/             the trained LoRA adapter, tokenizer and model card
 <run>/README.md            the model card
 <run>/metrics.json         final metrics, written last: "status": "completed" means the rest is there
+<run>/wandb_run.json       the W&B run's id, project and mode (a resumed attempt continues it)
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ HISTORY_FILE = "log_history.jsonl"
 ADAPTER_DIR = "adapter"
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
+# the W&B run id, project and mode of the run (a resumed attempt continues that run)
+WANDB_RUN_FILE = "wandb_run.json"
 # held (fcntl.flock) by the one process that runs in the folder (runs/lock.py)
 LOCK_FILE = ".dpo_lab.lock"
 
@@ -63,6 +67,14 @@ class RunLayout:
     @property
     def metrics(self) -> Path:
         return self.root / METRICS_FILE
+
+    @property
+    def wandb_run(self) -> Path:
+        return self.root / WANDB_RUN_FILE
+
+    def comparison(self, other: str) -> Path:
+        """``compare/vs-<other>.jsonl``: ``dpo-lab compare`` of this run against another run or its base."""
+        return self.root / "compare" / f"vs-{other}.jsonl"
 
     def samples(self, phase: str) -> Path:
         """``samples_before.jsonl`` / ``samples_after.jsonl``."""

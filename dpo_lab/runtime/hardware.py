@@ -146,3 +146,11 @@ def keep_freed_memory(keep: bool) -> bool:
             return False
     _malloc_kept = keep
     return keep
+
+
+def prepare(requested: Precision, keep_freed: bool) -> tuple[str, Precision]:
+    """The hardware set-up every job starts with (a run alone and a pack alike): the malloc setting
+    (``keep_freed_memory``), the device, and the training precision resolved for it."""
+    keep_freed_memory(keep_freed)
+    device = device_type()
+    return device, resolve_precision(requested, device)

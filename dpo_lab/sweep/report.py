@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab.config.choices import Direction
 from dpo_lab.config.schemas import OBJECTIVE_METRICS, SUMMARY_METRICS
+from dpo_lab.runs.layout import RunLayout
 from dpo_lab.sweep.results import Job, ReportError, Sweep, enum_text, load_sweep
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def rows(sweep: Sweep) -> list[dict[str, Any]]:
 
 
 def _wandb_id(path: Path) -> str | None:
-    file = path / "wandb_run.json"
+    file = RunLayout(path).wandb_run
     return json.loads(file.read_text()).get("id") if file.is_file() else None
 
 

@@ -1,5 +1,5 @@
-"""The tracker a run reports to (a small protocol, W&B and a null one), and the W&B run lifecycle: one run per
-experiment, created, fed and finished by dpo_lab itself.
+"""``logger=wandb``: the W&B run lifecycle, one run per experiment, created, fed and finished by dpo_lab
+itself (settings under ``logger.wandb``).
 
 transformers' own W&B callback reuses whatever run is active and never finishes it, so in a same-process
 multirun job 2 would log into job 1's run; dpo_lab therefore sets ``report_to="none"`` and logs TRL's
@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpo_lab.config.choices import LoggerBackend, WandbMode
+from dpo_lab.config.choices import WandbMode
 from dpo_lab.config.schemas import LoggerSettings
 from dpo_lab.runs.atomic import atomic_write_json
+from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.redaction import redact, redact_text, redacted_argv
-from dpo_lab.runtime.processes import is_main_process
-from dpo_lab.track.base import NullTracker, Tracker
+from dpo_lab.track.base import Tracker
+from dpo_lab.track.null_tracker import NullTracker
 
 log = logging.getLogger(__name__)
 
 WANDB_HOST = ("api.wandb.ai", 443)
-RUN_ID_FILE = "wandb_run.json"
 
 
 def has_api_key() -> bool:
@@ -113,34 +113,36 @@ class WandbTracker:
                 log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
 
 
-def stored_run_id(run_dir: Path) -> str | None:
+def stored_run_id(layout: RunLayout) -> str | None:
     """The W&B run id an earlier attempt in this run folder stored, if any."""
-    path = run_dir / RUN_ID_FILE
+    path = layout.wandb_run
     return json.loads(path.read_text())["id"] if path.is_file() else None
 
 
-def start_run(
-    cfg: LoggerSettings, *, run_dir: Path, config: dict[str, Any], name: str, group: str
+def start(
+    cfg: LoggerSettings, *, layout: RunLayout, config: dict[str, Any], name: str, group: str
 ) -> Tracker:
     """Create the run for this experiment (its id is stored in the run folder), or continue the stored one
-    when the run folder was started before (resume). Only the main process of a multi-process run logs."""
-    if cfg.backend is LoggerBackend.none or cfg.mode is WandbMode.disabled or not is_main_process():
+    when the run folder was started before (resume)."""
+    settings = cfg.wandb
+    if settings.mode is WandbMode.disabled:
         return NullTracker()
+    run_dir = layout.root
     import wandb
 
-    run_id = stored_run_id(run_dir)
-    mode = resolve_mode(cfg.mode)
-    wandb_dir = Path(cfg.dir).expanduser() if cfg.dir else run_dir
+    run_id = stored_run_id(layout)
+    mode = resolve_mode(settings.mode)
+    wandb_dir = Path(settings.dir).expanduser() if settings.dir else run_dir
     wandb_dir.mkdir(parents=True, exist_ok=True)
     name, group = redact_text(name), redact_text(group)
     with redacted_argv():  # W&B records the command line in its run metadata
         run = wandb.init(
-            project=cfg.project,
-            entity=cfg.entity,
+            project=settings.project,
+            entity=settings.entity,
             name=name,
             group=group,
             tags=list(cfg.tags),
-            job_type=cfg.job_type,
+            job_type=settings.job_type,
             notes=cfg.notes,
             config=redact(config),
             dir=str(wandb_dir),
@@ -153,7 +155,7 @@ def start_run(
     run.define_metric("train/global_step")
     run.define_metric("*", step_metric="train/global_step", step_sync=True)
     atomic_write_json(
-        run_dir / RUN_ID_FILE, {"id": run.id, "project": cfg.project, "entity": cfg.entity, "mode": mode}
+        layout.wandb_run, {"id": run.id, "project": settings.project, "entity": settings.entity, "mode": mode}
     )
     log.info("W&B run %s (%s, %s%s)", run.id, name, mode, ", resumed" if run_id else "")
     return WandbTracker(run)

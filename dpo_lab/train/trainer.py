@@ -341,6 +341,9 @@ class _LogProbsRecorder:
             self.log_probs = outputs.log_probs
         return outputs
 
+    def __getattr__(self, name: str) -> Any:  # anything else is the model's (``training``, ``config``...)
+        return getattr(self.model, name)
+
 
 def run_mean_loss(log_history: Sequence[Mapping[str, Any]], unlogged: float, global_step: int) -> float:
     """Mean training loss per optimizer step over the whole run, as the Trainer computes it for one

@@ -392,7 +392,7 @@ def test_a_secret_in_config_reaches_no_file_of_the_run(tmp_path) -> None:
     run_dir = tmp_path / "run"
     secret = "hf_SECRETvalue4242"
     args = [f"+train.extra={{hub_token: {secret}}}", "+train.extra.adam_beta2=0.99",
-            f"hydra.run.dir={run_dir}", "logger.mode=offline",
+            f"hydra.run.dir={run_dir}", "logger.wandb.mode=offline",
             "eval.enabled=false", "train.max_steps=2", "train.logging_steps=1", "train.save_steps=1",
             "data.max_train_samples=16",
             "data.max_eval_samples=8"]  # fmt: skip

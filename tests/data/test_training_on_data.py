@@ -181,9 +181,9 @@ def test_cli_drop_reports_counts_in_log_metrics_and_wandb(tmp_path: Path) -> Non
     env = cli_env(tmp_path)
     env["HF_DATASETS_CACHE"] = str(tmp_path / "hf-datasets-cache")
     overrides = [o for o in TRAIN_OVERRIDES if o != "logger=none"]
-    proc = run_cli([*overrides, "logger=wandb", "logger.mode=offline", "data=hh_rlhf", f"data.path={path}",
-                    "data.test_split=null", "data.test_size=4", f"hydra.run.dir={run_dir}"],
-                   tmp_path, timeout=600, env=env)  # fmt: skip
+    args = [*overrides, "logger=wandb", "logger.wandb.mode=offline", "data=hh_rlhf", f"data.path={path}",
+            "data.test_split=null", "data.test_size=4", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = run_cli(args, tmp_path, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     log = (run_dir / "run.log").read_text() if (run_dir / "run.log").exists() else proc.stderr

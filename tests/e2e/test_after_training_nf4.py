@@ -35,7 +35,7 @@ def nf4_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("nf4")
     run = tmp / "run"
     args = [
-        "model.quantization=nf4", "logger=wandb", "logger.mode=offline", "train.max_steps=4",
+        "model.quantization=nf4", "logger=wandb", "logger.wandb.mode=offline", "train.max_steps=4",
         "data.max_train_samples=32", "data.max_eval_samples=16", f"eval.num_prompts={NUM_PROMPTS}",
         f"hydra.run.dir={run}",
     ]  # fmt: skip

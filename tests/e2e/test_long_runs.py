@@ -39,7 +39,7 @@ def read(path: Path) -> str:
     return path.read_text()
 
 
-OFFLINE = ["logger=wandb", "logger.mode=offline"]
+OFFLINE = ["logger=wandb", "logger.wandb.mode=offline"]
 
 
 @pytest.fixture(scope="module")

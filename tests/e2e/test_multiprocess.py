@@ -33,7 +33,7 @@ ARGS = [
     "data.max_train_samples=24",
     "data.max_eval_samples=8",
     "logger=wandb",
-    "logger.mode=offline",
+    "logger.wandb.mode=offline",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -189,3 +190,51 @@ def test_failed_job_does_not_spoil_the_next_one(tmp_path) -> None:
     # the second job's run holds its own metrics only, from step 0
     history = [r["history"]["item"] for r in wandb_records(ok) if r["type"] == "history"]
     assert history[0]["train/global_step"] == 0 and len([h for h in history if "train/loss" in h]) == 3
+
+
+# ---- which tracker a run gets (logger.backend) -------------------------------------------------------------
+
+STARTED: list[dict] = []
+
+
+def recording_tracker(settings, *, layout, config, name, group):
+    """A tracker of one's own, named as logger.backend=tests.track.test_tracking:recording_tracker."""
+    from dpo_lab.track.null_tracker import NullTracker
+
+    STARTED.append({"settings": settings, "layout": layout, "config": config, "name": name, "group": group})
+    return NullTracker()
+
+
+def test_the_backend_names_the_tracker_and_a_function_path_names_your_own(tmp_path, monkeypatch) -> None:
+    from dpo_lab.config.schemas import LoggerSettings
+    from dpo_lab.config.validation import validate
+    from dpo_lab.errors import ConfigError
+    from dpo_lab.runs.layout import RunLayout
+    from dpo_lab.track.base import start_tracker
+    from dpo_lab.track.null_tracker import NullTracker
+
+    own = LoggerSettings(backend=f"{__name__}:recording_tracker", options={"file": "x.jsonl"})
+    validate(own)
+    STARTED.clear()
+    layout = RunLayout(tmp_path)
+    start_tracker(own, layout=layout, config={"seed": 1}, name="n", group="g")
+    assert STARTED == [{"settings": own, "layout": layout, "config": {"seed": 1}, "name": "n", "group": "g"}]
+    assert isinstance(start_tracker(LoggerSettings(backend="none"), layout=layout, config={}, name="n",
+                                     group="g"), NullTracker)  # fmt: skip
+    monkeypatch.setenv("RANK", "1")  # not the main process: nothing is started, whatever the backend
+    STARTED.clear()
+    assert isinstance(start_tracker(own, layout=layout, config={}, name="n", group="g"), NullTracker)
+    assert STARTED == []
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match=r"logger.backend: cannot import tracker 'no_such_mod:start'"):
+        start_tracker(
+            LoggerSettings(backend="no_such_mod:start"), layout=layout, config={}, name="n", group="g"
+        )
+    wandb_without_project = LoggerSettings(wandb=dataclasses.replace(LoggerSettings().wandb, project=" "))
+    for bad, key in (
+        (LoggerSettings(backend="mlflow"), "backend: unknown tracker 'mlflow'"),
+        (LoggerSettings(backend="wandb", options={"a": 1}), "options: only a tracker of your own"),
+        (wandb_without_project, "wandb.project: must name a W&B project"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            validate(bad)

@@ -18,7 +18,7 @@ SMALL = ["train.max_steps=4", "train.logging_steps=1", "data.max_train_samples=3
 def test_metrics_json_and_wandb_hold_mfu_and_step_timing(tmp_path) -> None:
     run = tmp_path / "run"
     started = time.time()
-    proc = run_cli([*SMALL, "logger.mode=offline", f"hydra.run.dir={run}"], tmp_path)
+    proc = run_cli([*SMALL, "logger.wandb.mode=offline", f"hydra.run.dir={run}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((run / "metrics.json").read_text())
     flops = metrics["flops"]
