@@ -1,5 +1,6 @@
-"""Sweep presets (conf/sweep/), the Optuna preset (conf/hydra/sweeper/) and the objective: every file
-composes, every swept value is a valid config, Optuna optimises the configured metric in its direction."""
+"""Sweep presets (conf/sweep/), the Optuna preset (conf/hydra/sweeper/, over dpo_lab's own Optuna sweeper
+plugin) and the objective: every file composes, every swept value is a valid config, Optuna optimises the
+configured metric in its direction."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from dpo_lab.config.choices import Direction
 from dpo_lab.config.overrides import check_overrides
@@ -19,6 +19,7 @@ from dpo_lab.config.store import register_configs
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.errors import ConfigError
 from dpo_lab.sweep.objective import NonFiniteMetricError, better, check_finite, objective_value
+from dpo_lab.sweep.optuna_sweeper import create_optuna_distribution_from_override
 from tests.helpers import CONF, compose_config
 
 PRESETS = sorted((CONF / "sweep").glob("*.yaml"))
@@ -80,12 +81,14 @@ def test_optuna_preset_optimises_the_objective_in_its_direction(overrides, direc
     cfg = compose_with_hydra(["hydra/sweeper=dpo_optuna", *overrides])
     to_run_config(compose_config(overrides))
     sweeper_cfg = cfg.hydra.sweeper
-    assert sweeper_cfg._target_.endswith("OptunaSweeper")
+    assert sweeper_cfg._target_ == "hydra_plugins.dpo_lab_optuna_sweeper.optuna_sweeper.DpoLabOptunaSweeper"
     sweeper = instantiate(sweeper_cfg)  # as Hydra does at the start of -m (resolves ${objective.direction})
-    impl = sweeper.sweeper
-    assert impl._get_directions() == [direction]
+    impl = sweeper.search
+    assert impl.directions == [direction]
     assert impl.n_trials == 20 and impl.n_jobs == 1 and impl.max_failure_rate == 1.0
     assert impl.sampler.__class__.__name__ == "TPESampler"
+    assert impl.sampler._n_startup_trials == 5 and impl.study_name == "dpo_lab" and impl.storage is None
+    assert sweeper_cfg.sampler.seed == cfg.seed  # the run's seed: the same command, the same trials
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in impl.params.items()])
     space = {o.key_or_group: create_optuna_distribution_from_override(o) for o in parsed}
     assert _log_float(space["dpo.beta"]) and _log_float(space["train.learning_rate"])
@@ -96,9 +99,8 @@ def test_optuna_preset_optimises_the_objective_in_its_direction(overrides, direc
 
 
 def _log_float(distribution) -> bool:
-    """A log-scale float range (optuna 2.x LogUniformDistribution, 3.x FloatDistribution(log=True))."""
-    name = type(distribution).__name__
-    return name == "LogUniformDistribution" or (name == "FloatDistribution" and distribution.log)
+    """A log-scale float range."""
+    return isinstance(distribution, FloatDistribution) and distribution.log
 
 
 def test_objective_defaults_and_bad_values() -> None:

@@ -1,4 +1,5 @@
-"""W&B sweep specs in sweeps/: the command line a W&B agent builds composes into a valid config.
+"""W&B sweep specs in sweeps/: the command line a W&B agent builds composes into a valid config, and W&B's
+early termination (hyperband) judges the metric the runs log at every held-out evaluation.
 
 The agent's command line is built with wandb's own code (wandb.sdk.launch.sweeps.utils, as wandb_agent.py
 calls it): the spec's ``command`` list with its macros filled, ``${args_no_hyphens}`` -> ``key=value``.
@@ -17,7 +18,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from dpo_lab.config.overrides import check_overrides
+from dpo_lab.config.schemas import RunConfig
 from dpo_lab.config.validation import to_run_config
+from dpo_lab.track.callbacks import MetricsCallback
 from tests.helpers import ROOT, agent_command, compose_config
 
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -91,3 +94,45 @@ def test_agent_command_runs_the_entry_point(path: Path) -> None:
         group, name = key.split(".")
         expected = pytest.approx(value, rel=1e-12) if isinstance(value, float) else value
         assert printed[group][name] == expected, (path.name, key)
+
+
+# the keys of W&B's hyperband stopping (its sweep config schema, ``hyperband_stopping``)
+HYPERBAND_KEYS = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
+
+
+class _Logged:
+    """A tracker that keeps what the Trainer callbacks log."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[dict, int]] = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.records.append((metrics, step))
+
+
+def evaluations(run_cfg: RunConfig) -> int:
+    """How many held-out evaluations a run logs: before training, every eval_steps, and at its last step."""
+    train = run_cfg.train
+    assert train.max_steps > 0, "a spec with early_terminate fixes the steps (or composes with max_steps)"
+    steps = set(range(train.eval_steps, train.max_steps + 1, train.eval_steps)) if train.eval_steps else set()
+    return len(steps | {train.max_steps}) + int(train.eval_before_training)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_early_termination_is_hyperband_on_the_metric_logged_at_each_evaluation(path: Path) -> None:
+    spec = yaml.safe_load(path.read_text())
+    stop = spec["early_terminate"]
+    assert stop["type"] == "hyperband" and set(stop) <= HYPERBAND_KEYS, stop
+    assert isinstance(stop["min_iter"], int) and stop["min_iter"] >= 1 and stop["eta"] > 1
+    # W&B counts a run's logged values of metric.name: dpo_lab logs it once per held-out evaluation
+    run_cfg = to_run_config(compose_config(agent_command(spec, spec_cases(spec)[0])[4:]))
+    logged = _Logged()
+    state = type("State", (), {"is_world_process_zero": True, "global_step": 40})()
+    MetricsCallback(logged, lambda: 0.0).on_log(
+        None, state, None, logs={f"eval_{run_cfg.objective.metric}": 0.5}
+    )
+    ((metrics, step),) = logged.records
+    assert metrics == {spec["metric"]["name"]: 0.5} and step == 40
+    # evaluations during training, enough of them to reach the first band (min_iter-th value) before the end
+    assert run_cfg.train.eval_steps > 0
+    assert evaluations(run_cfg) > stop["min_iter"], (evaluations(run_cfg), stop)

@@ -1,0 +1,265 @@
+"""The job's side of pruning: its Optuna trial, the Trainer callback that reports every held-out evaluation
+and stops a job that falls behind, and what ``metrics.json`` records (docs/pruning.md).
+
+- :func:`open_trial` opens the sweep's study (created if missing) and gets the job's trial: the sweeper's
+  (``prune.trial``, with ``hydra/sweeper=dpo_optuna``) or a new one the job asks for itself (any other
+  sweeper or launcher; Optuna's storages hand out distinct trials to processes and nodes that ask at once).
+  A job resumed in the same run folder goes on with the trial it had.
+- :class:`PruningCallback` reports ``eval_<objective.metric>`` at ``state.global_step`` on every evaluation
+  but the one before training (step 0: the base model, the same for every job; reported, it would be each
+  job's best value so far, which the median pruner compares) and, from ``prune.min_steps`` on (never at the
+  last step, where nothing is left to save), asks the pruner; a pruned job
+  stops training there and then finishes as any run does (final held-out metrics = that evaluation,
+  adapter, card, history and checkpoints saved). It marks its trial with the ``pruned_at_step`` user
+  attribute: the sweeper reads it and tells Optuna PRUNED.
+- :func:`pruned_record` is what ``metrics.json`` adds (``status: pruned``, ``pruning: {...}``);
+  :meth:`PruningTrial.finish` tells the study how the job ended when the job asked for the trial itself
+  (the sweeper tells the trials it asked for).
+
+In a job of several processes (torchrun, accelerate) rank 0 holds the trial and decides; every rank stops
+with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from transformers import TrainerCallback
+
+from dpo_lab.config.choices import Direction
+from dpo_lab.config.pruning import PrunerName, PruneSettings, single_run_problems
+from dpo_lab.config.schemas import ObjectiveSettings
+from dpo_lab.errors import ConfigError
+from dpo_lab.runtime.collectives import any_process
+from dpo_lab.runtime.processes import is_main_process
+from dpo_lab.sweep.optuna_sweeper import (
+    PRUNED_AT_STEP,
+    RUN_DIR,
+    build_pruner,
+    default_storage,
+    default_study_name,
+    open_storage,
+    quiet_optuna,
+    shown_storage,
+    trial_id,
+)
+
+PRUNED = "pruned"  # metrics.json's status of a pruned job
+OVERRIDES = "overrides"  # the trial's user attribute with the job's command-line overrides
+
+
+@dataclass
+class PruningTrial:
+    """The job's Optuna trial. ``trial`` is None on the other processes of a multi-process job: they take
+    part in the decision (a collective) but rank 0 alone reports and decides."""
+
+    trial: optuna.Trial | None
+    study: str
+    storage: str  # as shown in logs and metrics.json (a URL's password hidden)
+    pruner: PrunerName
+    direction: Direction
+    owned: bool  # the job asked for the trial and tells its result; False: the sweeper's trial
+    reported: dict[int, float] = field(default_factory=dict)
+    pruned_at_step: int | None = None
+
+    @property
+    def number(self) -> int | None:
+        return self.trial.number if self.trial is not None else None
+
+    def report(self, step: int, value: float) -> None:
+        """The held-out objective at ``step`` (a step reported already, e.g. before a resume, is kept)."""
+        if self.trial is None or step in self.reported:
+            return
+        with quiet_optuna():
+            self.trial.report(value, step)
+        self.reported[step] = value
+
+    def should_prune(self) -> bool:
+        if self.trial is None:
+            return False
+        with quiet_optuna():
+            return self.trial.should_prune()
+
+    def mark_pruned(self, step: int) -> None:
+        """Record where the job stopped, here and on the trial (the sweeper reads it from the storage)."""
+        self.pruned_at_step = step
+        if self.trial is not None:
+            self.trial.set_user_attr(PRUNED_AT_STEP, step)
+
+    def finish(self, value: float | None) -> None:
+        """Tell the study how the job ended, if the job asked for the trial: PRUNED, COMPLETE with its
+        objective ``value``, or FAIL (``value`` None or not finite: a failed run). The sweeper tells its
+        own trials."""
+        if not self.owned or self.trial is None:
+            return
+        if self.pruned_at_step is not None:
+            state, values = TrialState.PRUNED, None
+        elif value is not None and math.isfinite(value):
+            state, values = TrialState.COMPLETE, [float(value)]
+        else:
+            state, values = TrialState.FAIL, None
+        with quiet_optuna():
+            self.trial.study.tell(self.trial.number, values=values, state=state, skip_if_finished=True)
+
+
+def storage_of(settings: PruneSettings, sweep_dir: Path | None) -> str:
+    """``prune.storage``, or the sweep folder's journal; a single run must name one (ConfigError)."""
+    _check_single_run(settings, sweep_dir)
+    return settings.storage if settings.storage is not None else default_storage(sweep_dir)
+
+
+def study_of(settings: PruneSettings, sweep_dir: Path | None) -> str:
+    """``prune.study``, or the sweep folder's name; a single run must name one (ConfigError)."""
+    _check_single_run(settings, sweep_dir)
+    return settings.study if settings.study is not None else default_study_name(sweep_dir)
+
+
+def _check_single_run(settings: PruneSettings, sweep_dir: Path | None) -> None:
+    if sweep_dir is None:
+        for key, message in single_run_problems(settings):
+            raise ConfigError(key, message)
+
+
+def open_trial(
+    settings: PruneSettings,
+    sweep_dir: Path | None,
+    objective: ObjectiveSettings,
+    *,
+    run_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+) -> PruningTrial | None:
+    """The job's trial in the sweep's study, or None without a pruner (``prune=none``). ``sweep_dir``: the
+    multirun's folder (None for a single run); ``run_dir``: the job's folder (a resumed job goes on with
+    the trial it had there); ``overrides``: the job's command line, kept on a trial the job asks for."""
+    if settings.pruner is PrunerName.none:
+        return None
+    storage_text = storage_of(settings, sweep_dir)
+    name = study_of(settings, sweep_dir)
+    shown = shown_storage(storage_text)
+    common = dict(study=name, storage=shown, pruner=settings.pruner, direction=objective.direction)
+    if not is_main_process():
+        return PruningTrial(None, owned=settings.trial is None, **common)
+    storage = open_storage(storage_text)
+    study = _open_study(storage, name, shown, settings, objective)
+    if settings.trial is not None:
+        trial = _sweeper_trial(study, storage, settings.trial, shown)
+    else:
+        trial = _own_trial(study, storage, run_dir, overrides)
+    if run_dir is not None:
+        trial.set_user_attr(RUN_DIR, str(run_dir.absolute()))
+    reported = storage.get_trial(trial_id(storage, name, trial.number)).intermediate_values
+    return PruningTrial(trial, owned=settings.trial is None, reported=dict(reported), **common)
+
+
+def _open_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    shown: str,
+    settings: PruneSettings,
+    objective: ObjectiveSettings,
+) -> optuna.Study:
+    """The study (created if missing: every job of a grid may be first), checked to optimise the same way as
+    the objective."""
+    with quiet_optuna():
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction=objective.direction.value,
+            pruner=build_pruner(settings),
+            sampler=optuna.samplers.RandomSampler(),  # a job asks for no parameters
+            load_if_exists=True,
+        )
+    found = [d.name.lower() for d in study.directions]
+    if found != [objective.direction.value]:
+        raise ConfigError(
+            "prune.study",
+            f"study {name} in {shown} is to {'/'.join(found)}; objective.direction is "
+            f"{objective.direction.value}: name another study",
+        )
+    return study
+
+
+def _sweeper_trial(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, number: int, shown: str
+) -> optuna.Trial:
+    try:
+        tid = trial_id(storage, study.study_name, number)
+    except KeyError:
+        raise ConfigError(
+            "prune.trial", f"study {study.study_name} in {shown} has no trial {number}"
+        ) from None
+    state = storage.get_trial(tid).state
+    if state is not TrialState.RUNNING:
+        raise ConfigError(
+            "prune.trial", f"trial {number} of study {study.study_name} is {state.name.lower()}, not running"
+        )
+    return optuna.Trial(study, tid)
+
+
+def _own_trial(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    run_dir: Path | None,
+    overrides: Sequence[str],
+) -> optuna.Trial:
+    """A new trial for this job, or the running one a previous attempt in the same run folder had."""
+    if run_dir is not None:
+        folder = str(run_dir.absolute())
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.user_attrs.get(RUN_DIR) == folder:
+                return optuna.Trial(study, trial_id(storage, study.study_name, frozen.number))
+    with quiet_optuna():
+        trial = study.ask()
+    trial.set_user_attr(OVERRIDES, list(overrides))
+    return trial
+
+
+class PruningCallback(TrainerCallback):
+    """Report ``eval_<metric>`` at every evaluation; stop training when the pruner says the job lost."""
+
+    def __init__(self, trial: PruningTrial, metric: str, direction: Direction, min_steps: int = 0) -> None:
+        if direction is not trial.direction:
+            raise ValueError(
+                f"the trial's study is to {trial.direction.value}, the objective {direction.value}"
+            )
+        self.trial = trial
+        self.key = f"eval_{metric}"
+        self.min_steps = min_steps
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        step = state.global_step
+        if self.trial.pruned_at_step is not None or not metrics or self.key not in metrics or step == 0:
+            return control
+        self.trial.report(step, float(metrics[self.key]))
+        if step < self.min_steps or (state.max_steps > 0 and step >= state.max_steps):
+            return control  # too early to judge; at the last step there is nothing left to save
+        if any_process(self.trial.should_prune()):  # rank 0 decides, every rank stops
+            self.trial.mark_pruned(step)
+            control.should_training_stop = True
+        return control
+
+
+def pruned_record(trial: PruningTrial | None) -> dict[str, Any]:
+    """What ``metrics.json`` adds for pruning: nothing without a pruner; ``pruning`` (the study, the trial,
+    where it stopped); and ``status: pruned`` for a pruned job (merge it over the completed record)."""
+    if trial is None:
+        return {}
+    record: dict[str, Any] = {
+        "pruning": {
+            "pruner": trial.pruner.value,
+            "study": trial.study,
+            "storage": trial.storage,
+            "trial": trial.number,
+            "pruned_at_step": trial.pruned_at_step,
+            "reported_steps": sorted(trial.reported),
+        }
+    }
+    if trial.pruned_at_step is not None:
+        record["status"] = PRUNED
+    return record
