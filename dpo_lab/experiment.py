@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from dpo_lab.config.schemas import RunConfig
+from dpo_lab.config.schemas import ObjectiveSettings, RunConfig
 from dpo_lab.evaluation.prompts import load_task_prompts
 from dpo_lab.evaluation.task import evaluate_task
 from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets
@@ -38,6 +39,7 @@ from dpo_lab.train.before_eval import HeldOutBefore
 from dpo_lab.train.checkpoints import CheckpointCallback
 from dpo_lab.train.final_eval import HeldOutAfter
 from dpo_lab.train.guards import NonFiniteGuard
+from dpo_lab.train.heldout_pairs import AFTER, TRL_NAMES, HeldOutPairs, heldout_summary, read_pairs
 from dpo_lab.train.preemption import Preemption
 from dpo_lab.train.ranks import BatchCounter, rank_report
 from dpo_lab.train.resume import ResumePlan, plan_resume, save_run_config
@@ -78,10 +80,12 @@ class Training:
     preemption: Preemption
     batches: BatchCounter
     before_eval: HeldOutBefore
+    pairs: HeldOutPairs  # the held-out evaluations per pair (heldout_pairs_before / _after.jsonl)
     after_eval: HeldOutAfter = field(default_factory=HeldOutAfter)
     progress: ProgressBar = field(default_factory=ProgressBar)
     clock: StepClock = field(default_factory=StepClock)
     trainer: Any = None
+    pruning: Any = None  # the job's Optuna trial when prune.pruner is set (dpo_lab.sweep.pruning)
 
 
 def run_experiment(
@@ -100,16 +104,21 @@ def run_experiment(
         build(job, data, tracker, training, name)
         train_out, before, after = train_and_evaluate(job, training, tracker)
         task = evaluate_after_training(job, data, tracker, training)
-        result = collect_result(job, data, training, train_out, before, after, task)
+        reward_kl = evaluate_reward_kl(job, data, tracker, training)
+        result = collect_result(job, data, training, train_out, before, after, task, reward_kl)
         save(job, data, training, tracker, result)
     except BaseException as err:
         training.progress.close()
         if not training.preemption.stopped_training:  # a preempted run exits on purpose, its checkpoint saved
             record_failure(run_dir, err, tracker)
+            if training.pruning is not None:
+                training.pruning.finish(None)
         raise
     finally:
         data.cache.end_job()
     tracker.finish(exit_code=0)
+    if training.pruning is not None:
+        training.pruning.finish(result.metrics["objective"]["value"])
     if is_main_process():
         print(result.closing_table(run_dir))
     return result.metrics
@@ -168,6 +177,8 @@ def prepare_training(job: Job) -> Training:
         before_eval=HeldOutBefore(
             job.layout.root, job.cfg.train.eval_before_training, resuming=job.plan.checkpoint is not None
         ),
+        pairs=HeldOutPairs(job.layout.root),
+        pruning=open_pruning(job),
     )
 
 
@@ -191,10 +202,12 @@ def build(job: Job, data: JobData, tracker: Tracker, training: Training, name: s
         training.guard,
         training.preemption.callback(),
         training.before_eval,
+        training.pairs,
         training.after_eval,
         training.clock,
         LogHistoryCallback(job.layout.history),
         training.progress,
+        *pruning_callbacks(job, training),
     ]
     training.trainer = build_trainer(
         model,
@@ -208,6 +221,8 @@ def build(job: Job, data: JobData, tracker: Tracker, training: Training, name: s
         prepared=data.cache.prepared_datasets(cfg, job.precision),
         dpo=cfg.dpo,
     )
+    training.trainer.pair_observers.append(training.pairs.observe)
+    training.pairs.bind(training.trainer.eval_dataset)
 
 
 def train_and_evaluate(job: Job, training: Training, tracker: Tracker) -> tuple[Any, dict, dict]:
@@ -220,6 +235,8 @@ def train_and_evaluate(job: Job, training: Training, tracker: Tracker) -> tuple[
         else:  # a job of a packed sweep takes what its pack trained
             train_out = finish_as_trained(trainer, job.packed)
             training.clock.replay(job.packed.step_times)
+            if job.packed.heldout_after and is_main_process():  # the pack's last evaluation, per pair
+                atomic_write_jsonl(job.layout.heldout_pairs("after"), job.packed.heldout_after)
     if preemption.stopped_training:
         tracker.finish_preempted(trainer.state.global_step, preemption.exit_code)
         preemption.record(job.layout.root, trainer.state.global_step)  # metrics.json: preempted, and where
@@ -251,16 +268,82 @@ def evaluate_after_training(job: Job, data: JobData, tracker: Tracker, training:
     return evaluation.summary
 
 
+def evaluate_reward_kl(job: Job, data: JobData, tracker: Tracker, training: Training) -> dict[str, Any]:
+    """Reward and KL(policy || reference) on samples of the held-out prompts, and the base's reward
+    (eval.reward_kl); written per prompt into the run folder and logged as a table. Off without a reward."""
+    settings = job.cfg.eval.reward_kl
+    trainer = training.trainer
+    if (
+        settings.reward is None
+        or not job.cfg.eval.enabled
+        or not (is_main_process() or not _plain_ddp(trainer))
+    ):
+        return {}
+    from dpo_lab.evaluation.policy_eval import evaluate_reward_and_kl
+
+    prompts = [row["prompt"] for row in data.data.eval]
+    rows = data.data.held_out_rows() if job.cfg.eval.reward_kl.reward == "finance" else None
+    found = evaluate_reward_and_kl(trainer.model, data.tokenizer, prompts, settings, rows)
+    if is_main_process():
+        records = [p.record() for p in found.prompts]
+        atomic_write_jsonl(job.layout.reward_kl, records)
+        columns = ["prompt", "reward", "kl", "base_reward"]
+        tracker.log_table("reward_kl", columns, [[r[c] for c in columns] for r in records],
+                          trainer.state.global_step)  # fmt: skip
+    return found.summary()
+
+
+def open_pruning(job: Job) -> Any:
+    """The job's Optuna trial when ``prune.pruner`` is set (optuna loads only then), else None."""
+    if job.cfg.prune.pruner.value == "none":
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    from dpo_lab.sweep.pruning import open_trial
+
+    sweep_dir = Path(HydraConfig.get().sweep.dir) if in_multirun() else None
+    return open_trial(job.cfg.prune, sweep_dir, job.cfg.objective, run_dir=job.layout.root,
+                      overrides=task_overrides())  # fmt: skip
+
+
+def pruning_callbacks(job: Job, training: Training) -> list[Any]:
+    if training.pruning is None:
+        return []
+    from dpo_lab.sweep.pruning import PruningCallback
+
+    cfg = job.cfg
+    return [
+        PruningCallback(training.pruning, cfg.objective.metric, cfg.objective.direction, cfg.prune.min_steps)
+    ]
+
+
+def pruned_fields(training: Training) -> dict[str, Any]:
+    """What metrics.json records of pruning (``status: pruned`` and where), nothing without a pruner."""
+    if training.pruning is None:
+        return {}
+    from dpo_lab.sweep.pruning import pruned_record
+
+    return pruned_record(training.pruning)
+
+
 def _plain_ddp(trainer: Any) -> bool:
     return not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
 
 
 def collect_result(
-    job: Job, data: JobData, training: Training, train_out: Any, before: dict, after: dict, task: dict
+    job: Job,
+    data: JobData,
+    training: Training,
+    train_out: Any,
+    before: dict,
+    after: dict,
+    task: dict,
+    reward_kl: dict | None = None,
 ) -> RunResult:
     """The metrics.json record: status, held-out before / after, task, speed, memory, objective, reuse."""
     trainer, cfg, plan = training.trainer, job.cfg, job.plan
     adapter = adapter_state_dict(trainer.model) if _plain_ddp(trainer) else None
+    heldout = heldout_summary(job.layout)
     runtime = train_out.metrics["train_runtime"]
     return RunResult({
         "status": "completed",
@@ -281,12 +364,11 @@ def collect_result(
             trainer, training.clock, runtime, job.precision, job.device, job.started,
             pack_lora_params=job.packed.pack_lora_params if job.packed is not None else None,
         ),
-        "objective": {
-            "metric": cfg.objective.metric,
-            "direction": cfg.objective.direction.value,
-            "value": objective_value(after, cfg.objective),
-        },
+        "heldout": heldout,
+        "objective": objective_record(cfg.objective, after, heldout),
         "reused": dict(data.cache.last_job),
+        **({"reward_kl": reward_kl} if reward_kl else {}),
+        **pruned_fields(training),  # last: a pruned job's status is "pruned"
     })  # fmt: skip
 
 
@@ -303,7 +385,28 @@ def save(job: Job, data: JobData, training: Training, tracker: Tracker, result: 
     write_final_artifacts(training.trainer, data.tokenizer, job.layout.root, card, result.metrics)
     summary = {**result.summary(), **data.data.wandb_summary()}
     tracker.summarize(summary)
+    for phase, step in (("before", 0), ("after", training.trainer.state.global_step)):
+        records = read_pairs(job.layout.heldout_pairs(phase))
+        if records:  # the held-out evaluation per pair, as a table beside the run's metrics
+            columns = list(records[0])
+            tracker.log_table(
+                f"heldout_pairs/{phase}", columns, [[r[c] for c in columns] for r in records], step
+            )
     if cfg.logger.log_model and tracker.active:
         tracker.log_artifact(
             job.layout.adapter, name=f"adapter-{tracker.run_id}", kind="model", metadata=summary
         )
+
+
+def objective_record(
+    objective: ObjectiveSettings, after: Mapping[str, Any], heldout: Mapping[str, Any]
+) -> dict[str, Any]:
+    """metrics.json's ``objective``: the metric, its direction and value, and its interval where the metric
+    has a per-pair one (``rewards/accuracies`` then counts ties as half, like every held-out number here);
+    other metrics take TRL's held-out value (dpo_lab.sweep.objective)."""
+    record = {"metric": objective.metric, "direction": objective.direction.value}
+    per_pair = {trl: name for name, trl in TRL_NAMES.items()}.get(objective.metric)
+    found = heldout.get(AFTER, {}).get(per_pair) if per_pair else None
+    if found is not None and found.get("value") is not None:
+        return {**record, "value": found["value"], "interval": found}
+    return {**record, "value": objective_value(after, objective)}

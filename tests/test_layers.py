@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # bottom first; units on one line form one layer (they may import each other, never in a cycle)
 LAYERS = [
-    ["errors", "assets"],
+    ["errors", "stats", "assets"],
     ["runtime"],
     ["config"],
     ["data", "model"],

@@ -25,6 +25,8 @@ from dpo_lab.config.choices import (
     WandbMode,
 )
 from dpo_lab.config.fields import setting
+from dpo_lab.config.pruning import PruneSettings, training_problems
+from dpo_lab.config.reward_eval import RewardEvalSettings
 from dpo_lab.runtime.precision import DType, Precision
 
 # ``package.module:function`` (dpo.loss_type entries, checker and reward names)
@@ -671,11 +673,20 @@ class TaskEvalSettings:
         ),
     )
 
+    reward_kl: RewardEvalSettings = setting(
+        factory=RewardEvalSettings,
+        help=(
+            "reward and KL(policy || reference) on samples of held-out prompts, before (the base) and after "
+            "training; off until eval.reward_kl.reward names a reward (sentiment, finance, module:function)"
+        ),
+    )
+
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.num_prompts < 1:
             yield "num_prompts", f"must be an integer >= 1, got {self.num_prompts}"
         yield from nested("checker", self.checker.problems())
         yield from nested("generation", self.generation.problems())
+        yield from nested("reward_kl", self.reward_kl.problems())
 
 
 def nested(prefix: str, problems: Iterator[tuple[str, str]]) -> Iterator[tuple[str, str]]:
@@ -726,6 +737,7 @@ class RunConfig:
     logger: LoggerSettings = field(default_factory=LoggerSettings)
     eval: TaskEvalSettings = field(default_factory=TaskEvalSettings)
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    prune: PruneSettings = field(default_factory=PruneSettings)
     reuse: bool = setting(
         True,
         help=(
@@ -762,11 +774,12 @@ class RunConfig:
             yield from nested(group, node.problems())
         if self.dpo.precompute_ref_log_probs and self.train.extra.get("sync_ref_model"):
             yield "dpo.precompute_ref_log_probs", "cannot be combined with train.extra.sync_ref_model"
+        yield from training_problems(self.prune, self.train.eval_steps)
 
 
 GROUPS = {"model": ModelSettings, "lora": LoraSettings, "dpo": DPOSettings, "data": DataSettings,
           "train": TrainSettings, "logger": LoggerSettings, "eval": TaskEvalSettings,
-          "objective": ObjectiveSettings}  # fmt: skip
+          "objective": ObjectiveSettings, "prune": PruneSettings}  # fmt: skip
 
 
 # Schemas of the entry points that work on a finished run folder (conf/<name>.yaml each).

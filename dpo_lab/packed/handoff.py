@@ -51,6 +51,8 @@ class PackedOutcome:
     task_answers: dict[str, Any] | None = None
     # LoRA matrix elements of every job of the pack, in pack order (the FLOP model of a packed step)
     pack_lora_params: list[int] = field(default_factory=list)
+    # the job's held-out evaluation at its last step, per pair (dpo_lab.train.heldout_pairs records)
+    heldout_after: list[dict[str, Any]] | None = None
 
     def to_state(self) -> dict[str, Any]:
         """Plain values and tensors only (what ``torch.load(weights_only=True)`` reads back)."""

@@ -41,6 +41,7 @@ from dpo_lab.model.loading import adapter_state_dict, strip_adapters
 from dpo_lab.packed.handoff import PackedOutcome
 from dpo_lab.packed.slicing import _SliceOfOutputs, adapters_by_slice
 from dpo_lab.reuse.cache import ModelSnapshot
+from dpo_lab.train.heldout_pairs import HeldOutPairs
 from dpo_lab.train.library import (
     count_input_tokens,
     logged_train_tokens,
@@ -80,6 +81,7 @@ class _Member:
     tr_loss: float = 0.0
     total_loss: float = 0.0
     last_logged: int = 0
+    pairs: HeldOutPairs | None = None  # the job's held-out evaluations per pair
 
     @property
     def alive(self) -> bool:
@@ -425,6 +427,7 @@ class Pack:
         }
         result.log_history = list(state.log_history)
         result.pack_lora_params = [sum(p.numel() for p in m.params) for m in self.members]
+        result.heldout_after = member.pairs.final(steps) if member.pairs is not None else None
         result.global_step, result.epoch = steps, state.epoch or 0.0
         result.num_input_tokens_seen = state.num_input_tokens_seen
         return result
@@ -514,17 +517,8 @@ def build_pack(
     packed = get_peft_model(model, jobs[0].lora, adapter_name=names[0])
     for name, job in zip(names[1:], jobs[1:], strict=True):
         packed.add_adapter(name, job.lora)
-    members = []
-    for name, trainer, weights in zip(names, trainers, initial, strict=True):
-        params = [p for n, p in packed.named_parameters() if f".{name}." in n or n.endswith(f".{name}")]
-        dtype = next(iter(weights.values())).dtype
-        for param in params:
-            param.data = param.data.to(dtype)
-        set_peft_model_state_dict(packed, weights, adapter_name=name)
-        if trainer.args.disable_dropout:
-            disable_dropout_in_model(packed)
-        trainer.model = trainer.model_wrapped = packed
-        members.append(_Member(name=name, trainer=trainer, params=params, result=PackedOutcome()))
+    started = zip(names, trainers, initial, strict=True)
+    members = [_member(packed, name, trainer, weights) for name, trainer, weights in started]
     # what Trainer.train does to a job's model: accelerate's mixed-precision forward (autocast in the training
     # precision, outputs back in fp32). Without it a bf16 pack would train in fp32, unlike its jobs alone
     trainers[0].accelerator.prepare_model(packed, device_placement=False, evaluation_mode=True)
@@ -532,6 +526,24 @@ def build_pack(
     pack = Pack(packed, members, in_turn=in_turn)
     pack._trainable()
     return pack
+
+
+def _member(packed: PeftModel, name: str, trainer: DPOTrainer, weights: dict[str, torch.Tensor]) -> _Member:
+    """One job in the pack: its adapter ``name`` with the initial ``weights`` its trainer drew, its trainer
+    pointed at the packed model, a collector of its held-out evaluations per pair."""
+    params = [p for n, p in packed.named_parameters() if f".{name}." in n or n.endswith(f".{name}")]
+    dtype = next(iter(weights.values())).dtype
+    for param in params:
+        param.data = param.data.to(dtype)
+    set_peft_model_state_dict(packed, weights, adapter_name=name)
+    if trainer.args.disable_dropout:
+        disable_dropout_in_model(packed)
+    trainer.model = trainer.model_wrapped = packed
+    pairs = HeldOutPairs()
+    pairs.bind(trainer.eval_dataset)
+    trainer.add_callback(pairs)
+    trainer.pair_observers.append(pairs.observe)
+    return _Member(name=name, trainer=trainer, params=params, result=PackedOutcome(), pairs=pairs)
 
 
 def unpack(model: torch.nn.Module) -> None:

@@ -4,6 +4,8 @@
 <run>/checkpoints/         Trainer checkpoints (checkpoint-<step>/), newest complete one resumed
 <run>/log_history.jsonl    every Trainer log, a line each (the sweep report's curves)
 <run>/samples_<phase>.jsonl  task-evaluation answers before / after training
+<run>/heldout_pairs_<phase>.jsonl  the held-out evaluation per pair, before / after training
+<run>/reward_kl.jsonl      samples of held-out prompts scored by a reward, with their KL (eval.reward_kl)
 <run>/compare/vs-<b>.jsonl  dpo-lab compare against run b (or base), a summary .json beside it
 <run>/adapter/             the trained LoRA adapter, tokenizer and model card
 <run>/README.md            the model card
@@ -75,6 +77,17 @@ class RunLayout:
     def comparison(self, other: str) -> Path:
         """``compare/vs-<other>.jsonl``: ``dpo-lab compare`` of this run against another run or its base."""
         return self.root / "compare" / f"vs-{other}.jsonl"
+
+    def heldout_pairs(self, phase: str) -> Path:
+        """``heldout_pairs_before.jsonl`` / ``_after.jsonl``: the held-out evaluation per pair (rewards,
+        margin, log-probs, loss, tie-aware correctness), keyed by a stable pair id."""
+        return self.root / f"heldout_pairs_{phase}.jsonl"
+
+    @property
+    def reward_kl(self) -> Path:
+        """``reward_kl.jsonl``: per held-out prompt, the policy's and the base's samples, rewards and the KL
+        estimates (eval.reward_kl)."""
+        return self.root / "reward_kl.jsonl"
 
     def samples(self, phase: str) -> Path:
         """``samples_before.jsonl`` / ``samples_after.jsonl``."""

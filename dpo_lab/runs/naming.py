@@ -10,6 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from dpo_lab.config.pruning import SWEEPER_KEYS
 from dpo_lab.runs.redaction import REDACTED, is_secret_key, redact, redact_text
 
 # Short forms of the keys people sweep, for names like beta=0.05,r=8,lr=5e-06.
@@ -44,7 +45,13 @@ def changed_keys(overrides: list[str]) -> list[str]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
         return []
-    return [o.key_or_group for o in parsed if not o.key_or_group.startswith("hydra") and o.type.name != "DEL"]
+    return [
+        o.key_or_group
+        for o in parsed
+        if not o.key_or_group.startswith("hydra")
+        and o.type.name != "DEL"
+        and o.key_or_group not in SWEEPER_KEYS
+    ]
 
 
 def run_name(

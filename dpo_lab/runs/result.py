@@ -12,12 +12,15 @@ from dpo_lab.config.schemas import SUMMARY_METRICS
 from dpo_lab.runs.atomic import atomic_write_json
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runtime.processes import is_main_process
+from dpo_lab.stats import Interval
 
 log = logging.getLogger("dpo_lab")
 
 # Held-out metrics a reader compares adapters by (the card's results table): the summary ones and the
 # policy's log-probs; not runtimes or samples per second.
 CARD_METRICS = (*SUMMARY_METRICS, "logps/chosen", "logps/rejected")
+# the per-pair held-out numbers (metrics.json "heldout") and the TRL metric each stands for in the table
+INTERVAL_ROWS = {"reward_accuracy": "rewards/accuracies", "margin": "rewards/margins", "loss": "loss"}
 # the mean training loss over the run (Trainer's train_loss), under one name everywhere
 MEAN_TRAIN_LOSS = "train/mean_loss"
 
@@ -49,30 +52,58 @@ class RunResult:
         }
 
     def card_metrics(self) -> dict[str, Any]:
-        """The model card's results table."""
-        return self._final(CARD_METRICS)
+        """The model card's results table: the held-out numbers with their intervals first, then TRL's."""
+        intervals = {
+            f"heldout/{phase}/{metric}": Interval.from_dict(found).text()
+            for phase, metrics in self.heldout.items()
+            for metric, found in metrics.items()
+        }
+        return {**intervals, **self._final(CARD_METRICS)}
+
+    @property
+    def heldout(self) -> dict[str, dict[str, Any]]:
+        """``{phase: {metric: interval dict}}``: the per-pair held-out numbers (empty for older records)."""
+        return self.metrics.get("heldout", {})
 
     def summary(self) -> dict[str, Any]:
         """The flat final metrics for the W&B summary (the same numbers as metrics.json)."""
         m = self.metrics
         speed = ("tokens_per_second", "mfu", "seconds_per_step", "time_to_first_step_s")
+        intervals = {}
+        for phase, metrics in self.heldout.items():
+            for metric, found in metrics.items():
+                for part in ("value", "low", "high", "n"):
+                    suffix = "" if part == "value" else f"_{part}"
+                    intervals[f"heldout/{phase}/{metric}{suffix}"] = found.get(part)
         return {
             **self._final(None),
+            **intervals,
             **{key: m.get(key) for key in speed},
             **{key: m[key] for key in ("peak_memory_mb", "train_runtime_s", "global_step", "status")},
         }
 
     def closing_table(self, run_dir: Path) -> str:
-        """The CLI's closing table: held-out metrics before and after training."""
+        """The CLI's closing table: held-out metrics before and after training, the per-pair ones with their
+        95% interval and n (ties count half, so an untrained adapter shows chance, 0.5)."""
         m = self.metrics
         before, after = m["eval_before"], m["eval"]
-        rows = [f"{'held-out metric':<22}{'before':>10}{'after':>10}"]
+        rows = [f"{'held-out metric':<28}{'before':<32}{'after':<32}"]
+        shown = set()
+        for metric, trl_name in INTERVAL_ROWS.items():
+            cells = [self._interval_cell(phase, metric) for phase in ("before", "after")]
+            if any(cells):
+                label = f"{trl_name} (tie=½)" if metric == "reward_accuracy" else trl_name
+                rows.append(f"{label:<28}{cells[0] or '-':<32}{cells[1] or '-':<32}")
+                shown.add(trl_name)
         for key in SUMMARY_METRICS:
-            rows.append(f"{key:<22}{_num(before.get(f'eval_{key}')):>10}{_num(after.get(f'eval_{key}')):>10}")
+            if key not in shown:
+                rows.append(
+                    f"{key:<28}{_num(before.get(f'eval_{key}')):<32}{_num(after.get(f'eval_{key}')):<32}"
+                )
         task = m.get("task", {})
         if "accuracy_after" in task:
             rows.append(
-                f"{'task accuracy':<22}{_num(task['accuracy_before']):>10}{_num(task['accuracy_after']):>10}"
+                f"{'task accuracy':<28}{_num(task['accuracy_before']):<32}{_num(task['accuracy_after']):<32}"
             )
         rows.append(
             f"steps {m['global_step']}, {m['train_runtime_s']:.1f} s training, "
@@ -80,6 +111,10 @@ class RunResult:
         )
         rows.append(f"run folder: {run_dir}")
         return "\n".join(rows)
+
+    def _interval_cell(self, phase: str, metric: str) -> str | None:
+        found = self.heldout.get(phase, {}).get(metric)
+        return Interval.from_dict(found).text() if found else None
 
 
 def _num(value: float | None) -> str:

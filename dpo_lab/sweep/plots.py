@@ -1,4 +1,5 @@
-"""PNG plots of a sweep: the objective metric against each swept parameter, and every job's curves.
+"""PNG plots of a sweep: the objective metric against each swept parameter (error bars: each job's 95%
+interval over the held-out pairs, or a setting's over its seeds), and every job's curves.
 
 matplotlib's object API (Figure + savefig), never pyplot: no global figure state, no GUI backend.
 """
@@ -14,13 +15,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from dpo_lab.runs.history import series
-from dpo_lab.sweep.results import short_value
+from dpo_lab.sweep.results import SEED_KEY, short_value
 
 if TYPE_CHECKING:
+    from dpo_lab.stats import Interval
     from dpo_lab.sweep.results import Job, Sweep
 
 FAILED_STYLE = {"marker": "x", "color": "tab:red", "s": 60, "linewidths": 2}
 BEST_STYLE = {"marker": "*", "s": 260, "facecolor": "gold", "edgecolor": "black", "zorder": 5}
+# the top one where the verdict names no best (it ties with others at 95%): a hollow star
+TOP_STYLE = {"marker": "*", "s": 260, "facecolor": "none", "edgecolor": "black", "zorder": 5}
+SEED_STYLE = {"color": "grey", "alpha": 0.5, "s": 14, "zorder": 2}
 MAX_LINES = 8  # more groups than this: plain scatter instead of one line per group
 
 
@@ -45,16 +50,30 @@ def _positions(values: list[Any]) -> tuple[dict[str, float], list[str]] | None:
 
 
 def plot_metric_vs_params(sweep: Sweep, out_dir: Path) -> list[Path]:
-    """One PNG per swept parameter: the held-out objective of each completed job against its value,
-    one line per combination of the other swept values, the best job starred, failed jobs as red crosses."""
+    """One PNG per swept parameter: the held-out objective of each completed job against its value with its
+    95% interval as an error bar, one line per combination of the other swept values, the best job starred
+    (a hollow star: the top one, tied with others at 95%), failed jobs as red crosses. With the seed swept,
+    each setting is one point (the mean over its seeds, its interval over seeds), its seeds grey dots."""
     return [_plot_one_param(sweep, key, out_dir) for key in sweep.swept]
+
+
+def _points(sweep: Sweep, key: str) -> list[tuple[list[Job], float, Interval | None]]:
+    """(jobs, value, interval) to plot against ``key``: one per contending job, or per setting when seeds
+    are swept (and ``key`` is not the seed)."""
+    assessment = sweep.assessment
+    if assessment.by_setting and key != SEED_KEY:
+        return [([sweep.job(j) for j in c.jobs], c.value, c.seeds) for c in assessment.verdict.contenders]
+    return [([sweep.job(c.name)], c.value, c.interval) for c in assessment.jobs.contenders]
 
 
 def _plot_one_param(sweep: Sweep, key: str, out_dir: Path) -> Path:
     metric = sweep.objective.metric
-    scored = [j for j in sweep.jobs if j.status == "completed" and _finite(j.eval_metric(metric))]
-    failed = [j for j in sweep.jobs if j not in scored]
+    assessment = sweep.assessment
+    points = _points(sweep, key)
+    scored = {job.name for jobs, _, _ in points for job in jobs}
+    failed = [j for j in sweep.jobs if j.name not in scored]
     categorical = _positions([j.value(key) for j in sweep.jobs])
+    by_setting = assessment.by_setting and key != SEED_KEY
 
     def x_of(job: Job) -> float:
         value = job.value(key)
@@ -62,22 +81,28 @@ def _plot_one_param(sweep: Sweep, key: str, out_dir: Path) -> Path:
 
     fig = Figure(figsize=(6.4, 4.2), dpi=120)
     ax = fig.add_subplot()
-    others = [k for k in sweep.swept if k != key]
-    groups: dict[str, list[Job]] = {}
-    for job in scored:
-        label = ",".join(f"{k.rsplit('.', 1)[-1]}={short_value(job.value(k))}" for k in others)
-        groups.setdefault(label, []).append(job)
+    others = [k for k in sweep.swept if k != key and not (by_setting and k == SEED_KEY)]
+    groups: dict[str, list[tuple[float, float, Interval | None]]] = {}
+    for jobs, value, interval in points:
+        label = ",".join(f"{k.rsplit('.', 1)[-1]}={short_value(jobs[0].value(k))}" for k in others)
+        groups.setdefault(label, []).append((x_of(jobs[0]), value, interval))
+        if by_setting and len(jobs) > 1:
+            contender = assessment.jobs
+            seeds = [
+                (x_of(j), contender.contender(j.name).value) for j in jobs if contender.contender(j.name)
+            ]
+            ax.scatter([x for x, _ in seeds], [y for _, y in seeds], **SEED_STYLE)
     as_lines = len(groups) <= MAX_LINES and any(len(g) > 1 for g in groups.values())
-    for label, jobs in groups.items():
-        jobs = sorted(jobs, key=x_of)
-        xs, ys = [x_of(j) for j in jobs], [j.eval_metric(metric) for j in jobs]
-        if as_lines:
-            ax.plot(xs, ys, marker="o", label=label or None)
-        else:
-            ax.scatter(xs, ys, color="tab:blue")
-    best = sweep.best()
-    if best is not None:
-        ax.scatter([x_of(best)], [best.eval_metric(metric)], label=f"best (job {best.name})", **BEST_STYLE)
+    bars = False
+    for label, group in groups.items():
+        group = sorted(group, key=lambda p: p[0])
+        xs, ys = [p[0] for p in group], [p[1] for p in group]
+        yerr = _error_bars(group)
+        bars = bars or yerr is not None
+        style = {"marker": "o", "capsize": 3, "label": label or None} if as_lines else {
+            "marker": "o", "linestyle": "none", "color": "tab:blue", "capsize": 3}  # fmt: skip
+        ax.errorbar(xs, ys, yerr=yerr, **style)
+    _mark_top(ax, sweep, points, x_of)
     if failed:
         xs = [x_of(j) for j in failed if j.value(key) is not None]
         ax.scatter(xs, [0.03] * len(xs), transform=ax.get_xaxis_transform(), label=f"failed ({len(failed)})",
@@ -85,7 +110,9 @@ def _plot_one_param(sweep: Sweep, key: str, out_dir: Path) -> Path:
     _x_axis(ax, key, [j.value(key) for j in sweep.jobs], categorical)
     direction = "higher" if sweep.objective.direction.value == "maximize" else "lower"
     ax.set_ylabel(f"held-out {metric} ({direction} is better)")
-    ax.set_title(f"held-out {metric} vs {key}")
+    level = f"{assessment.verdict.level:.0%}"
+    what = "over seeds" if by_setting else "over held-out pairs"
+    ax.set_title(f"held-out {metric} vs {key}" + (f"\nerror bars: {level} interval {what}" if bars else ""))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         title = ",".join(k.rsplit(".", 1)[-1] for k in others) if as_lines and others else None
@@ -94,6 +121,36 @@ def _plot_one_param(sweep: Sweep, key: str, out_dir: Path) -> Path:
     path = out_dir / f"{slug(metric)}_vs_{slug(key)}.png"
     fig.savefig(path)
     return path
+
+
+def _error_bars(group: list[tuple[float, float, Interval | None]]) -> list[list[float]] | None:
+    """matplotlib's asymmetric yerr (distances below and above) from the intervals; a point without a
+    bounded interval gets none (0, 0). None when no point has one."""
+    if not any(i is not None and i.bounded for _, _, i in group):
+        return None
+    below = [max(0.0, y - i.low) if i is not None and i.bounded else 0.0 for _, y, i in group]
+    above = [max(0.0, i.high - y) if i is not None and i.bounded else 0.0 for _, y, i in group]
+    return [below, above]
+
+
+def _mark_top(ax, sweep: Sweep, points: list[tuple[list[Job], float, Interval | None]], x_of) -> None:
+    """A gold star on the best job (or setting); a hollow one on the top one when the verdict names none.
+    A setting plotted seed by seed (against the seed itself) has each of its seeds starred."""
+    verdict = sweep.assessment.verdict
+    if verdict.top is None:
+        return
+    top_jobs = set(verdict.top.jobs)
+    marked = [(jobs[0], value) for jobs, value, _ in points if {j.name for j in jobs} == top_jobs]
+    marked = marked or [(jobs[0], value) for jobs, value, _ in points if jobs[0].name in top_jobs]
+    if not marked:
+        return
+    xs, ys = [x_of(job) for job, _ in marked], [value for _, value in marked]
+    name = f"job {verdict.top.name}" if verdict.unit == "job" else f"setting {verdict.top.name}"
+    if verdict.best is not None:
+        ax.scatter(xs, ys, label=f"best ({name})", **BEST_STYLE)
+    else:
+        tied = len(verdict.tied_with_best)
+        ax.scatter(xs, ys, label=f"top ({name}), tied with {tied} at {verdict.level:.0%}", **TOP_STYLE)
 
 
 def _x_axis(ax, key: str, values: list[Any], categorical) -> None:
@@ -119,11 +176,12 @@ def plot_curves(sweep: Sweep, out_dir: Path) -> Path:
     fig = Figure(figsize=(12, 4.6), dpi=110)
     train_ax, eval_ax = fig.subplots(1, 2)
     colors = _colors(len(sweep.jobs))
-    best = sweep.best()
+    top = sweep.assessment.verdict.top
+    highlighted = set(top.jobs) if top is not None else set()
     handles = []
     for job, color in zip(sweep.jobs, colors, strict=True):
         label = f"{job.name}: {sweep.label(job)}" + ("" if job.status == "completed" else f" ({job.status})")
-        width = 2.8 if best is not None and job.name == best.name else 1.4
+        width = 2.8 if job.name in highlighted else 1.4
         style = "-" if job.status == "completed" else ":"
         steps, losses = series(job.history, "loss")
         line = None

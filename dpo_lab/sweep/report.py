@@ -2,13 +2,17 @@
 
 Reads the run folders alone (no network, no W&B API): each job's ``.hydra/overrides.yaml`` and
 ``config.yaml`` for its swept values, ``metrics.json`` for its status and final held-out metrics, and
-``log_history.jsonl`` for its curves. Writes into the sweep folder:
+``log_history.jsonl`` for its curves, ``heldout_pairs_after.jsonl`` for its per-pair held-out results (the
+intervals: dpo_lab.stats, docs/sweeps.md "Reading a sweep"). Writes into the sweep folder:
 
 - ``results.csv`` and ``results.md``: one row per job (swept values, final eval metrics, runtime, status,
-  the error of a failed job), and the best job by the objective metric;
-- ``report.json``: the best job and the objective, for scripts;
-- ``plots/<metric>_vs_<param>.png`` for each swept parameter, and ``plots/curves.png`` (train loss and the
-  held-out metric against the step, every job).
+  the error of a failed job, the objective's 95% interval over the held-out pairs and the paired difference
+  to the top job), and the verdict: the best job where it is told apart from every other at 95%, else the
+  jobs it ties with and how many held-out pairs (or seeds) would separate them;
+- ``report.json``: the same for scripts: the objective, the verdict, every job's interval and difference,
+  the seed groups;
+- ``plots/<metric>_vs_<param>.png`` for each swept parameter (error bars: the 95% intervals), and
+  ``plots/curves.png`` (train loss and the held-out metric against the step, every job).
 
 It also runs by itself at the end of every multirun (:class:`SweepReportCallback`, in conf/config.yaml).
 """
@@ -32,7 +36,9 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_lab.config.choices import Direction
 from dpo_lab.config.schemas import OBJECTIVE_METRICS, SUMMARY_METRICS
 from dpo_lab.runs.layout import RunLayout
-from dpo_lab.sweep.results import Job, ReportError, Sweep, enum_text, load_sweep
+from dpo_lab.stats import Interval
+from dpo_lab.sweep.objective import Comparison, Contender, Verdict
+from dpo_lab.sweep.results import Assessment, Job, ReportError, Sweep, enum_text, load_sweep
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,12 @@ PLOTS_DIR = "plots"
 
 
 def rows(sweep: Sweep) -> list[dict[str, Any]]:
-    """One flat row per job: swept values, final held-out metrics, train loss, runtime, status, error."""
+    """One flat row per job: swept values, final held-out metrics, train loss, runtime, status, whether the
+    verdict names it (or its setting) best, its objective's interval over the held-out pairs, its paired
+    difference to the top job, the error."""
     metrics = [sweep.objective.metric, *[m for m in SUMMARY_METRICS if m != sweep.objective.metric]]
-    best = sweep.best()
+    assessment = sweep.assessment
+    best_jobs = set(assessment.verdict.best.jobs) if assessment.verdict.best is not None else set()
     table = []
     for job in sweep.jobs:
         row: dict[str, Any] = {"job": job.name, "status": job.status}
@@ -52,12 +61,30 @@ def rows(sweep: Sweep) -> list[dict[str, Any]]:
         row["steps"] = job.metrics.get("global_step")
         row["runtime_s"] = job.metrics.get("total_runtime_s")
         row["train_runtime_s"] = job.metrics.get("train_runtime_s")
-        row["best"] = best is not None and job.name == best.name
+        row["best"] = job.name in best_jobs
+        interval = assessment.interval(job)
+        row.update(_interval_cells("per_pair", interval))
+        comparison = assessment.jobs.comparisons.get(job.name)
+        difference = comparison.difference if comparison is not None else None
+        row.update(_interval_cells("vs_top", difference))
+        row["separated_from_top"] = comparison.separated if comparison is not None else None
+        row["pairs_needed"] = comparison.pairs_needed if comparison is not None else None
+        row["setting"] = assessment.setting_of.get(job.name)
+        row["note"] = assessment.non_finite.get(job.name) or assessment.notes.get(job.name)
         row["wandb_run"] = _wandb_id(job.path)
         row["error"] = job.error
         row["path"] = str(job.path)
         table.append(row)
     return table
+
+
+def _interval_cells(prefix: str, interval: Interval | None) -> dict[str, Any]:
+    if interval is None:
+        return {f"{prefix}/{k}": None for k in ("value", "low", "high", "n")}
+    low = interval.low if interval.bounded else None
+    high = interval.high if interval.bounded else None
+    return {f"{prefix}/value": interval.value, f"{prefix}/low": low, f"{prefix}/high": high,
+            f"{prefix}/n": interval.n}  # fmt: skip
 
 
 def _wandb_id(path: Path) -> str | None:
@@ -82,20 +109,15 @@ def _cell(value: Any) -> str:
 
 
 def markdown(sweep: Sweep, table: list[dict[str, Any]], plots: list[Path]) -> str:
-    """results.md: the best job first, then the table, failures and plots."""
-    best = sweep.best()
+    """results.md: the verdict first, then the table, the intervals, the seed groups, failures and plots."""
     metric, column = sweep.objective.metric, sweep.metric_column
+    assessment = sweep.assessment
     failed = [j for j in sweep.jobs if j.status != "completed"]
     lines = [f"# Sweep {sweep.path.name}", ""]
     lines.append(f"{len(sweep.jobs)} jobs ({len(sweep.jobs) - len(failed)} completed, {len(failed)} not), "
                  f"swept: {', '.join(sweep.swept) or 'nothing'}. Objective: held-out `{metric}`, "
                  f"{sweep.objective.direction.value}d.")  # fmt: skip
-    lines.append("")
-    if best is None:
-        lines.append("**No completed job has a finite objective value: no best job.**")
-    else:
-        lines.append(f"**Best job: `{best.name}` ({sweep.label(best)}), {column} = "
-                     f"{_cell(best.eval_metric(metric))}**, run folder `{best.path}`")  # fmt: skip
+    lines += ["", *verdict_lines(sweep, assessment)]
     optuna = sweep.path / "optimization_results.yaml"
     if optuna.is_file():
         result = OmegaConf.to_container(OmegaConf.load(optuna))
@@ -111,34 +133,311 @@ def markdown(sweep: Sweep, table: list[dict[str, Any]], plots: list[Path]) -> st
         if row["best"]:
             cells[0] = f"**{cells[0]}** (best)"
         lines.append("| " + " | ".join(cells) + " |")
-    if failed:
+    lines += interval_lines(sweep, assessment)
+    lines += seed_lines(sweep, assessment)
+    if failed or assessment.non_finite:
         lines += ["", "## Jobs that did not complete", ""]
         lines += [f"- `{j.name}` ({sweep.label(j)}): {j.status}: {_cell(j.error)}" for j in failed]
+        for name, why in assessment.non_finite.items():
+            label = sweep.label(sweep.job(name))
+            lines.append(
+                f"- `{name}` ({label}): completed, non-finite objective, treated as failed: {_cell(why)}"
+            )
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.stem}]({p.relative_to(sweep.path).as_posix()})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
+def _pct(level: float) -> str:
+    return f"{level:.0%}"
+
+
+def _name(sweep: Sweep, contender: Contender, unit: str) -> str:
+    """```1` (beta=0.1,r=16)`` for a job, ``beta=0.1 (jobs `0`, `2`)`` for a setting."""
+    if unit == "setting":
+        jobs = ", ".join(f"`{j}`" for j in contender.jobs)
+        return f"{contender.name} (job{'s' if len(contender.jobs) > 1 else ''} {jobs})"
+    return f"`{contender.name}` ({sweep.label(sweep.job(contender.name))})"
+
+
+def _ranked(contender: Contender, unit: str) -> str:
+    """The contender's value with its interval: over seeds for a setting, over pairs for a job."""
+    if unit == "setting" and contender.seeds is not None:
+        text = f"mean over seeds {contender.seeds.text()}"
+        if contender.interval is not None:
+            text += f"; per pair (seed-averaged) {contender.interval.text()}"
+        return text
+    if contender.interval is not None:
+        return f"per pair {contender.interval.text()}"
+    return f"{_cell(contender.value)} ({contender.note or 'no interval'})"
+
+
+def _reported(job: Job, contender: Contender, metric: str) -> float:
+    """The job's held-out metric as TRL reported it (the per-pair mean where it reported none)."""
+    value = job.eval_metric(metric)
+    return value if value is not None else contender.value
+
+
+def _best_job_line(sweep: Sweep, job: Job, contender: Contender) -> str:
+    value = _cell(_reported(job, contender, sweep.objective.metric))
+    head = f"**Best job: `{job.name}` ({sweep.label(job)}), {sweep.metric_column} = {value}**"
+    return f"{head}, run folder `{job.path}`"
+
+
+def verdict_lines(sweep: Sweep, assessment: Assessment) -> list[str]:
+    """The verdict in words: the best job (or setting), or which ones the top one ties with and what would
+    separate them."""
+    verdict, metric = assessment.verdict, sweep.objective.metric
+    top, unit, pct = verdict.top, verdict.unit, _pct(verdict.level)
+    if top is None:
+        return ["**No completed job has a finite objective value: no best job.**"]
+    ties = " (ties count half)" if metric == "rewards/accuracies" else ""
+    if verdict.mode == "value":
+        why = (top.note or "no per-pair records").capitalize()
+        why += ": ranked by the held-out value alone, with no interval; the first job wins a tie."
+        return [_best_job_line(sweep, sweep.job(top.name), top), "", why]
+    if verdict.best is not None:
+        if unit == "job":
+            headline = _best_job_line(sweep, sweep.job(top.name), top)
+        else:
+            seeds = f"mean over {len(top.seed_values)} seed{'s' if len(top.seed_values) > 1 else ''}"
+            headline = (
+                f"**Best setting: {_name(sweep, top, unit)}, {sweep.metric_column} = {_cell(top.value)}"
+            )
+            headline += f" ({seeds})**"
+        text = f"Held-out `{metric}`{ties}: {_ranked(top, unit)}."
+        if verdict.comparisons:
+            closest = min(verdict.comparisons.values(), key=lambda c: abs(_difference_value(c)))
+            other = _name(sweep, verdict.contender(closest.name), unit)
+            text += f" Separated at {pct} from every other {unit}; the closest, {other}: "
+            text += f"{_difference_text(closest)}."
+        else:
+            text += " It is the only contender."
+        return [headline, "", text]
+    tied = verdict.tied_with_best
+    others = f"{len(tied)} other {unit}{'s' if len(tied) > 1 else ''}"
+    headline = f"**No best {unit} at {pct}: {_name(sweep, top, unit)} is top by held-out `{metric}`"
+    headline += f" but cannot be told apart from {others}.**"
+    lines = [headline, "", f"Top: {_ranked(top, unit)}{ties}. Cannot be told apart from it at {pct}:", ""]
+    for name in tied:
+        comparison = verdict.comparisons[name]
+        reasons = "; ".join(comparison.reasons)
+        lines.append(
+            f"- {_name(sweep, verdict.contender(name), unit)}: {_difference_text(comparison)}: {reasons}"
+        )
+    return [*lines, "", _advice(verdict)]
+
+
+def _difference_value(comparison: Comparison) -> float:
+    difference = comparison.difference or comparison.seed_difference
+    return difference.value if difference is not None else math.inf
+
+
+def _difference_text(comparison: Comparison) -> str:
+    """``difference -0.050 [-0.200, 0.100] over 40 shared pairs; over seeds ...``."""
+    parts = []
+    if comparison.difference is not None:
+        parts.append(f"difference {_interval_only(comparison.difference)} over {comparison.difference.n} "
+                     "shared pairs")  # fmt: skip
+    if comparison.seed_difference is not None:
+        parts.append(f"over seeds {_interval_only(comparison.seed_difference)}")
+    return "; ".join(parts) or "no paired difference"
+
+
+def _interval_only(interval: Interval) -> str:
+    """``0.611 [0.470, 0.750]`` (Interval.text without the n)."""
+    return interval.text().rsplit(", n=", 1)[0]
+
+
+def _advice(verdict: Verdict) -> str:
+    """What would separate the tied ones: held-out pairs (for the closest and the farthest), or seeds."""
+    open_ = [c for c in verdict.comparisons.values() if not c.separated]
+    needed = {c.name: c.pairs_needed for c in open_ if c.pairs_needed}
+    seeds = [c.seeds_needed for c in open_ if c.seeds_needed]
+    parts = []
+    if needed:
+        fewest, most = min(needed, key=needed.__getitem__), max(needed, key=needed.__getitem__)
+        text = (
+            f"about {needed[fewest]} held-out pairs (the sweep has {verdict.held_out_pairs}) for a difference"
+        )
+        text += f" the size of `{fewest}`'s" + (f", {needed[most]} for `{most}`'s" if most != fewest else "")
+        parts.append(text)
+    if seeds:
+        parts.append(f"about {max(seeds)} seeds per setting to separate them over seeds")
+    elif verdict.unit == "job":
+        parts.append("more seeds (`seed=0,1,2`), to see whether a difference outlasts training randomness")
+    if not parts:
+        return "Nothing observed separates them: their results are the same on every shared pair."
+    return f"What would separate them: {'; or '.join(parts)}."
+
+
+def interval_lines(sweep: Sweep, assessment: Assessment) -> list[str]:
+    """## How sure: each job's objective over the held-out pairs and its paired difference to the top."""
+    verdict = assessment.jobs
+    if verdict.mode != "intervals":
+        return []
+    pct, top = _pct(verdict.level), verdict.top
+    lines = ["", f"## How sure: {pct} intervals over the held-out pairs", "",
+             f"Each job's held-out `{sweep.objective.metric}` as the mean of its per-pair records "
+             f"(`heldout_pairs_after.jsonl`) with a {pct} percentile bootstrap interval over the pairs, and "
+             f"its paired difference to the top job `{top.name if top else '-'}` over the pairs both share "
+             "(job minus top; separated: the interval excludes 0).", "",
+             "| job | params | per pair | difference to top | separated | pairs needed |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for contender in sorted(verdict.contenders, key=lambda c: c is not top):
+        comparison = verdict.comparisons.get(contender.name)
+        per_pair = contender.interval.text() if contender.interval else contender.note or "no interval"
+        difference, sep, needed = "(top)", "", ""
+        if comparison is not None:
+            difference = (
+                comparison.difference.text() if comparison.difference else "; ".join(comparison.reasons)
+            )
+            sep = "yes" if comparison.separated else "no"
+            needed = _cell(comparison.pairs_needed)
+        cells = [f"`{contender.name}`", _cell(contender.label), per_pair, difference, sep, needed]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def seed_lines(sweep: Sweep, assessment: Assessment) -> list[str]:
+    """## Seeds: each setting's mean over its seeds (t interval) beside its per-pair interval."""
+    if not assessment.by_setting:
+        return []
+    verdict = assessment.verdict
+    pct = _pct(verdict.level)
+    lines = ["", "## Seeds: replication", "",
+             f"`seed` is swept: jobs that differ only in it are one setting. Mean over the seeds with a "
+             f"{pct} t interval (training randomness), beside the per-pair interval of the seed-averaged "
+             "pairs (held-out sampling); the top setting is named best only if both differences to every "
+             "other setting exclude 0.", "",
+             "| setting | jobs | seeds | mean over seeds | per pair (seed-averaged) | vs top over seeds | "
+             "vs top per pair |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for group in assessment.groups:
+        name = assessment.setting_of[group.members[0]]
+        contender = verdict.contender(name)
+        seeds = ", ".join(_cell(s) for s in group.seeds)
+        jobs = ", ".join(f"`{m}`" for m in group.members)
+        if contender is None:
+            lines.append(f"| {name} | {jobs} | {seeds} | no completed seed | | | |")
+            continue
+        comparison = verdict.comparisons.get(name)
+        over_seeds = contender.seeds.text() if contender.seeds else "-"
+        per_pair = contender.interval.text() if contender.interval else contender.note or "-"
+        if comparison is None:
+            vs_seeds = vs_pairs = "(top)"
+        else:
+            vs_seeds = comparison.seed_difference.text() if comparison.seed_difference else "-"
+            vs_pairs = comparison.difference.text() if comparison.difference else "-"
+        lines.append(f"| {name} | {jobs} | {seeds} | {over_seeds} | {per_pair} | {vs_seeds} | {vs_pairs} |")
+    return lines
+
+
 @dataclass
 class Report:
+    """What write_report wrote. ``best``: the job the verdict names best (None when the top job ties with
+    others at 95%, when seeds are swept and a setting is judged instead, or when nothing completed);
+    ``top``: the top-ranked job, tie or not; ``verdict``: the whole verdict (sweep.assessment.verdict)."""
+
     sweep: Sweep
     table: list[dict[str, Any]]
     files: list[Path]
     best: Job | None
+    top: Job | None = None
+    verdict: Verdict | None = None
 
     def summary(self) -> str:
         """The CLI's closing lines."""
-        column = self.sweep.metric_column
-        completed = sum(1 for j in self.sweep.jobs if j.status == "completed")
-        lines = [f"sweep {self.sweep.path}: {len(self.sweep.jobs)} jobs, {completed} completed"]
-        if self.best is None:
+        sweep, column, metric = self.sweep, self.sweep.metric_column, self.sweep.objective.metric
+        verdict = sweep.assessment.verdict
+        completed = sum(1 for j in sweep.jobs if j.status == "completed")
+        lines = [f"sweep {sweep.path}: {len(sweep.jobs)} jobs, {completed} completed"]
+        top = verdict.top
+        if top is None:
             lines.append(f"no completed job with a finite {column}")
+        elif verdict.unit == "setting":
+            named = (
+                "best setting"
+                if verdict.best is not None
+                else f"no best setting at {_pct(verdict.level)}: top"
+            )
+            line = f"{named} {top.name} (jobs {', '.join(top.jobs)}): {column} {_ranked(top, 'setting')}"
+            if verdict.best is None:
+                line += f"; cannot be told apart from {', '.join(verdict.tied_with_best)}"
+            lines.append(line)
         else:
-            value = self.best.eval_metric(self.sweep.objective.metric)
-            lines.append(f"best job {self.best.name} ({self.sweep.label(self.best)}): {column} = {value:.4f}")
-        lines.append(f"report: {self.sweep.path / 'results.md'}")
+            job = sweep.job(top.name)
+            value = f"{column} = {_reported(job, top, metric):.4f}"
+            if top.interval is not None:
+                value += f" (per pair {top.interval.text()})"
+            if verdict.best is not None:
+                lines.append(f"best job {job.name} ({sweep.label(job)}): {value}")
+            else:
+                tied = ", ".join(verdict.tied_with_best)
+                head = f"no best job at {_pct(verdict.level)}: top job {job.name} ({sweep.label(job)})"
+                lines.append(f"{head}: {value}; cannot be told apart from jobs {tied}")
+        lines.append(f"report: {sweep.path / 'results.md'}")
         return "\n".join(lines)
+
+
+def summary_json(sweep: Sweep) -> dict[str, Any]:
+    """report.json: the objective, the verdict, every job's interval and difference, the seed groups."""
+    assessment = sweep.assessment
+    verdict, jobs = assessment.verdict, assessment.jobs
+
+    def job_entry(job: Job | None) -> dict[str, Any] | None:
+        if job is None:
+            return None
+        contender = jobs.contender(job.name)
+        interval = contender.interval.to_dict() if contender and contender.interval else None
+        return {"job": job.name, "path": str(job.path), "value": job.eval_metric(sweep.objective.metric),
+                "params": {k: job.value(k) for k in sweep.swept}, "interval": interval}  # fmt: skip
+
+    best = sweep.job(verdict.best.name) if verdict.best is not None and verdict.unit == "job" else None
+    top = sweep.job(jobs.top.name) if jobs.top is not None else None
+    per_job = {}
+    for job in sweep.jobs:
+        contender = jobs.contender(job.name)
+        comparison = jobs.comparisons.get(job.name)
+        entry: dict[str, Any] = {
+            "status": job.status,
+            "params": {k: job.value(k) for k in sweep.swept},
+            "reported": job.eval_metric(sweep.objective.metric),
+            "value": contender.value if contender is not None else None,
+            "interval": contender.interval.to_dict() if contender and contender.interval else None,
+            "top": contender is not None and contender is jobs.top,
+            "setting": assessment.setting_of.get(job.name),
+            "non_finite": assessment.non_finite.get(job.name),
+            "note": assessment.notes.get(job.name),
+        }
+        entry.update(comparison.to_dict() if comparison is not None else {
+            "difference_to_top": None, "seed_difference_to_top": None, "separated_from_top": None,
+            "pairs_needed": None, "seeds_needed": None, "why": None})  # fmt: skip
+        per_job[job.name] = entry
+    groups = []
+    for group in assessment.groups:
+        name = assessment.setting_of[group.members[0]]
+        contender = verdict.contender(name)
+        comparison = verdict.comparisons.get(name)
+        groups.append({
+            "setting": name, "params": dict(group.settings), "jobs": list(group.members),
+            "seeds": list(group.seeds),
+            "contending_jobs": list(contender.jobs) if contender else [],
+            "mean_over_seeds": contender.seeds.to_dict() if contender and contender.seeds else None,
+            "per_pair": contender.interval.to_dict() if contender and contender.interval else None,
+            **(comparison.to_dict() if comparison is not None else {"top": contender is verdict.top}),
+        })  # fmt: skip
+    return {
+        "objective": {"metric": sweep.objective.metric, "direction": sweep.objective.direction.value},
+        "swept": sweep.swept,
+        "jobs": len(sweep.jobs),
+        "completed": sum(1 for j in sweep.jobs if j.status == "completed"),
+        "best": job_entry(best),
+        "top": job_entry(top),
+        "verdict": {**verdict.to_dict(), "text": " ".join(verdict_lines(sweep, assessment)[:1]).strip("*")},
+        "per_job": per_job,
+        "seed_groups": groups,
+    }
 
 
 def write_report(sweep_dir: Path | str, metric: str | None = None, direction: str | None = None) -> Report:
@@ -156,17 +455,12 @@ def write_report(sweep_dir: Path | str, metric: str | None = None, direction: st
     csv_path, md_path, json_path = (sweep.path / n for n in ("results.csv", "results.md", "report.json"))
     write_csv(table, csv_path)
     md_path.write_text(markdown(sweep, table, plots))
-    best = sweep.best()
-    json_path.write_text(json.dumps({
-        "objective": {"metric": sweep.objective.metric, "direction": sweep.objective.direction.value},
-        "swept": sweep.swept,
-        "jobs": len(sweep.jobs),
-        "completed": sum(1 for j in sweep.jobs if j.status == "completed"),
-        "best": None if best is None else {"job": best.name, "path": str(best.path),
-                                           "value": best.eval_metric(sweep.objective.metric),
-                                           "params": {k: best.value(k) for k in sweep.swept}},
-    }, indent=2, default=str))  # fmt: skip
-    return Report(sweep, table, [csv_path, md_path, json_path, *plots], best)
+    json_path.write_text(json.dumps(summary_json(sweep), indent=2, default=str))
+    verdict = sweep.assessment.verdict
+    best = sweep.job(verdict.best.name) if verdict.best is not None and verdict.unit == "job" else None
+    top_job = sweep.assessment.jobs.top
+    top = sweep.job(top_job.name) if top_job is not None else None
+    return Report(sweep, table, [csv_path, md_path, json_path, *plots], best, top, verdict)
 
 
 class SweepReportCallback(Callback):

@@ -1,12 +1,15 @@
-"""A finished sweep read back from its run folders: the jobs, their swept values, status, metrics and
-curves, and the objective that ranks them (no network, no W&B API)."""
+"""A finished sweep read back from its run folders: the jobs, their swept values, status, metrics, curves and
+per-pair held-out records, the objective that ranks them, and how sure that ranking is (no network, no W&B
+API): :attr:`Sweep.assessment`."""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,25 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab.config.choices import Direction
+from dpo_lab.config.pruning import SWEEPER_KEYS
 from dpo_lab.config.schemas import OBJECTIVE_METRICS, ObjectiveSettings
 from dpo_lab.runs.history import read_history
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.naming import format_value
-from dpo_lab.sweep.objective import better
+from dpo_lab.stats import (
+    LEVEL,
+    RESAMPLES,
+    Interval,
+    SeedGroup,
+    across_seeds,
+    bootstrap_interval,
+    finite_array,
+    seed_groups,
+)
+from dpo_lab.sweep.objective import Contender, Verdict, better, decide, per_pair_field
+
+PAIRS_PHASE = "after"  # the per-pair records a sweep is judged by: the held-out evaluation after training
+SEED_KEY = "seed"  # a swept seed is replication: jobs that differ only in it are one setting
 
 
 class ReportError(ValueError):
@@ -37,10 +54,39 @@ class Job:
     config: DictConfig | None
     metrics: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] | None = None  # heldout_pairs_after.jsonl; None: no such file (older runs)
+    pairs_error: str | None = None  # the file is there but unreadable
 
     @property
     def error(self) -> str | None:
         return self.metrics.get("error")
+
+    def pair_values(self, metric: str) -> tuple[dict[str, float] | None, str | None]:
+        """``({pair id: value}, None)``: the per-pair values whose mean is ``metric`` (a pair id seen again
+        in the same file is keyed ``<id>#1``, ``#2``...); or ``(None, why there are none)``."""
+        name = per_pair_field(metric)
+        if name is None:
+            return None, f"no per-pair interval for `{metric}` (per-pair records give accuracy, margin, loss)"
+        if self.pairs_error is not None:
+            return None, self.pairs_error
+        if self.pairs is None:
+            return None, "no per-pair records"
+        if not self.pairs:
+            return None, "no per-pair records (empty file)"
+        values: dict[str, float] = {}
+        seen: dict[str, int] = {}
+        for record in self.pairs:
+            pair = str(record.get("pair_id"))
+            repeat = seen.get(pair, 0)
+            seen[pair] = repeat + 1
+            value = record.get(name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                return None, f"per-pair `{name}` not recorded"
+            margin = record.get("margin")
+            if name == "correct" and isinstance(margin, float) and not math.isfinite(margin):
+                value = math.nan  # a NaN margin is no wrong answer: refused below as non-finite
+            values[pair if repeat == 0 else f"{pair}#{repeat}"] = float(value)
+        return values, None
 
     def eval_metric(self, metric: str) -> float | None:
         """A final held-out metric (``loss``, ``rewards/accuracies``...), None when there is none."""
@@ -68,7 +114,8 @@ class Sweep:
         return f"eval/{self.objective.metric}"
 
     def best(self) -> Job | None:
-        """The completed job with the best finite objective metric (the first one on ties)."""
+        """The completed job with the best finite objective metric (the first one on ties), by value alone:
+        whether it is told apart from the others is :attr:`assessment`'s verdict."""
         best: Job | None = None
         for job in self.jobs:
             value = job.eval_metric(self.objective.metric)
@@ -83,6 +130,121 @@ class Sweep:
         """``beta=0.05,r=8`` from a job's swept values (the job number alone when nothing varies)."""
         parts = [f"{key.rsplit('.', 1)[-1]}={short_value(job.value(key))}" for key in self.swept]
         return ",".join(parts) or f"job {job.name}"
+
+    def setting_label(self, job: Job) -> str:
+        """The job's label without its seed: the name of its setting when seeds are swept."""
+        parts = [f"{k.rsplit('.', 1)[-1]}={short_value(job.value(k))}" for k in self.swept if k != SEED_KEY]
+        return ",".join(parts) or "all"
+
+    def job(self, name: str) -> Job:
+        return next(j for j in self.jobs if j.name == name)
+
+    @cached_property
+    def assessment(self) -> Assessment:
+        """How sure the ranking is, at 95% (see :func:`assess`)."""
+        return assess(self)
+
+
+@dataclass
+class Assessment:
+    """The intervals of a sweep and its verdict.
+
+    ``jobs``: every contending job (completed, finite objective) with its per-pair interval, against the
+    top job (paired differences). ``verdict``: what decides: ``jobs`` itself, or, when the seed is swept,
+    the settings (jobs that differ only in seed, their means across seeds). ``notes``: why a job has no
+    interval; ``non_finite``: completed jobs whose objective is NaN or infinite (treated as failed, never
+    ranked); ``groups``: the seed groups (empty unless the seed is swept); ``setting_of``: a job's setting.
+    """
+
+    jobs: Verdict
+    verdict: Verdict
+    notes: dict[str, str]
+    non_finite: dict[str, str]
+    groups: list[SeedGroup]
+    setting_of: dict[str, str]
+
+    @property
+    def by_setting(self) -> bool:
+        return self.verdict.unit == "setting"
+
+    def interval(self, job: Job) -> Interval | None:
+        contender = self.jobs.contender(job.name)
+        return contender.interval if contender is not None else None
+
+
+def assess(sweep: Sweep, *, level: float = LEVEL, seed: int = 0, resamples: int = RESAMPLES) -> Assessment:
+    """Each completed job's objective with its interval over the held-out pairs (its
+    ``heldout_pairs_after.jsonl``), the paired difference of each to the top job, the seed groups and the
+    verdict. A job without per-pair records is ranked by its held-out metric alone; where no job has any
+    (older runs) and no seed is swept, the top job is named best by value, as before intervals."""
+    metric, direction = sweep.objective.metric, sweep.objective.direction
+    notes: dict[str, str] = {}
+    non_finite: dict[str, str] = {}
+    contenders: list[Contender] = []
+    for job in sweep.jobs:
+        if job.status != "completed":
+            continue
+        reported = job.eval_metric(metric)
+        if reported is not None and not math.isfinite(reported):
+            non_finite[job.name] = f"held-out {metric} = {reported}"
+            continue
+        pairs, note = job.pair_values(metric)
+        interval = None
+        if pairs is not None:
+            try:
+                finite_array(pairs.values(), f"per-pair {per_pair_field(metric)}", list(pairs))
+            except ValueError as err:
+                non_finite[job.name] = str(err)
+                continue
+            interval = bootstrap_interval(pairs.values(), seed=seed, resamples=resamples, level=level)
+        value = interval.value if interval is not None else reported
+        if value is None:
+            notes[job.name] = f"no held-out {metric} reported"
+            continue
+        if note is not None:
+            notes[job.name] = note
+        contenders.append(
+            Contender(job.name, sweep.label(job), (job.name,), value, pairs, interval, note=note)
+        )
+    jobs = decide(contenders, direction, level=level, seed=seed, resamples=resamples)
+    groups: list[SeedGroup] = []
+    setting_of: dict[str, str] = {}
+    verdict = jobs
+    if SEED_KEY in sweep.swept:
+        groups = seed_groups(
+            {j.name: {k: j.value(k) for k in sweep.swept} for j in sweep.jobs}, seed_key=SEED_KEY
+        )
+        if any(len(g.members) > 1 for g in groups):
+            settings = []
+            for group in groups:
+                name = sweep.setting_label(sweep.job(group.members[0]))
+                if name in setting_of.values():  # two settings that print alike (3 significant digits)
+                    name = f"{name} ({group.members[0]})"
+                setting_of.update({member: name for member in group.members})
+                members = [c for c in contenders if c.name in group.members]
+                if members:
+                    settings.append(_setting(name, members, level=level, seed=seed, resamples=resamples))
+            verdict = decide(settings, direction, unit="setting", level=level, seed=seed, resamples=resamples)
+        else:
+            groups = []
+    return Assessment(jobs, verdict, notes, non_finite, groups, setting_of)
+
+
+def _setting(name: str, members: list[Contender], *, level: float, seed: int, resamples: int) -> Contender:
+    """One setting from its seeds' jobs: the mean over seeds (t interval), and its per-pair values averaged
+    over the seeds, pair by pair, over the pairs every seed has (bootstrap interval)."""
+    seed_values = tuple(m.value for m in members)
+    pairs = interval = None
+    note = next((m.note for m in members if m.pairs is None), None)
+    if note is None:
+        ids = set.intersection(*(set(m.pairs) for m in members))  # type: ignore[arg-type]
+        if ids:
+            pairs = {i: statistics.fmean(m.pairs[i] for m in members) for i in sorted(ids)}  # type: ignore[index]
+            interval = bootstrap_interval(pairs.values(), seed=seed, resamples=resamples, level=level)
+        else:
+            note = "its seeds share no held-out pairs"
+    return Contender(name, name, tuple(m.name for m in members), statistics.fmean(seed_values), pairs,
+                     interval, seed_values, across_seeds(seed_values, level=level), note)  # fmt: skip
 
 
 def short_value(value: Any) -> str:
@@ -122,14 +284,34 @@ def load_job(path: Path) -> Job:
     metrics_file = RunLayout(path).metrics
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     status = metrics.get("status", "missing")
-    return Job(path.name, path, status, overrides, config, metrics, read_history(path))
+    pairs, pairs_error = read_pairs(RunLayout(path).heldout_pairs(PAIRS_PHASE))
+    return Job(path.name, path, status, overrides, config, metrics, read_history(path), pairs, pairs_error)
+
+
+def read_pairs(file: Path) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The records of a ``heldout_pairs_<phase>.jsonl`` (None when there is no file), or why it is unreadable
+    (the report goes on without them)."""
+    if not file.is_file():
+        return None, None
+    records = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            return None, f"unreadable per-pair records ({file.name}:{number}: {err.msg})"
+        if not isinstance(record, dict) or "pair_id" not in record:
+            return None, f"unreadable per-pair records ({file.name}:{number}: no pair_id)"
+        records.append(record)
+    return records, None
 
 
 def swept_keys(jobs: Sequence[Job]) -> list[str]:
     """Override keys whose value differs between jobs, in command-line order (all of them for one job)."""
     keys: list[str] = []
-    for job in jobs:
-        keys += [k for k in job.overrides if k not in keys]
+    for job in jobs:  # the trial a sweeper hands each job (prune.trial...) is bookkeeping, not a setting
+        keys += [k for k in job.overrides if k not in keys and k not in SWEEPER_KEYS]
     if len(jobs) < 2:
         return keys
     return [k for k in keys if len({repr(job.overrides.get(k)) for job in jobs}) > 1]

@@ -25,7 +25,15 @@ from dpo_lab.runs.redaction import REDACTED, is_secret_key, redact
 from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.batching import PAIR_ID_COLUMNS, dpo_length_sampler, pair_token_lengths
 from dpo_lab.train.library import TrainerHooks, pending_metrics, set_logged_train_tokens
-from dpo_lab.train.losses import PairLogps, custom_loss, is_custom, plan_losses, sequence_logps
+from dpo_lab.train.losses import (
+    PairLogps,
+    PairLoss,
+    custom_loss,
+    is_custom,
+    plan_losses,
+    sequence_logps,
+    sigmoid_dpo,
+)
 
 
 def build_dpo_args(
@@ -149,8 +157,9 @@ class PreparedDatasets:
 MicroBatchObserver = Callable[[int, torch.Tensor, Mapping[str, Any]], None]
 
 
-# Called with (mode, the batch's log-probs, chosen rewards, rejected rewards) after each loss computation.
-PairObserver = Callable[[str, PairLogps, torch.Tensor, torch.Tensor], None]
+# Called with (mode, the batch's log-probs, chosen rewards, rejected rewards, per-pair losses or None) after
+# each loss computation; in evaluation the values of every process, in the data's order.
+PairObserver = Callable[[str, PairLogps, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
 
 
 class DPOTrainer(TrainerHooks):
@@ -205,10 +214,38 @@ class DPOTrainer(TrainerHooks):
                 self.beta * logps.chosen_logratios.detach(),
                 self.beta * logps.rejected_logratios.detach(),
             )
-        mode = "train" if self.model.training else "eval"
-        for observe in self.pair_observers:
-            observe(mode, logps, chosen, rejected)
+        if self.pair_observers:
+            self._show_pairs(logps, chosen, rejected, first)
         return (loss, outputs) if return_outputs else loss
+
+    def _show_pairs(self, logps: PairLogps, chosen: Any, rejected: Any, first: PairLoss | None) -> None:
+        """The batch's per-pair values to the pair observers; in evaluation gathered across processes, in
+        the data's order (accelerate's gather_for_metrics drops the padding of the last batch)."""
+        losses = (
+            first.losses.detach()
+            if first is not None and self.loss_plan.all_custom
+            else self._trl_pair_losses(logps)
+        )
+        mode = "train" if self.model.training else "eval"
+        if mode == "eval":
+            gather = self.accelerator.gather_for_metrics
+            logps = PairLogps(*(gather(t.detach()) for t in dataclasses.astuple(logps)))
+            chosen, rejected = gather(chosen), gather(rejected)
+            losses = gather(losses) if losses is not None else None
+        for observe in self.pair_observers:
+            observe(mode, logps, chosen, rejected, losses)
+
+    def _trl_pair_losses(self, logps: PairLogps) -> torch.Tensor | None:
+        """Each pair's loss where it is TRL's plain ``sigmoid`` (DPO); None for other TRL losses, whose
+        per-pair value dpo_lab does not recompute."""
+        plain = (
+            list(self.loss_types) == ["sigmoid"] and list(self.loss_weights) == [1.0]
+            and self.f_divergence_type == "reverse_kl"
+            and not self.use_weighting and not self.aux_loss_enabled
+        )  # fmt: skip
+        if not plain:
+            return None
+        return sigmoid_dpo(logps, DPOSettings(beta=self.beta)).losses.detach()
 
     def with_reference(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The batch with its reference log-probs: those it carries, or TRL's reference forward (the base

@@ -1,4 +1,5 @@
-"""The real Anthropic HH-RLHF file (harmless-base test, 2,312 rows): every row parses; the preset loads it."""
+"""The real Anthropic HH-RLHF data that ships (the first 1,200 rows of the harmless-base test split): every
+row parses; the preset loads it."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _hh_file() -> None:
     require_hh_data()
 
 
-HH_ROWS = 2312
+HH_ROWS = 1200  # of the split's 2,312 (dpo_lab/assets/hh_rlhf/SOURCE.json)
 # rows whose chosen transcript ends with an empty "Assistant:" turn: parsed, then refused as empty responses
 EMPTY_CHOSEN_LINES = [87, 517, 926, 1104]
 
@@ -59,7 +60,7 @@ def test_every_row_parses_into_a_conversational_pair() -> None:
         assert pair.chosen["content"] and pair.rejected["content"]
         assert all(m["content"] == m["content"].strip() for m in pair.prompt)
     multi_turn = sum(len(p.prompt) > 1 for p in pairs)
-    assert multi_turn == 1649  # rows whose prompt holds earlier turns of the conversation
+    assert multi_turn == 843  # rows whose prompt holds earlier turns of the conversation
 
 
 def test_first_row_in_detail() -> None:
@@ -95,9 +96,19 @@ def test_hh_preset_on_the_shared_file_drops_and_counts() -> None:
     assert len(data.eval) == round(0.1 * (HH_ROWS - 4))
 
 
-def test_hh_preset_names_the_hub_dataset() -> None:
+def test_hh_preset_reads_the_shipped_slice_and_carves_its_held_out_pairs() -> None:
     run_cfg = to_run_config(compose_config(["data=hh_rlhf"]))
-    assert run_cfg.data.path == "Anthropic/hh-rlhf"
+    assert Path(run_cfg.data.path) == HH_DATA and Path(run_cfg.data.path).is_file()
+    assert (run_cfg.data.test_split, run_cfg.data.test_size) == (None, 0.1)
+    data = load_preference_data(run_cfg.data, seed=0)
+    assert len(data.train) + len(data.eval) == HH_ROWS - 4 and len(data.eval) == round(0.1 * (HH_ROWS - 4))
+
+
+def test_the_hub_is_one_override_away() -> None:
+    overrides = ["data=hh_rlhf", "data.path=Anthropic/hh-rlhf", "data.data_dir=harmless-base",
+                 "data.test_split=test", "data.test_size=null"]  # fmt: skip
+    run_cfg = to_run_config(compose_config(overrides))
+    assert (run_cfg.data.path, run_cfg.data.data_dir) == ("Anthropic/hh-rlhf", "harmless-base")
     assert (run_cfg.data.split, run_cfg.data.test_split) == ("train", "test")
 
 

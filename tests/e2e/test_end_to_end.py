@@ -16,6 +16,7 @@ from tests.helpers import run_cli
 
 ARTIFACTS = [
     "config.yaml", ".hydra/config.yaml", "metrics.json", "README.md", "run.log", "wandb_run.json",
+    "heldout_pairs_before.jsonl", "heldout_pairs_after.jsonl",
     "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/README.md",
     "adapter/tokenizer.json", "adapter/tokenizer_config.json",
 ]  # fmt: skip
@@ -54,6 +55,50 @@ def test_default_run_learns(default_run: Path) -> None:
     assert after["eval_loss"] < before["eval_loss"] - 0.3
     assert before["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 0
     assert metrics["tokens_per_second"] > 0 and metrics["peak_memory_mb"] > 0
+
+
+@pytest.mark.slow
+def test_held_out_numbers_carry_their_interval_and_chance_reads_as_chance(default_run: Path) -> None:
+    """Per-pair records from the evaluations the Trainer ran; their means are TRL's held-out metrics; every
+    held-out number gets a 95% interval and n; "before" (policy == reference, every margin 0) reads 0.5."""
+    metrics = json.loads((default_run / "metrics.json").read_text())
+    pairs = {
+        phase: [
+            json.loads(line)
+            for line in (default_run / f"heldout_pairs_{phase}.jsonl").read_text().splitlines()
+        ]
+        for phase in ("before", "after")
+    }
+    n = len(pairs["after"])
+    assert n == len(pairs["before"]) > 10
+    assert [r["pair_id"] for r in pairs["before"]] == [r["pair_id"] for r in pairs["after"]]
+    assert len({r["pair_id"] for r in pairs["after"]}) == n
+    after, before = metrics["eval"], metrics["eval_before"]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    # TRL's held-out rewards metrics are means of per-batch means (a short last batch weighs as much as a full
+    # one); the per-pair records give the same numbers batched that way, and the exact means over pairs
+    size = yaml.safe_load((default_run / "config.yaml").read_text())["train"]["per_device_eval_batch_size"]
+    batches = [pairs["after"][i : i + size] for i in range(0, n, size)]
+    by_batch = lambda key: sum(mean(b, key) for b in batches) / len(batches)  # noqa: E731
+    assert by_batch("margin") == pytest.approx(after["eval_rewards/margins"], abs=1e-4)
+    strict = [{"won": float(r["margin"] > 0)} for r in pairs["after"]]  # TRL counts a win only
+    batches_won = [strict[i : i + size] for i in range(0, n, size)]
+    assert sum(mean(b, "won") for b in batches_won) / len(batches_won) == pytest.approx(
+        after["eval_rewards/accuracies"], abs=1e-6
+    )
+    assert {r["correct"] for r in pairs["before"]} == {0.5} and before["eval_rewards/accuracies"] == 0.0
+    heldout = metrics["heldout"]
+    assert heldout["before"]["reward_accuracy"] == {**heldout["before"]["reward_accuracy"], "value": 0.5,
+                                                     "low": 0.5, "high": 0.5, "n": n}  # fmt: skip
+    found = heldout["after"]["reward_accuracy"]
+    assert (
+        found["n"] == n and found["low"] <= found["value"] <= found["high"] and found["low"] < found["high"]
+    )
+    assert found["value"] == pytest.approx(mean(pairs["after"], "correct"))
+    assert heldout["after"]["loss"]["value"] == pytest.approx(after["eval_loss"], abs=1e-4)
+    assert metrics["objective"]["interval"] == found
+    console = json.loads((default_run.parent / "console.json").read_text())["stdout"]
+    assert f"0.500 [0.500, 0.500], n={n}" in console  # the closing table shows chance as chance
 
 
 @pytest.mark.slow

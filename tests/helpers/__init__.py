@@ -15,23 +15,16 @@ from dpo_lab.config.store import register_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-# the real HH-RLHF harmless-base test split, kept beside the repository (../shared/data/), not in it;
-# DPO_LAB_HH_DATA points the tests at another copy
-HH_DATA = Path(
-    os.environ.get("DPO_LAB_HH_DATA")
-    or ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-)
+# real preference data: the slice of the HH-RLHF harmless-base test split that ships in the package
+HH_DATA = ROOT / "dpo_lab" / "assets" / "hh_rlhf" / "harmless-base-test.jsonl.gz"
 
 
 def require_hh_data() -> Path:
-    """The HH-RLHF file, or a failed test saying where it was looked for (never a silent skip)."""
+    """The shipped HH-RLHF slice (a failed test, never a skip, if the package lost it)."""
     import pytest
 
     if not HH_DATA.is_file():
-        pytest.fail(
-            f"the HH-RLHF harmless-base test file is not at {HH_DATA}: put it there (../shared/data/ beside "
-            "the repository) or set DPO_LAB_HH_DATA to its path"
-        )
+        pytest.fail(f"the HH-RLHF slice that ships with dpo_lab is missing: {HH_DATA}")
     return HH_DATA
 
 

@@ -67,8 +67,16 @@ def test_rows_swept_keys_best_and_failures(sweep: Path) -> None:
     assert "**Best job: `1` (beta=0.1,r=16), eval/rewards/accuracies = 0.75**" in md
     assert "`2` (beta=0.5,r=4): failed: ValueError" in md and "`3` (beta=0.5,r=16): missing" in md
     assert "5 jobs (3 completed, 2 not)" in md
+    # no heldout_pairs_after.jsonl (older runs): ranked by value as before, and the report says so
+    assert "No per-pair records: ranked by the held-out value alone, with no interval" in md
+    assert "## How sure" not in md
     summary = json.loads((sweep / "report.json").read_text())
     assert summary["best"]["job"] == "1" and summary["best"]["params"] == {"dpo.beta": 0.1, "lora.r": 16}
+    assert summary["verdict"]["mode"] == "value" and summary["verdict"]["best"] == "1"
+    assert (
+        summary["per_job"]["1"]["interval"] is None
+        and summary["per_job"]["1"]["note"] == "no per-pair records"
+    )
     names = sorted(p.name for p in (sweep / "plots").iterdir())
     assert names == ["curves.png", "rewards_accuracies_vs_dpo.beta.png", "rewards_accuracies_vs_lora.r.png"]
     for name in names:

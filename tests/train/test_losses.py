@@ -135,7 +135,7 @@ def test_custom_rewards_replace_trls_in_the_logged_metrics(tiny, tmp_path) -> No
     trainer, inputs = _trainer(tiny, tmp_path, dpo)
     seen = []
     trainer.pair_observers.append(
-        lambda mode, logps, chosen, rejected: seen.append((chosen, rejected, logps))
+        lambda mode, logps, chosen, rejected, losses: seen.append((chosen, rejected, logps))
     )
     trainer.compute_loss(trainer.model, inputs)
     chosen, rejected, logps = seen[-1]
