@@ -30,11 +30,17 @@ class DataError(ConfigError):
 class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient at a training step; names the step and the last good checkpoint."""
 
-    def __init__(self, step: int, what: str, last_checkpoint: Path | None, passed_over: str = ""):
+    def __init__(
+        self,
+        step: int,
+        what: str,
+        last_checkpoint: Path | None,
+        passed_over: str = "",
+        consequence: str = "stopped before the optimizer step, so no weights took it",
+    ):
         kept = str(last_checkpoint) if last_checkpoint else "none (no checkpoint was saved before this step)"
         super().__init__(
-            f"non-finite {what} at step {step}; stopped before the optimizer step, so no weights took it. "
-            f"Last good checkpoint: {kept}{passed_over}"
+            f"non-finite {what} at step {step}; {consequence}. Last good checkpoint: {kept}{passed_over}"
         )
         self.step = step
         self.what = what

@@ -4,6 +4,7 @@ evaluation, collect the result, save. Each phase is a short function; the logic 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -14,8 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from dpo_lab.config.schemas import ObjectiveSettings, RunConfig
-from dpo_lab.evaluation.prompts import load_task_prompts
+from dpo_lab.config.schemas import ObjectiveSettings, RunConfig, TaskEvalSettings
+from dpo_lab.evaluation.prompts import load_task_prompts, resolve_checker
 from dpo_lab.evaluation.task import evaluate_task
 from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets
 from dpo_lab.model.source import check_source, model_name
@@ -70,6 +71,7 @@ class JobData:
     cache: SweepCache
     data: Any  # PreferenceData
     task_prompts: list
+    task_eval: TaskEvalSettings  # eval with its checker made concrete (auto: from what the data holds)
 
 
 @dataclass
@@ -102,10 +104,15 @@ def run_experiment(
     training = prepare_training(job)
     try:
         build(job, data, tracker, training, name)
+        marks = [("set-up", time.time())]
         train_out, before, after = train_and_evaluate(job, training, tracker)
+        marks.append(("training", time.time()))
         task = evaluate_after_training(job, data, tracker, training)
+        marks.append(("task answers", time.time()))
         reward_kl = evaluate_reward_kl(job, data, tracker, training)
+        marks.append(("reward / KL", time.time()))
         result = collect_result(job, data, training, train_out, before, after, task, reward_kl)
+        result.metrics["phases_s"] = phase_seconds(job.started, marks, before, after)
         save(job, data, training, tracker, result)
     except BaseException as err:
         training.progress.close()
@@ -148,13 +155,15 @@ def load_data(job: Job) -> JobData:
     check_lora_targets(cfg.model, cfg.lora)
     cache = job_cache(cfg.reuse, in_multirun())  # what earlier jobs of a same-process sweep loaded
     tokenizer, data = cache.job_inputs(cfg)
-    task_prompts = load_task_prompts(cfg.eval, cfg.data, data.eval, data.held_out_rows)
-    return JobData(tokenizer, cache, data, task_prompts)
+    task_eval = resolve_checker(cfg.eval, data.held_out_rows, cfg.data)
+    task_prompts = load_task_prompts(task_eval, cfg.data, data.eval, data.held_out_rows)
+    return JobData(tokenizer, cache, data, task_prompts, task_eval)
 
 
 def start_tracking(job: Job, data: JobData) -> tuple[Tracker, str]:
     """The W&B run (or none), with the resolved config and what the run ran on; and the run's name."""
-    name, group = run_identity(job.raw, job.layout.root)
+    name, group, tags = run_identity(job.raw, job.layout.root)
+    logger = dataclasses.replace(job.cfg.logger, tags=[*job.cfg.logger.tags, *tags])
     meta = {
         **describe(),
         "precision": job.precision.value,
@@ -163,7 +172,7 @@ def start_tracking(job: Job, data: JobData) -> tuple[Tracker, str]:
         "versions": framework_versions(),
     }
     tracker = start_tracker(
-        job.cfg.logger, layout=job.layout, config={**job.resolved, "meta": meta}, name=name, group=group
+        logger, layout=job.layout, config={**job.resolved, "meta": meta}, name=name, group=group
     )
     return tracker, name
 
@@ -254,7 +263,7 @@ def evaluate_after_training(job: Job, data: JobData, tracker: Tracker, training:
     if not (is_main_process() or not _plain_ddp(trainer)):
         return {}
     evaluation = evaluate_task(
-        trainer.model, data.tokenizer, data.task_prompts, job.cfg.eval,
+        trainer.model, data.tokenizer, data.task_prompts, data.task_eval,
         step=trainer.state.global_step, seed=job.cfg.seed,
         ahead=job.packed.task_answers if job.packed is not None else None,
     )  # fmt: skip
@@ -293,21 +302,44 @@ def evaluate_reward_kl(job: Job, data: JobData, tracker: Tracker, training: Trai
     return found.summary()
 
 
+def phase_seconds(
+    started: float, marks: list[tuple[str, float]], before: Mapping[str, Any], after: Mapping[str, Any]
+) -> dict[str, float]:
+    """Seconds of each phase of the run (the closing table shows them): from the job's start, each phase
+    until its mark; the held-out evaluations the Trainer ran inside training taken out of it."""
+    phases, last = {}, started
+    for name, at in marks:
+        phases[name], last = at - last, at
+    for name, metrics in (("held-out before", before), ("held-out after", after)):
+        seconds = float(metrics.get("eval_runtime") or 0.0)
+        if seconds:
+            phases[name] = seconds
+            phases["training"] = max(phases["training"] - seconds, 0.0)
+    return {name: round(value, 1) for name, value in phases.items() if value >= 0.05}
+
+
 def open_pruning(job: Job) -> Any:
-    """The job's Optuna trial when ``prune.pruner`` is set (optuna loads only then), else None."""
+    """The job's Optuna trial when ``prune.pruner`` is set (optuna loads only then), else None. A job of a
+    packed sweep goes on with the trial its pack reported to (``PackedOutcome.pruning``), pruned where the
+    pack stopped it: it asks for no second one."""
     if job.cfg.prune.pruner.value == "none":
         return None
     from hydra.core.hydra_config import HydraConfig
 
-    from dpo_lab.sweep.pruning import open_trial
+    from dpo_lab.sweep.pruning import handed_over_trial, open_trial
 
     sweep_dir = Path(HydraConfig.get().sweep.dir) if in_multirun() else None
+    if job.packed is not None and job.packed.pruning is not None:
+        return handed_over_trial(job.cfg.prune, sweep_dir, job.cfg.objective, job.packed.pruning,
+                                 run_dir=job.layout.root)  # fmt: skip
     return open_trial(job.cfg.prune, sweep_dir, job.cfg.objective, run_dir=job.layout.root,
                       overrides=task_overrides())  # fmt: skip
 
 
 def pruning_callbacks(job: Job, training: Training) -> list[Any]:
-    if training.pruning is None:
+    """The callback that reports every evaluation and stops a losing job; none for a job whose pack trained
+    it (the pack reported and judged its evaluations)."""
+    if training.pruning is None or job.packed is not None:
         return []
     from dpo_lab.sweep.pruning import PruningCallback
 
@@ -318,7 +350,8 @@ def pruning_callbacks(job: Job, training: Training) -> list[Any]:
 
 
 def pruned_fields(training: Training) -> dict[str, Any]:
-    """What metrics.json records of pruning (``status: pruned`` and where), nothing without a pruner."""
+    """What metrics.json records of pruning (``status: pruned`` and where), nothing without a pruner; a job
+    of a packed sweep as its pack pruned it (the handed-over trial carries the step)."""
     if training.pruning is None:
         return {}
     from dpo_lab.sweep.pruning import pruned_record

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dpo_lab.cli.common import exit_with_config_error
+from dpo_lab.config.composition import check_composition
 from dpo_lab.config.overrides import check_overrides, dict_overrides_as_force_add
 from dpo_lab.config.resolvers import CONF_PATH, register_resolvers
 from dpo_lab.config.schemas import RunConfig
@@ -38,6 +39,7 @@ from dpo_lab.runtime.processes import (
     export_submitit_env,
     rank_overrides,
 )
+from dpo_lab.runtime.quiet import quiet_notices, quiet_progress_bars
 from dpo_lab.train.resume import resume_overrides
 
 if TYPE_CHECKING:  # torch, trl and transformers load inside a job, after the command line is checked
@@ -63,6 +65,9 @@ def train(cfg: DictConfig, packed: PackedOutcome | None = None) -> float | None:
         return refuse(err, run_dir, in_sweep)
     from dpo_lab.experiment import run_experiment
     from dpo_lab.train.preemption import Terminated, record_interrupted, terminate_as_interrupt
+
+    quiet_notices()  # a launcher's fresh process (submitit) starts here, not in main()
+    quiet_progress_bars()
 
     try:
         with hold_run_folder(run_dir), terminate_as_interrupt():
@@ -129,6 +134,7 @@ def launch_args(args: list[str]) -> list[str]:
 
 def main() -> None:
     """Console entry: friendly one-line errors for bad overrides, then Hydra."""
+    quiet_notices()
     register_configs()
     register_resolvers()
     make_packed_launcher_visible()
@@ -139,6 +145,7 @@ def main() -> None:
         make_config_dirs_importable(sys.argv[1:])
         check_output_dirs(sys.argv[1:])
         sys.argv[1:] = dict_overrides_as_force_add(sys.argv[1:])
+        check_composition(sys.argv[1:])
     except ConfigError as err:
         exit_with_config_error(err)
     train()

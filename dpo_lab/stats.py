@@ -126,8 +126,10 @@ def bootstrap_interval(
     resamples: int = RESAMPLES,
     level: float = LEVEL,
     statistic: Callable[..., Any] = np.mean,
+    unit: str = "pairs",
 ) -> Interval:
-    """The seeded percentile bootstrap of ``statistic`` over ``values`` (one value per pair, shape ``[n]``).
+    """The seeded percentile bootstrap of ``statistic`` over ``values`` (one value per pair, shape ``[n]``;
+    ``unit`` names what one value is, for the method text: pairs, prompts, seeds).
 
     ``resamples`` times, draw n values with replacement (numpy's PCG64 seeded with ``seed``) and take the
     statistic; the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those.
@@ -148,7 +150,7 @@ def bootstrap_interval(
         raise ValueError(f"bootstrap_interval: resamples must be >= 1, got {resamples}")
     stats = _resampled(array, statistic, seed=seed, resamples=resamples)
     low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    method = f"percentile bootstrap over pairs, {resamples} resamples, seed {seed}"
+    method = f"percentile bootstrap over {unit}, {resamples} resamples, seed {seed}"
     return Interval(value, float(low), float(high), n, method, level)
 
 

@@ -157,3 +157,68 @@ def test_cpu_isa_limit_reruns_the_harness_with_the_limit_in_its_environment(monk
     assert len(calls) == 1  # already limited (the re-run itself): no second exec
     with pytest.raises(SystemExit):
         compare.parse_args(["--cpu-isa", "sse"])  # only the limits it knows
+
+
+def test_pruning_benchmark_commands_and_comparison() -> None:
+    """benchmarks/pruning.py: each mode's sweep is the same 16-job grid, the pruned ones with the pruner
+    chosen up front, the packed ones through the packed launcher; every override is a real key; the
+    comparison divides the unpruned sweep's cost by the pruned one's and checks the issue's targets."""
+    from benchmarks.pruning import MODES, SMOKE, Sizes, compare, parse_args, sizes_of, sweep_overrides
+
+    sizes = Sizes()
+    assert sizes.jobs == 16 and SMOKE.jobs == 4 and SMOKE.steps == 2
+    for mode in MODES:
+        args = sweep_overrides(sizes, mode, Path("/tmp/s"))
+        assert args[0] == "-m" and args[-1] == "hydra.sweep.dir=/tmp/s"
+        assert ("prune=successive_halving" in args) is mode.endswith("_pruned")
+        assert ("hydra/launcher=packed" in args) is mode.startswith("packed")
+        single = [
+            a.split("=")[0] + "=" + a.split("=")[1].split(",")[0] for a in args[1:-1] if "hydra/" not in a
+        ]
+        cfg = compose_config(single)
+        assert cfg.train.max_steps == 64 and cfg.train.eval_steps == 4 and cfg.data.max_eval_samples == 64
+    pruned = sweep_overrides(sizes, "basic_pruned", Path("/tmp/s"))
+    assert {"prune.min_resource=4", "prune.reduction_factor=4", "train.learning_rate=1e-06,0.0002,0.001,0.02",
+            "dpo.beta=0.1,0.5", "lora.r=4,16"} <= set(pruned)  # fmt: skip
+    assert "train.warmup_steps=0" in sweep_overrides(SMOKE, "basic", Path("/tmp/s"))
+    assert sizes_of(parse_args(["--smoke"])) == SMOKE
+    custom = sizes_of(parse_args(["--steps", "32", "--ranks", "8", "--learning-rates", "1e-5,1e-3"]))
+    assert custom.steps == 32 and custom.ranks == [8] and custom.learning_rates == [1e-5, 1e-3]
+
+    def mode(wall: float, steps: int, same: bool | None = None) -> dict:
+        found = {"wall_s": wall, "cpu_s": wall * 2, "sweep": {"steps": steps, "train_s": wall / 2}}
+        if same is not None:
+            found["same_answer"] = {"same_answer": same, "verdict": "same job" if same else "worse"}
+        return found
+
+    result = compare({"basic": mode(600.0, 1024), "basic_pruned": mode(200.0, 256, True),
+                      "packed": mode(500.0, 1024), "packed_pruned": mode(250.0, 512, False)})  # fmt: skip
+    assert result["basic"]["fewer_times"] == {"steps": 4.0, "wall": 3.0, "cpu": 3.0, "train_time": 3.0}
+    assert all(result["basic"]["targets"].values())
+    assert result["packed"]["fewer_times"]["steps"] == 2.0 and not any(result["packed"]["targets"].values())
+    assert compare({"basic": mode(1.0, 1)}) == {}  # no pruned sweep to compare
+
+
+@pytest.mark.slow
+def test_pruning_benchmark_smoke_runs(tmp_path) -> None:
+    """``python benchmarks/pruning.py --smoke``: the four sweeps of a 2 x 2 grid, 2 steps each, read back and
+    compared (about a minute on 2 quiet cores)."""
+    import json
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    out = tmp_path / "pruning_smoke.json"
+    proc = subprocess.run([sys.executable, "benchmarks/pruning.py", "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["modes"]) == ["basic", "basic_pruned", "packed", "packed_pruned"]
+    for name, found in result["modes"].items():
+        assert sum(found["sweep"]["statuses"].values()) == 4, name
+        assert found["wall_s"] > 0 and found["sweep"]["best"] is not None
+        assert found["sweep"]["steps"] <= 8 and len(found["load_before"]) == 3
+    assert result["modes"]["packed"]["sweep"]["packs"] == 1
+    assert set(result["comparison"]) == {"basic", "packed"}
+    for launcher in ("basic", "packed"):
+        assert result["comparison"][launcher]["answer"] is not None

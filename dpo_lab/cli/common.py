@@ -13,10 +13,13 @@ from dpo_lab.config.resolvers import register_resolvers
 from dpo_lab.config.store import register_configs
 from dpo_lab.config.user_configs import check_user_config_dirs
 from dpo_lab.errors import ConfigError, DataError
+from dpo_lab.runtime.quiet import quiet_notices
 
 
 def setup_logging() -> None:
-    """INFO logs of dpo_lab on stderr, so that stdout holds only the answers."""
+    """INFO logs of dpo_lab on stderr, so that stdout holds only the answers; the libraries' notices and
+    progress bars that mean nothing to a user off (dpo_lab.runtime.quiet)."""
+    quiet_notices()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
     logging.getLogger("dpo_lab").setLevel(logging.INFO)
 
@@ -30,6 +33,7 @@ def exit_with_config_error(err: ConfigError) -> None:
 
 def run_entry_point(hydra_main: Callable[[], Any], schema: type) -> None:
     """Console entry: register the schemas, give one-line errors for bad overrides, then run Hydra."""
+    quiet_notices()
     register_configs()
     register_resolvers()
     try:

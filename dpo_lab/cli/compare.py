@@ -28,12 +28,13 @@ from dpo_lab.cli.common import exit_with_config_error, run_entry_point, setup_lo
 from dpo_lab.config.choices import Judge
 from dpo_lab.config.commands import CompareConfig
 from dpo_lab.config.resolvers import CONF_PATH
+from dpo_lab.config.schemas import CheckerSettings
 from dpo_lab.config.validation import typed_config
 from dpo_lab.data.loading import load_held_out_rows, load_preference_data
 from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.checkers import get_checker
 from dpo_lab.evaluation.generation import Messages, generate_answers
-from dpo_lab.evaluation.prompts import TaskPrompt, task_prompts
+from dpo_lab.evaluation.prompts import AUTO, AUTO_CHECKER, TaskPrompt, task_prompts
 from dpo_lab.model.loading import adapter_disabled, load_adapter_model, load_tokenizer
 from dpo_lab.runs.atomic import atomic_write_jsonl
 from dpo_lab.runs.folder import RunFolder, read_run
@@ -47,10 +48,26 @@ def compare_prompts(run: RunFolder, cfg: CompareConfig) -> list[TaskPrompt]:
     data_cfg = dataclasses.replace(run.data, max_eval_samples=cfg.num_prompts, max_train_samples=1)
     held_out = load_preference_data(data_cfg, run.seed).eval
     if cfg.judge is Judge.checker:
-        get_checker(cfg.checker.name, "checker.name")
-        return task_prompts(held_out, load_held_out_rows(data_cfg), data_cfg, cfg.num_prompts, cfg.checker)
+        rows = load_held_out_rows(data_cfg)
+        checker = _concrete_checker(cfg.checker, rows)
+        get_checker(checker.name, "checker.name")
+        return task_prompts(held_out, rows, data_cfg, cfg.num_prompts, checker)
     no_truth = dataclasses.replace(cfg.checker, name=None)
     return task_prompts(held_out, None, data_cfg, cfg.num_prompts, no_truth)
+
+
+def _concrete_checker(checker: CheckerSettings, rows: list) -> CheckerSettings:
+    """``checker.name=auto``: the finance checker where the held-out rows carry the ground truth; judging by
+    a checker needs one, so data without it is refused (judge=reward_model judges without ground truth)."""
+    if checker.name != AUTO:
+        return checker
+    if not any(row.get(checker.answer_column) is not None for row in rows):
+        raise ConfigError(
+            "checker.name",
+            f"the held-out rows carry no {checker.answer_column!r} ground truth to check answers against; "
+            "name the column (checker.answer_column=...) or judge with judge=reward_model",
+        )
+    return dataclasses.replace(checker, name=AUTO_CHECKER)
 
 
 def load_run_model(run: RunFolder) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -79,7 +96,10 @@ def answers_of_both(
 
 def checker_scores(prompts: Sequence[TaskPrompt], answers: Sequence[str], cfg: CompareConfig) -> list[dict]:
     """Per answer: score 1.0 if the checker finds it correct, else 0.0, with what it read."""
-    check = get_checker(cfg.checker.name, "checker.name")
+    name = (
+        AUTO_CHECKER if cfg.checker.name == AUTO else cfg.checker.name
+    )  # auto: the prompts' rows have truth
+    check = get_checker(name, "checker.name")
     results = [check(answer, p.row, cfg.checker) for p, answer in zip(prompts, answers, strict=True)]
     return [{"score": float(r.correct), "extracted": r.extracted, "correct": r.correct} for r in results]
 
@@ -184,11 +204,11 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         record: dict[str, Any] = {
             "index": i,
             "prompt": prompt.text,
-            "answer_a": answers_a[i],
-            "answer_b": answers_b[i],
+            "response_a": answers_a[i],
+            "response_b": answers_b[i],
         }
         if cfg.judge is Judge.checker:
-            record["truth"] = prompt.row.get(cfg.checker.answer_column)
+            record["ground_truth"] = prompt.row.get(cfg.checker.answer_column)
             record.update(extracted_a=ja["extracted"], extracted_b=jb["extracted"])
         record.update(score_a=ja["score"], score_b=jb["score"], winner=winner(ja["score"], jb["score"]))
         records.append(record)

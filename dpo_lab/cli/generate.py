@@ -101,12 +101,12 @@ def answer_prompts(
             out.write(f">>> {_show(prompt)}\n")
             answer = stream_answer(model, tokenizer, conversation, cfg.generation, out)
             out.write("\n")
-            records.append({"prompt": prompt, "answer": answer})
+            records.append({"prompt": prompt, "response": answer})
     else:
         answers = generate_answers(model, tokenizer, conversations, cfg.generation)
         for prompt, answer in zip(prompts, answers, strict=True):
             out.write(f">>> {_show(prompt)}\n{answer}\n\n")
-            records.append({"prompt": prompt, "answer": answer})
+            records.append({"prompt": prompt, "response": answer})
     return records
 
 

@@ -7,7 +7,9 @@ is the same command.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 import sys
 
 # command -> (module whose main() runs it, one line for the help)
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
             print(usage())
             return
         args = ["explain", *args[1:]]  # dpo-lab --help dpo.beta: what that key is for
+    unknown = _unknown_command(args)
+    if unknown:
+        print(f"dpo_lab: {unknown}", file=sys.stderr)
+        sys.exit(2)
     command = args[0] if args and args[0] in COMMANDS else "train"
     if args and args[0] == command:
         args = args[1:]
@@ -48,6 +54,17 @@ def main(argv: list[str] | None = None) -> None:
     result = module.main()
     if isinstance(result, int) and result:
         sys.exit(result)
+
+
+def _unknown_command(args: list[str]) -> str | None:
+    """A first argument that is a bare word but no command (``dpo-lab generat``): training would take it for
+    an override; say so instead, with the close command. Overrides (key=value), flags and paths pass."""
+    first = args[0] if args else ""
+    if not first or first in COMMANDS or not re.fullmatch(r"[A-Za-z][\w-]*", first):
+        return None
+    close = difflib.get_close_matches(first, list(COMMANDS), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"no command {first!r}{hint}; the commands are: {', '.join(COMMANDS)} (dpo-lab --help)"
 
 
 if __name__ == "__main__":

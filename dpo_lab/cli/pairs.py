@@ -16,6 +16,7 @@ The command line is checked before torch loads: a bad one is refused in one line
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -179,8 +180,19 @@ def settings_meta(
         "batch_size": cfg.batch_size,
         "precision": precision,
         "system_prompt": system_prompt,
-        "prompts": str(Path(cfg.prompts).expanduser().resolve()),
+        # the prompts by name and content, not by absolute path: committed rows stay the same on every machine
+        "prompts": Path(cfg.prompts).name,
+        "prompts_sha256": file_sha256(Path(cfg.prompts).expanduser()),
     }
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of the file at ``path`` (hex)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -624,10 +624,11 @@ class GenerationSettings:
 @dataclass
 class CheckerSettings:
     name: str | None = setting(
-        "finance_number",
+        "auto",
         help=(
-            "a registered checker (finance_number, exact_match) or package.module:function; null = no "
-            "accuracy, sample generations only (data without ground truth)"
+            "auto (finance_number where the held-out rows carry the ground-truth column, answer_column; "
+            "else no checker), a registered checker (finance_number, exact_match) or "
+            "package.module:function; null = no accuracy, sample generations only (data without ground truth)"
         ),
     )
     answer_column: str = setting(

@@ -202,6 +202,13 @@ def _read_folder(path: Path, data_dir: str | None, split: str, key: str) -> RawS
     file = _split_file(folder, split)
     if file is not None:
         return read_file(file)
+    if not any(file_suffix(f) for f in folder.rglob("*") if f.is_file()):  # nothing datasets could read
+        names = ", ".join([split, *(f"{split}{s}" for s in FILE_SUFFIXES)])
+        raise ConfigError(
+            key,
+            f"no file for split {split!r} in {folder}: looked for {names}, and the folder holds no data file "
+            "(a saved dataset has dataset_dict.json or state.json)",
+        )
     return _load_with_datasets(str(path), data_dir, split, key)
 
 

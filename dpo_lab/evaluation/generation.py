@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, TextStreamer, set_seed
 from transformers.tokenization_utils_base import BatchEncoding, PreTrainedTokenizerBase
 
 from dpo_lab.config.schemas import GenerationSettings
+from dpo_lab.runtime.processes import is_main_process
 
 Messages = list[dict[str, str]]
 
@@ -61,17 +63,23 @@ def generate_answers(
     conversations: Sequence[Messages],
     cfg: GenerationSettings,
     seed: int | None = None,
+    desc: str | None = None,
 ) -> list[str]:
-    """The assistant's reply to each conversation, generated ``cfg.batch_size`` at a time."""
+    """The assistant's reply to each conversation, generated ``cfg.batch_size`` at a time; with ``desc``, a
+    progress bar over the batches on stderr (the main process only)."""
     if seed is not None:
         set_seed(seed)
     answers: list[str] = []
-    with _eval_mode(model), torch.inference_mode():
-        for start in range(0, len(conversations), cfg.batch_size):
+    starts = range(0, len(conversations), cfg.batch_size)
+    bar = tqdm(total=len(starts), desc=desc, unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True,
+               disable=desc is None or not is_main_process())  # fmt: skip
+    with bar, _eval_mode(model), torch.inference_mode():
+        for start in starts:
             batch = chat_inputs(tokenizer, conversations[start : start + cfg.batch_size], model.device)
             out = model.generate(**batch, **generate_kwargs(cfg, tokenizer))
             new_tokens = out[:, batch["input_ids"].shape[1] :]
             answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            bar.update(1)
     return answers
 
 

@@ -458,12 +458,13 @@ def summarize(
     """Means over prompts with their bootstrap intervals (the per-prompt means are the resampled units)."""
     rewards = [r.reward for r in results]
     base = [r.base_reward for r in results]
+    gains = [a - b for a, b in zip(rewards, base, strict=True)]
     return RewardKL(
         prompts=list(results),
-        reward=bootstrap_interval(rewards, seed=seed),
-        kl=bootstrap_interval([r.kl for r in results], seed=seed),
-        base_reward=bootstrap_interval(base, seed=seed),
-        reward_gain=bootstrap_interval([a - b for a, b in zip(rewards, base, strict=True)], seed=seed),
+        reward=bootstrap_interval(rewards, seed=seed, unit="prompts"),
+        kl=bootstrap_interval([r.kl for r in results], seed=seed, unit="prompts"),
+        base_reward=bootstrap_interval(base, seed=seed, unit="prompts"),
+        reward_gain=bootstrap_interval(gains, seed=seed, unit="prompts"),
         reward_name=reward_name,
         samples_per_prompt=samples_per_prompt,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,8 @@ from dpo_lab.data.loading import load_held_out_rows
 from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.checkers import get_checker
 from dpo_lab.evaluation.generation import Messages
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,39 @@ def load_task_prompts(
     without it they are read from the source again."""
     if not cfg.enabled:
         return []
+    cfg = resolve_checker(cfg, stored_rows, data_cfg)
     raw = None
     if cfg.checker.name is not None:
         get_checker(cfg.checker.name)
         raw = stored_rows() if stored_rows is not None else load_held_out_rows(data_cfg)
     return task_prompts(held_out, raw, data_cfg, cfg.num_prompts, cfg.checker)
+
+
+AUTO = "auto"  # eval.checker.name: the finance checker where the held-out rows carry a ground truth
+AUTO_CHECKER = "finance_number"
+
+
+def resolve_checker(
+    cfg: TaskEvalSettings,
+    stored_rows: Callable[[], Sequence[Mapping[str, Any]]] | None,
+    data_cfg: DataSettings,
+) -> TaskEvalSettings:
+    """``eval.checker.name=auto`` (the default) made concrete from the data: the finance checker where the
+    held-out rows carry the ground-truth column (``eval.checker.answer_column``), else no checker (sample
+    generations only), said in the log. A checker named explicitly is kept: missing ground truth then stops
+    the run, as it should."""
+    if not cfg.enabled or cfg.checker.name != AUTO:
+        return cfg
+    rows = stored_rows() if stored_rows is not None else load_held_out_rows(data_cfg)
+    column = cfg.checker.answer_column
+    has_truth = any(row.get(column) is not None for row in rows)
+    name = AUTO_CHECKER if has_truth else None
+    log.info(
+        "task evaluation (eval.checker.name=auto): %s",
+        f"the held-out rows carry {column!r}: checker {name}" if has_truth
+        else f"the held-out rows carry no {column!r} column: sample generations only, no accuracy",
+    )  # fmt: skip
+    return dataclasses.replace(cfg, checker=dataclasses.replace(cfg.checker, name=name))
 
 
 def task_prompts(

@@ -22,27 +22,41 @@ from dpo_lab.model.loading import adapter_disabled
 
 log = logging.getLogger(__name__)
 
-SAMPLE_COLUMNS = ["prompt", "chosen", "rejected", "answer", "truth", "extracted", "correct"]
+# a sample's fields: the whole conversation answered, its last user turn (what a table shows), the model's
+# response, the pair's chosen and rejected responses, and with a checker the ground truth, the value read
+# from the response and whether it is correct. "answer" is not a field: in the data it names the truth.
+SAMPLE_COLUMNS = [
+    "prompt",
+    "response",
+    "ground_truth",
+    "extracted",
+    "correct",
+    "chosen",
+    "rejected",
+    "conversation",
+]
 
 
 def score(
     prompts: Sequence[TaskPrompt], answers: Sequence[str], checker: CheckerSettings
 ) -> list[dict[str, Any]]:
-    """One record per prompt: prompt, chosen, rejected, the model's answer and, with a checker, the
-    ground truth, the value read from the answer and whether it is correct."""
+    """One record per prompt (:data:`SAMPLE_COLUMNS`): the conversation and its last user turn, the model's
+    response, the pair's chosen and rejected responses, and with a checker the ground truth, the value read
+    from the response, whether it is correct and why."""
     check = get_checker(checker.name) if checker.name is not None else None
     records = []
     for prompt, answer in zip(prompts, answers, strict=True):
         record: dict[str, Any] = {
+            "conversation": list(prompt.messages),
             "prompt": prompt.text,
+            "response": answer,
             "chosen": prompt.chosen,
             "rejected": prompt.rejected,
-            "answer": answer,
         }
         if check is not None:
             result = check(answer, prompt.row, checker)
             record.update(
-                truth=prompt.row.get(checker.answer_column),
+                ground_truth=prompt.row.get(checker.answer_column),
                 extracted=result.extracted,
                 correct=result.correct,
                 reason=result.reason,
@@ -93,9 +107,11 @@ def evaluate_task(
     if packed is not None:
         before, after, seconds = packed
     else:
-        after = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
+        after = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed,
+                                 desc="task answers (trained)")  # fmt: skip
         with adapter_disabled(model):
-            before = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed)
+            before = generate_answers(model, tokenizer, conversations, cfg.generation, seed=seed,
+                                      desc="task answers (base)")  # fmt: skip
         seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
         "num_prompts": len(prompts),

@@ -205,12 +205,27 @@ def _pid_alive(pid: str) -> bool:
 
 
 def _convert(path: Path, out: Path) -> None:
-    """Dequantize the GGUF file with transformers and save it as an unflagged, plain model."""
+    """Dequantize the GGUF file with transformers and save it as an unflagged, plain model. It takes minutes
+    on a CPU: transformers' own bars over the tensors it reads and dequantizes show it, in this phase only
+    (dpo_lab switches the libraries' bars off otherwise), with a log line per step and its time."""
+    import time
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder, name = str(path.parent), path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    flagged = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    started = time.perf_counter()
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        log.info("GGUF conversion 1/3: reading the tokenizer from %s", name)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        log.info("GGUF conversion 2/3: reading and dequantizing the weights (minutes on a CPU)")
+        flagged = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    finally:
+        if not shown:
+            hf_logging.disable_progress_bar()
+    log.info("GGUF conversion 3/3: saving a plain copy (%.0f s so far)", time.perf_counter() - started)
     config = flagged.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are dequantized: nothing of GGUF is left in them

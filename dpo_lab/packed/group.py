@@ -1,5 +1,7 @@
 """One packed group: the jobs' adapters trained together over one base, then the task answers of every job
-generated in the pack; each job's outcome is handed to its own run (dpo_lab.packed.handoff)."""
+generated in the pack; each job's outcome is handed to its own run (dpo_lab.packed.handoff). With a pruner
+(``prune=...``) each job's Optuna trial is opened here, the pack reports to it and stops the jobs that lose
+(dpo_lab.sweep.pruning.PackPruning), and the trial is handed over with the job's outcome."""
 
 from __future__ import annotations
 
@@ -63,10 +65,16 @@ def _train(jobs: Sequence[PackedJobInfo], step: str, store: Any, cache: Any) -> 
     in_turn = packed_step(step, device) == IN_TURN
     prepared = cache.prepared_datasets(first, precision)
     pack = build_pack(model, tokenizer, pack_jobs, data.train, data.eval, prepared, in_turn=in_turn)
+    pruning = open_pack_pruning(jobs)
     built = time.perf_counter()
     with Preemption().armed() as preemption:
-        results = pack.train(store, first.train.save_steps, preemption)
+        results = pack.train(store, first.train.save_steps, preemption, pruning=pruning)
     trained = time.perf_counter()
+    for index, result in enumerate(results):
+        if result.metrics and store is not None:  # in metrics.json's "train": which pack shared this clock
+            result.metrics["pack_id"] = store.folder.name
+        if pruning is not None:
+            result.pruning = pruning.handoff(index)
     _generate_together(pack, jobs, tokenizer, data, results)
     unpack(model)
     if store is not None:
@@ -76,6 +84,25 @@ def _train(jobs: Sequence[PackedJobInfo], step: str, store: Any, cache: Any) -> 
         len(jobs), pack.step_name, built - started, trained - built, time.perf_counter() - trained,
     )  # fmt: skip
     return results
+
+
+def open_pack_pruning(jobs: Sequence[PackedJobInfo]) -> Any:
+    """The pack's pruning (dpo_lab.sweep.pruning.PackPruning) with each job's trial, opened as the job alone
+    opens it (the sweeper's, or one asked for the job's run folder: a restarted pack goes on with the same);
+    None when no job has a pruner (optuna loads only then)."""
+    if all(job.run_config.prune.pruner.value == "none" for job in jobs):
+        return None
+    from omegaconf import OmegaConf
+
+    from dpo_lab.sweep.pruning import PackedTrial, PackPruning, open_trial
+
+    packed = []
+    for job in jobs:
+        cfg = job.run_config
+        overrides = list(OmegaConf.select(job.config, "hydra.overrides.task", default=None) or [])
+        trial = open_trial(cfg.prune, job.sweep_dir, cfg.objective, run_dir=job.run_dir, overrides=overrides)
+        packed.append(None if trial is None else PackedTrial(trial, cfg.objective.metric, cfg.prune))
+    return PackPruning(packed)
 
 
 def _generate_together(

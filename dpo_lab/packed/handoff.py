@@ -33,7 +33,8 @@ class PackedOutcome:
 
     ``adapter``: the trained weights as PEFT saves them; ``log_history``: the job's training log entries
     (Trainer's ``state.log_history``); ``metrics``: Trainer.train()'s output metrics; ``step_times``: wall and
-    process CPU time at the end of each optimizer step; ``error``: why the job left the pack, if it did.
+    process CPU time at the end of each optimizer step; ``error``: why the job left the pack, if it did;
+    ``pruned_at_step`` / ``pruning``: where the pack's pruner stopped it, and its trial.
     """
 
     adapter: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -53,6 +54,12 @@ class PackedOutcome:
     pack_lora_params: list[int] = field(default_factory=list)
     # the job's held-out evaluation at its last step, per pair (dpo_lab.train.heldout_pairs records)
     heldout_after: list[dict[str, Any]] | None = None
+    # the step at which the pack's pruner stopped the job (None: it trained to its end, or failed)
+    pruned_at_step: int | None = None
+    # the Optuna trial the pack reported the job's evaluations to, handed over so that the job's run goes on
+    # with it instead of asking for another: {"trial": number, "owned": the job asked for it (it tells the
+    # study how it ended) or the sweeper did, "pruned_at_step": as above} (dpo_lab.sweep.pruning)
+    pruning: dict[str, Any] | None = None
 
     def to_state(self) -> dict[str, Any]:
         """Plain values and tensors only (what ``torch.load(weights_only=True)`` reads back)."""

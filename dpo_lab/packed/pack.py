@@ -11,6 +11,12 @@ adapter exactly its own gradient; then each job clips its own gradient norm and 
 learning-rate schedule (built by TRL / transformers from the job's arguments, so ``optim``, weight decay,
 scheduler and warm-up are the job's). A job whose loss or gradient goes non-finite leaves the pack alone.
 
+With a pruner (``prune=...``), the pack's jobs step together, so they reach every held-out evaluation at the
+same step: there each job still training reports its objective, then the pruner judges them all at once
+(:class:`PackJudge`, dpo_lab.sweep.pruning.PackPruning: synchronous successive halving). A pruned job leaves
+the pack there: its optimizer and its forward and backward stop, the others go on as if it had never been
+in the pack; its adapter, log history and step are kept, and its outcome says where it stopped.
+
 Besides dpo_lab.train.trainer, the only module that reaches into TRL (the DPOTrainer's loss and logging
 methods); it imports trl for one helper only.
 """
@@ -24,7 +30,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from datasets import Dataset
@@ -61,6 +67,14 @@ if TYPE_CHECKING:  # the store reads PackedOutcome back: imported for annotation
 log = logging.getLogger(__name__)
 
 
+class PackJudge(Protocol):
+    """What prunes a pack's jobs (dpo_lab.sweep.pruning.PackPruning): after an optimizer step, the jobs that
+    evaluated there (index in the pack -> their trainer's held-out metrics) report, and it returns the
+    indices of the jobs it stops there."""
+
+    def judge(self, step: int, evaluated: dict[int, dict[str, Any]], max_steps: int) -> list[int]: ...
+
+
 @dataclass
 class PackJob:
     """What one job brings to a pack: its TRL arguments and its LoRA config."""
@@ -82,10 +96,17 @@ class _Member:
     total_loss: float = 0.0
     last_logged: int = 0
     pairs: HeldOutPairs | None = None  # the job's held-out evaluations per pair
+    stopped_at: float | None = None  # when the pruner stopped it (time.time())
 
     @property
     def alive(self) -> bool:
+        """Not failed: it has an adapter to hand over (a pruned job too)."""
         return self.result.error is None
+
+    @property
+    def training(self) -> bool:
+        """Still stepping: neither failed nor pruned."""
+        return self.alive and self.result.pruned_at_step is None
 
 
 def adapter_names(count: int) -> list[str]:
@@ -103,6 +124,7 @@ class Pack:
         self.model = model
         self.members = members
         self.in_turn = in_turn  # each adapter's forward and backward over the micro-batch in turn
+        self.pruning: PackJudge | None = None  # set by train(pruning=...)
 
     @property
     def step_name(self) -> str:
@@ -113,11 +135,17 @@ class Pack:
         return self.members[0].trainer
 
     def train(
-        self, store: PackStore | None = None, save_steps: int = 0, preemption: Preemption | None = None
+        self,
+        store: PackStore | None = None,
+        save_steps: int = 0,
+        preemption: Preemption | None = None,
+        pruning: PackJudge | None = None,
     ) -> list[PackedOutcome]:
         """The packed optimisation. With ``store``, the pack's state is saved every ``save_steps`` optimizer
         steps and at the last one, and training resumes from the store's newest checkpoint; a preemption
-        signal (``preemption``) saves a checkpoint at the next step boundary and exits for requeue."""
+        signal (``preemption``) saves a checkpoint at the next step boundary and exits for requeue;
+        ``pruning`` judges the jobs at their held-out evaluations and stops the ones that lost."""
+        self.pruning = pruning
         leader = self.leader
         args = leader.args
         dataloader = leader.get_train_dataloader()
@@ -153,7 +181,7 @@ class Pack:
                 if saved is not None:  # the data order is replayed: now the random state of the step
                     set_rng_state(saved["rng"])
                     saved = None
-                for member in self._alive():
+                for member in self._stepping():
                     member.trainer.control = member.trainer.callback_handler.on_step_begin(
                         member.trainer.args, member.trainer.state, member.trainer.control
                     )
@@ -167,9 +195,9 @@ class Pack:
         return [self._finish(m, start_time, num_train_samples) for m in self.members]
 
     def _training(self) -> bool:
-        """Some job is still in the pack and has steps to take."""
-        alive = self._alive()
-        return bool(alive) and not all(m.trainer.control.should_training_stop for m in alive)
+        """Some job is still in the pack (not failed, not pruned) and has steps to take."""
+        stepping = self._stepping()
+        return bool(stepping) and not all(m.trainer.control.should_training_stop for m in stepping)
 
     def _maybe_checkpoint(
         self, store: PackStore | None, done: int, save_steps: int, max_steps: int, preemption: Any
@@ -224,7 +252,12 @@ class Pack:
         return int(saved["step"])
 
     def _alive(self) -> list[_Member]:
+        """The jobs with an adapter to hand over: all but the failed ones (pruned ones included)."""
         return [m for m in self.members if m.alive]
+
+    def _stepping(self) -> list[_Member]:
+        """The jobs still training: neither failed nor pruned."""
+        return [m for m in self.members if m.training]
 
     def _start(self, member: _Member, max_steps: int, num_epochs: int) -> None:
         trainer = member.trainer
@@ -247,7 +280,7 @@ class Pack:
         batch replicated once per job) or, with ``in_turn``, each job's forward and backward over the batch
         in turn, so that only one copy of the activations is alive at a time."""
         leader = self.leader
-        alive = self._alive()
+        alive = self._stepping()
         inputs = prepare_inputs(leader, inputs)
         if not all(column in inputs for column in REF_COLUMNS):
             inputs = {**inputs, **dict(zip(REF_COLUMNS, self._reference_logps(inputs), strict=True))}
@@ -310,7 +343,8 @@ class Pack:
         return out.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
 
     def _optimizer_step(self, epoch: float, start_time: float) -> None:
-        for member in self._alive():
+        evaluated: dict[int, dict[str, Any]] = {}  # index in the pack -> the held-out metrics at this step
+        for member in self._stepping():
             trainer, args = member.trainer, member.trainer.args
             max_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(member.params, max_norm)
@@ -338,10 +372,25 @@ class Pack:
                 trainer.store_flos()
                 trainer.log(logs, start_time)
             if trainer.control.should_evaluate:
-                self.evaluate(member)
+                evaluated[self.members.index(member)] = self.evaluate(member)
+        if evaluated and self.pruning is not None:
+            self._prune(evaluated)
         for member in self.members:  # a dropped job's gradients must not linger
             for param in member.params:
                 param.grad = None
+
+    def _prune(self, evaluated: dict[int, dict[str, Any]]) -> None:
+        """Every job that evaluated at this step has reported; the pruner's losers leave the pack here."""
+        state = self.members[next(iter(evaluated))].trainer.state
+        pruned = [self.members[i] for i in self.pruning.judge(state.global_step, evaluated, state.max_steps)]
+        for member in pruned:
+            member.result.pruned_at_step = member.trainer.state.global_step
+            member.stopped_at = time.time()
+            for param in member.params:
+                param.grad = None
+        if pruned:
+            log.info("pruned at step %d, leaving the pack: %s; %d jobs still training", state.global_step,
+                     ", ".join(m.name for m in pruned), len(self._stepping()))  # fmt: skip
 
     def evaluate(self, member: _Member) -> dict[str, float]:
         """The job's held-out evaluation, by its own trainer with its adapter active (TRL's evaluate)."""
@@ -407,6 +456,9 @@ class Pack:
         member.total_loss += member.tr_loss
         steps = state.global_step
         if member.alive:
+            if member.result.pruned_at_step is not None:  # its training time ends where it was pruned
+                stopped = member.stopped_at or (member.result.step_times or [(start_time, 0.0)])[-1][0]
+                start_time += time.time() - max(stopped, start_time)
             metrics = speed_metrics(
                 "train",
                 start_time,

@@ -117,7 +117,10 @@ def render_model_card(
         "## Hyperparameters\n",
         _table(hyperparameters) + "\n",
         "## Results\n",
-        _table(metrics) + "\n" + (_TASK_NOTE if any(k.startswith("task/") for k in metrics) else ""),
+        _table(metrics)
+        + "\n"
+        + (_TASK_NOTE if any(k.startswith("task/") for k in metrics) else "")
+        + (_REWARD_KL_NOTE if any(k.startswith("reward_kl/") for k in metrics) else ""),
         "## Framework versions\n",
         _table(framework_versions()) + "\n",
     ]
@@ -128,6 +131,15 @@ _TASK_NOTE = (
     "\n`task/accuracy_before` / `task/accuracy_after`: share of held-out prompts whose generated answer the "
     "task checker scored correct, answered by the base model (adapter disabled) and with this adapter; "
     "the answers are in `samples_before.jsonl` / `samples_after.jsonl` of the run folder.\n"
+)
+
+_REWARD_KL_NOTE = (
+    "\n`reward_kl/*`: plain samples (temperature 1) of held-out prompts scored by the run's reward "
+    "(`eval.reward_kl.reward`), as the mean with its 95% bootstrap interval over the prompts and n prompts: "
+    "`reward` of this adapter's samples, `base_reward` of the base model's (adapter disabled, the same "
+    "draws), `reward_gain` their paired difference per prompt, and `kl` the Monte-Carlo estimate of "
+    "KL(policy || base) per completion in nats (the base is the DPO reference); per prompt in "
+    "`reward_kl.jsonl` of the run folder.\n"
 )
 
 

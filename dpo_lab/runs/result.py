@@ -23,6 +23,9 @@ CARD_METRICS = (*SUMMARY_METRICS, "logps/chosen", "logps/rejected")
 INTERVAL_ROWS = {"reward_accuracy": "rewards/accuracies", "margin": "rewards/margins", "loss": "loss"}
 # the mean training loss over the run (Trainer's train_loss), under one name everywhere
 MEAN_TRAIN_LOSS = "train/mean_loss"
+# the intervals of metrics.json's "reward_kl" (eval.reward_kl): the policy's mean reward and KL(policy || ref)
+# on held-out prompts, the base's reward (adapter off, same draws) and the paired gain policy - base
+REWARD_KL_PARTS = ("reward", "kl", "base_reward", "reward_gain")
 
 
 def held_out(metrics: dict[str, Any], prefix: str, names: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -58,12 +61,24 @@ class RunResult:
             for phase, metrics in self.heldout.items()
             for metric, found in metrics.items()
         }
-        return {**intervals, **self._final(CARD_METRICS)}
+        reward_kl = {f"reward_kl/{part}": found.text() for part, found in self._reward_kl_intervals().items()}
+        return {**intervals, **self._final(CARD_METRICS), **reward_kl}
 
     @property
     def heldout(self) -> dict[str, dict[str, Any]]:
         """``{phase: {metric: interval dict}}``: the per-pair held-out numbers (empty for older records)."""
         return self.metrics.get("heldout", {})
+
+    @property
+    def reward_kl(self) -> dict[str, Any]:
+        """metrics.json's ``reward_kl``: ``{reward_name, samples_per_prompt, reward, kl, base_reward,
+        reward_gain}`` (each an interval dict), empty when the run measured none."""
+        return self.metrics.get("reward_kl") or {}
+
+    def _reward_kl_intervals(self) -> dict[str, Interval]:
+        """The reward / KL intervals the record holds, by part (none without a reward / KL evaluation)."""
+        found = self.reward_kl
+        return {p: Interval.from_dict(found[p]) for p in REWARD_KL_PARTS if isinstance(found.get(p), dict)}
 
     def summary(self) -> dict[str, Any]:
         """The flat final metrics for the W&B summary (the same numbers as metrics.json)."""
@@ -75,6 +90,10 @@ class RunResult:
                 for part in ("value", "low", "high", "n"):
                     suffix = "" if part == "value" else f"_{part}"
                     intervals[f"heldout/{phase}/{metric}{suffix}"] = found.get(part)
+        for name in REWARD_KL_PARTS:
+            found = self.reward_kl.get(name)
+            for part in ("value", "low", "high", "n") if isinstance(found, dict) else ():
+                intervals[f"reward_kl/{name}{'' if part == 'value' else f'_{part}'}"] = found.get(part)
         return {
             **self._final(None),
             **intervals,
@@ -105,12 +124,27 @@ class RunResult:
             rows.append(
                 f"{'task accuracy':<28}{_num(task['accuracy_before']):<32}{_num(task['accuracy_after']):<32}"
             )
+        rows += self._reward_kl_rows()
         rows.append(
             f"steps {m['global_step']}, {m['train_runtime_s']:.1f} s training, "
             f"{m['tokens_per_second']:.0f} tokens/s, precision {m['precision']}"
         )
         rows.append(f"run folder: {run_dir}")
         return "\n".join(rows)
+
+    def _reward_kl_rows(self) -> list[str]:
+        """The reward / KL evaluation on held-out prompts: the reward of the base (before) and of the policy
+        (after), the KL from 0 (the base is the reference) to the policy's, the paired gain."""
+        found = self._reward_kl_intervals()
+        if not {"reward", "kl"} <= found.keys():
+            return []
+        reward = f"reward ({self.reward_kl.get('reward_name') or '?'})"
+        base = found["base_reward"].text() if "base_reward" in found else "-"
+        rows = [f"{reward:<28}{base:<32}{found['reward'].text():<32}",
+                f"{'KL(policy||ref)':<28}{'0':<32}{found['kl'].text():<32}"]  # fmt: skip
+        if "reward_gain" in found:
+            rows.append(f"{'reward gain (paired)':<28}{'-':<32}{found['reward_gain'].text():<32}")
+        return rows
 
     def _interval_cell(self, phase: str, metric: str) -> str | None:
         found = self.heldout.get(phase, {}).get(metric)

@@ -1,5 +1,6 @@
 """PNG plots of a sweep: the objective metric against each swept parameter (error bars: each job's 95%
-interval over the held-out pairs, or a setting's over its seeds), and every job's curves.
+interval over the held-out pairs, or a setting's over its seeds), every job's curves, and the reward–KL
+frontier where the jobs measured one (eval.reward_kl).
 
 matplotlib's object API (Figure + savefig), never pyplot: no global figure state, no GUI backend.
 """
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from dpo_lab.runs.history import series
+from dpo_lab.sweep.frontier import reward_kl_frontier
 from dpo_lab.sweep.results import SEED_KEY, short_value
 
 if TYPE_CHECKING:
@@ -225,3 +227,39 @@ def _colors(n: int) -> list:
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def plot_reward_kl_frontier(sweep: Sweep, out_dir: Path) -> Path | None:
+    """``reward_kl_frontier.png``: each job's mean reward against its KL(policy || reference) on held-out
+    prompts (metrics.json ``reward_kl``), 95% intervals over prompts as horizontal and vertical error bars,
+    each point labelled by its swept values and joined in order of KL, the base model at KL 0 (its reward
+    interval from the first job: the jobs share the base). None when no job recorded a reward / KL point."""
+    frontier = reward_kl_frontier(sweep)
+    if frontier is None:
+        return None
+    points = sorted(frontier.points, key=lambda p: p.kl.value)
+    xs, ys = [p.kl.value for p in points], [p.reward.value for p in points]
+    fig = Figure(figsize=(6.4, 4.8), dpi=120)
+    ax = fig.add_subplot()
+    if len(points) > 1:
+        ax.plot(xs, ys, "-", color="tab:blue", alpha=0.5, zorder=1)
+    ax.errorbar(xs, ys, xerr=_error_bars([(y, x, p.kl) for x, y, p in zip(xs, ys, points, strict=True)]),
+                yerr=_error_bars([(x, y, p.reward) for x, y, p in zip(xs, ys, points, strict=True)]),
+                fmt="o", color="tab:blue", capsize=3, zorder=3, label="trained policies")  # fmt: skip
+    for x, y, point in zip(xs, ys, points, strict=True):
+        ax.annotate(point.label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize="small")
+    base = frontier.base
+    shared = "the jobs share it" if frontier.base_shared else "the jobs' base rewards differ"
+    label = f"base, KL 0 (from job {frontier.base_job}; {shared})"
+    ax.errorbar([0.0], [base.value], yerr=_error_bars([(0.0, base.value, base)]), fmt="s", color="black",
+                capsize=3, zorder=4, label=label)  # fmt: skip
+    ax.axvline(0.0, color="grey", linewidth=0.8, alpha=0.5, zorder=0)
+    ax.set_xlabel("KL(policy || reference), nats per completion (held-out prompts)")
+    ax.set_ylabel(f"mean reward ({frontier.reward_name})")
+    ax.set_title(f"reward–KL frontier\nerror bars: {base.level:.0%} intervals over held-out prompts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    path = out_dir / "reward_kl_frontier.png"
+    fig.savefig(path)
+    return path

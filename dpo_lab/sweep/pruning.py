@@ -15,6 +15,10 @@ and stops a job that falls behind, and what ``metrics.json`` records (docs/pruni
 - :func:`pruned_record` is what ``metrics.json`` adds (``status: pruned``, ``pruning: {...}``);
   :meth:`PruningTrial.finish` tells the study how the job ended when the job asked for the trial itself
   (the sweeper tells the trials it asked for).
+- :class:`PackPruning` judges the jobs of a pack (``hydra/launcher=packed``), which step together: at an
+  evaluation every job still training reports first, then the pruner judges them all at once (successive
+  halving synchronously: :func:`keeps_rung`). The pack hands each job's trial over to the job's run
+  (``PackedOutcome.pruning``), which goes on with it (:func:`handed_over_trial`) rather than asking again.
 
 In a job of several processes (torchrun, accelerate) rank 0 holds the trial and decides; every rank stops
 with it.
@@ -22,8 +26,9 @@ with it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,11 @@ from dpo_lab.sweep.optuna_sweeper import (
 
 PRUNED = "pruned"  # metrics.json's status of a pruned job
 OVERRIDES = "overrides"  # the trial's user attribute with the job's command-line overrides
+# the trial system attribute in which Optuna's SuccessiveHalvingPruner keeps a trial's value at rung k
+# (optuna/pruners/_successive_halving.py, _completed_rung_key): a pack records its jobs' rung values under the
+# same name, so that jobs judged one by one (alone, in another pack) compete with them, and the other way
+# round (tests/packed/test_pack_pruning.py checks that Optuna still reads it)
+RUNG_KEY = "completed_rung_{}"
 
 
 @dataclass
@@ -250,6 +260,7 @@ def pruned_record(trial: PruningTrial | None) -> dict[str, Any]:
     where it stopped); and ``status: pruned`` for a pruned job (merge it over the completed record)."""
     if trial is None:
         return {}
+    last = max(trial.reported) if trial.reported else None
     record: dict[str, Any] = {
         "pruning": {
             "pruner": trial.pruner.value,
@@ -258,8 +269,196 @@ def pruned_record(trial: PruningTrial | None) -> dict[str, Any]:
             "trial": trial.number,
             "pruned_at_step": trial.pruned_at_step,
             "reported_steps": sorted(trial.reported),
+            # the value the pruner last judged the job by (the sweep report compares it with the best job)
+            "last_reported": None if last is None else {"step": last, "value": trial.reported[last]},
         }
     }
     if trial.pruned_at_step is not None:
         record["status"] = PRUNED
     return record
+
+
+def handed_over_trial(
+    settings: PruneSettings,
+    sweep_dir: Path | None,
+    objective: ObjectiveSettings,
+    handoff: Mapping[str, Any],
+    *,
+    run_dir: Path | None = None,
+) -> PruningTrial | None:
+    """The trial a pack reported a job's evaluations to (``PackedOutcome.pruning``): the job's run goes on
+    with it (no second trial), pruned where the pack stopped it, and tells the study how it ended if the
+    pack asked for the trial on the job's behalf (``owned``) and nobody told it yet (a job run again from its
+    pack's saved outcome finds it told)."""
+    if settings.pruner is PrunerName.none:
+        return None
+    storage_text = storage_of(settings, sweep_dir)
+    name = study_of(settings, sweep_dir)
+    shown = shown_storage(storage_text)
+    common = dict(study=name, storage=shown, pruner=settings.pruner, direction=objective.direction,
+                  pruned_at_step=handoff.get("pruned_at_step"))  # fmt: skip
+    if not is_main_process():
+        return PruningTrial(None, owned=False, **common)
+    storage = open_storage(storage_text)
+    study = _open_study(storage, name, shown, settings, objective)
+    number = int(handoff["trial"])
+    try:
+        tid = trial_id(storage, name, number)
+    except KeyError:
+        raise ConfigError("prune.trial", f"study {name} in {shown} has no trial {number}") from None
+    frozen = storage.get_trial(tid)
+    running = frozen.state is TrialState.RUNNING
+    if running and run_dir is not None:
+        storage.set_trial_user_attr(tid, RUN_DIR, str(run_dir.absolute()))
+    owned = bool(handoff.get("owned", False)) and running
+    return PruningTrial(optuna.Trial(study, tid), owned=owned, reported=dict(frozen.intermediate_values),
+                        **common)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A pack's jobs (dpo_lab.packed): judged together at each evaluation
+
+
+@dataclass
+class PackedTrial:
+    """One job of a pack as its pruning sees it: the job's trial, the objective it reports
+    (``eval_<objective.metric>`` of its trainer's evaluation) and its ``prune`` settings."""
+
+    trial: PruningTrial
+    metric: str
+    settings: PruneSettings
+
+    @property
+    def handoff(self) -> dict[str, Any]:
+        """What the job's run receives (``PackedOutcome.pruning``)."""
+        return {"trial": self.trial.number, "owned": self.trial.owned,
+                "pruned_at_step": self.trial.pruned_at_step}  # fmt: skip
+
+
+class PackPruning:
+    """The pruning of a pack's jobs (``hydra/launcher=packed``; dpo_lab.packed.pack.PackJudge).
+
+    The jobs of a pack take their optimizer steps together, so they reach each held-out evaluation at the
+    same step. There every job that evaluated reports its objective to its trial first; then the jobs from
+    ``prune.min_steps`` on (never at the last step) are judged, those of one study and one set of ``prune``
+    settings together:
+
+    - ``successive_halving``, synchronously: at a rung (the first evaluation at or after
+      ``min_resource x reduction_factor^k`` steps) the pack's jobs are ranked together with the values every
+      other job of the study had at that rung (earlier packs, jobs run alone), and the best
+      ``max(1, n // reduction_factor)`` of those ``n`` go on (:func:`keeps_rung`, Optuna's promotion rule).
+      Asked one by one, as a job alone asks, the first job of the pack to be judged would be ranked against
+      none of its pack-mates and the last against all of them. ``min_resource`` null: the pack's
+      ``max_steps // 100`` (what Optuna estimates from a job that trained to its end), at least 1;
+    - ``median``, ``hyperband``: the pruner is asked for each job in turn, after every job reported (the
+      median pruner compares with finished jobs only, so the order does not matter; hyperband's brackets are
+      judged asynchronously, as for jobs alone).
+
+    A job stopped before a restart (its trial says where) is stopped at the same step again when the pack
+    replays it from a checkpoint.
+    """
+
+    def __init__(self, jobs: Sequence[PackedTrial | None]) -> None:
+        self.jobs = list(jobs)
+        self.decided: dict[int, int] = {}  # index -> the step its trial says it was pruned at (a restart)
+        for index, job in enumerate(self.jobs):
+            if job is not None and job.trial.trial is not None:
+                step = job.trial.trial.user_attrs.get(PRUNED_AT_STEP)
+                if step is not None:
+                    self.decided[index] = int(step)
+
+    def handoff(self, index: int) -> dict[str, Any] | None:
+        job = self.jobs[index]
+        return job.handoff if job is not None else None
+
+    def judge(self, step: int, evaluated: Mapping[int, Mapping[str, Any]], max_steps: int) -> list[int]:
+        """The jobs that evaluated at ``step`` (index -> their held-out metrics) report; returns the indices
+        of those the pruner stops here (marked on their trials)."""
+        if step <= 0:
+            return []
+        values: dict[int, float] = {}
+        for index, metrics in evaluated.items():
+            job = self.jobs[index] if index < len(self.jobs) else None
+            key = f"eval_{job.metric}" if job is not None else None
+            if job is None or job.trial.pruned_at_step is not None or key not in metrics:
+                continue
+            values[index] = float(metrics[key])
+            job.trial.report(step, values[index])
+        judged = [
+            i for i in values
+            if step >= self.jobs[i].settings.min_steps and not (max_steps > 0 and step >= max_steps)
+        ]  # fmt: skip
+        pruned = {i for i in judged if self.decided.get(i) == step}  # decided before a restart
+        groups: dict[tuple, list[int]] = {}
+        for index in judged:
+            if index not in pruned and index not in self.decided:
+                groups.setdefault(self._group_key(index), []).append(index)
+        for group in groups.values():
+            pruned.update(self._judge_group(group, step, values, max_steps))
+        for index in sorted(pruned):
+            self.jobs[index].trial.mark_pruned(step)
+        return sorted(pruned)
+
+    def _group_key(self, index: int) -> tuple:
+        job = self.jobs[index]
+        settings = dataclasses.replace(job.settings, trial=None)
+        return (job.trial.study, job.trial.storage, job.trial.direction, dataclasses.astuple(settings))
+
+    def _judge_group(
+        self, group: list[int], step: int, values: Mapping[int, float], max_steps: int
+    ) -> set[int]:
+        trials = [self.jobs[i].trial for i in group]
+        if self.jobs[group[0]].settings.pruner is not PrunerName.successive_halving:
+            return {i for i, trial in zip(group, trials, strict=True) if trial.should_prune()}
+        if any(trial.trial is None for trial in trials):
+            return set()
+        return self._halving(group, step, values, max_steps)
+
+    def _halving(self, group: list[int], step: int, values: Mapping[int, float], max_steps: int) -> set[int]:
+        """Synchronous successive halving over ``group`` at ``step`` (see the class docstring)."""
+        first = self.jobs[group[0]]
+        settings, direction = first.settings, first.trial.direction
+        handle = first.trial.trial
+        storage, study = handle.storage, handle.study
+        ids = {i: trial_id(storage, study.study_name, self.jobs[i].trial.number) for i in group}
+        numbers = {self.jobs[i].trial.number for i in group}
+        frozen = study.get_trials(deepcopy=False)
+        others = [t for t in frozen if t.number not in numbers]
+        attrs = {t.number: t.system_attrs for t in frozen}
+        rung = {i: _rungs_done(attrs.get(self.jobs[i].trial.number, {})) for i in group}
+        min_resource = settings.min_resource or max(max_steps // 100, 1)
+        factor = settings.reduction_factor
+        pruned: set[int] = {i for i in group if math.isnan(values[i])}  # Optuna's rule: NaN is pruned
+        while True:
+            ready = [i for i in group if i not in pruned and step >= min_resource * factor ** rung[i]]
+            if not ready:
+                return pruned
+            k = min(rung[i] for i in ready)
+            key = RUNG_KEY.format(k)
+            at_rung = [i for i in ready if rung[i] == k]
+            competing = [t.system_attrs[key] for t in others if key in t.system_attrs]
+            for i in at_rung:  # every job of the pack at this rung is in before any is judged
+                storage.set_trial_system_attr(ids[i], key, values[i])
+            competing += [values[i] for i in at_rung]
+            for i in at_rung:
+                if keeps_rung(values[i], competing, factor, direction):
+                    rung[i] += 1
+                else:
+                    pruned.add(i)
+
+
+def _rungs_done(system_attrs: Mapping[str, Any]) -> int:
+    rung = 0
+    while RUNG_KEY.format(rung) in system_attrs:
+        rung += 1
+    return rung
+
+
+def keeps_rung(value: float, competing: Sequence[float], reduction_factor: int, direction: Direction) -> bool:
+    """Whether ``value`` goes on from a rung where ``competing`` were reached (``value`` among them): it must
+    be at least as good as the ``max(1, n // reduction_factor)``-th best of the ``n`` (ties go on), Optuna's
+    promotion rule of successive halving."""
+    keep = max(len(competing) // reduction_factor, 1)
+    ranked = sorted(competing, reverse=direction is Direction.maximize)
+    cutoff = ranked[keep - 1]
+    return value >= cutoff if direction is Direction.maximize else value <= cutoff

@@ -12,7 +12,14 @@ intervals: dpo_lab.stats, docs/sweeps.md "Reading a sweep"). Writes into the swe
 - ``report.json``: the same for scripts: the objective, the verdict, every job's interval and difference,
   the seed groups;
 - ``plots/<metric>_vs_<param>.png`` for each swept parameter (error bars: the 95% intervals), and
-  ``plots/curves.png`` (train loss and the held-out metric against the step, every job).
+  ``plots/curves.png`` (train loss and the held-out metric against the step, every job);
+- where the jobs measured reward and KL (eval.reward_kl): ``plots/reward_kl_frontier.png``, a "Reward–KL
+  frontier" section of results.md and ``frontier`` in report.json (dpo_lab.sweep.frontier).
+
+With a pruner (``prune=...``), results.md gets a "Pruning" section and report.json ``pruning``: the jobs
+pruned and where, the training steps and time the sweep spent and saved, a pruned job whose last value lay
+inside the best job's interval (it may have been misjudged), and, with ``--compare <the same sweep
+unpruned>``, both sweeps' cost and whether the answer is the same (dpo_lab.sweep.results.pruning_summary).
 
 It also runs by itself at the end of every multirun (:class:`SweepReportCallback`, in conf/config.yaml).
 """
@@ -37,8 +44,19 @@ from dpo_lab.config.choices import Direction
 from dpo_lab.config.schemas import OBJECTIVE_METRICS, SUMMARY_METRICS
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.stats import Interval
+from dpo_lab.sweep.frontier import frontier_lines, reward_kl_frontier
 from dpo_lab.sweep.objective import Comparison, Contender, Verdict
-from dpo_lab.sweep.results import Assessment, Job, ReportError, Sweep, enum_text, load_sweep
+from dpo_lab.sweep.results import (
+    Assessment,
+    BestComparison,
+    Job,
+    PruningSummary,
+    ReportError,
+    Sweep,
+    enum_text,
+    load_sweep,
+    short_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +77,7 @@ def rows(sweep: Sweep) -> list[dict[str, Any]]:
         row.update({f"eval/{m}": job.eval_metric(m) for m in metrics})
         row["train/mean_loss"] = job.metrics.get("train", {}).get("train_loss")
         row["steps"] = job.metrics.get("global_step")
+        row["pruned_at_step"] = job.pruned_at_step
         row["runtime_s"] = job.metrics.get("total_runtime_s")
         row["train_runtime_s"] = job.metrics.get("train_runtime_s")
         row["best"] = job.name in best_jobs
@@ -135,9 +154,13 @@ def markdown(sweep: Sweep, table: list[dict[str, Any]], plots: list[Path]) -> st
         lines.append("| " + " | ".join(cells) + " |")
     lines += interval_lines(sweep, assessment)
     lines += seed_lines(sweep, assessment)
+    lines += frontier_lines(sweep)
+    lines += pruning_lines(sweep)
     if failed or assessment.non_finite:
         lines += ["", "## Jobs that did not complete", ""]
-        lines += [f"- `{j.name}` ({sweep.label(j)}): {j.status}: {_cell(j.error)}" for j in failed]
+        lines += [f"- `{j.name}` ({sweep.label(j)}): {j.status}: {_cell(j.error)}" if j.pruned_at_step is None
+                  else f"- `{j.name}` ({sweep.label(j)}): pruned at step {j.pruned_at_step} of "
+                  f"{_cell(j.max_steps)}" for j in failed]  # fmt: skip
         for name, why in assessment.non_finite.items():
             label = sweep.label(sweep.job(name))
             lines.append(
@@ -333,6 +356,103 @@ def seed_lines(sweep: Sweep, assessment: Assessment) -> list[str]:
     return lines
 
 
+def _times(ratio: float | None, what: str) -> str:
+    """`` (3.20x fewer)`` for a saving ``ratio`` (theirs over ours); `` (0.80x: 1.25x more)`` for a loss."""
+    if ratio is None:
+        return ""
+    if ratio >= 1:
+        return f" ({ratio:.2f}x {what})"
+    more = "more" if what.startswith("fewer") else "longer"
+    return f" ({ratio:.2f}x: {1 / ratio:.2f}x {more}{what.removeprefix('fewer').removeprefix('less')})"
+
+
+def pruning_summary_line(pruning: PruningSummary) -> str:
+    """The CLI's line: jobs pruned, steps spent (and saved), flagged jobs, the comparison's answer."""
+    savings, compute = pruning.savings(), pruning.compute
+    line = f"pruning: {len(pruning.pruned)} of {compute.jobs} jobs pruned, {compute.steps} training steps"
+    if compute.full_steps is not None:
+        line += f" of {compute.full_steps} at full length{_times(savings['steps_vs_full_length'], 'fewer')}"
+    if pruning.reference is not None:
+        line += f"; unpruned: {pruning.reference.steps} steps"
+        line += _times(savings["steps_vs_unpruned"], "fewer here")
+        line += f", {pruning.reference.train_s:.0f} s of training"
+        line += _times(savings["train_time_vs_unpruned"], "less here")
+        if pruning.same_answer is not None:
+            line += f"; best: {pruning.same_answer.verdict}"
+    if pruning.flagged:
+        line += f"; may have misjudged: jobs {', '.join(j.name for j in pruning.flagged)}"
+    return line
+
+
+def pruning_lines(sweep: Sweep) -> list[str]:
+    """## Pruning: what the pruner stopped and where, the compute spent and saved, the jobs it may have
+    misjudged, and (``--compare``) the same sweep unpruned."""
+    pruning = sweep.pruning
+    if pruning is None:
+        return []
+    compute, savings = pruning.compute, pruning.savings()
+    pct = _pct(pruning.best_interval.level) if pruning.best_interval is not None else _pct(0.95)
+    lines = ["", "## Pruning", ""]
+    names = ", ".join(f"`{p}`" for p in pruning.pruners) or "none"
+    done = sum(1 for j in sweep.jobs if j.status == "completed")
+    lines.append(f"Pruner: {names}. {len(pruning.pruned)} of {len(sweep.jobs)} jobs pruned, {done} trained "
+                 "to their last step.")  # fmt: skip
+    spent = f"Compute: {compute.steps} training steps over {compute.jobs} jobs"
+    if compute.full_steps is not None:
+        spent += f", of {compute.full_steps} had every job trained to its last step"
+        spent += _times(savings["steps_vs_full_length"], "fewer")
+    spent += f"; {compute.train_s:.1f} s of training"
+    packs = f"{compute.packs} pack{'s' if compute.packs != 1 else ''}"
+    spent += f" ({packs} counted once each)." if compute.packs else "."
+    lines += ["", spent]
+    if pruning.reference is not None:
+        ref = pruning.reference
+        text = (f"Against the same sweep unpruned (`{pruning.reference_path}`): {ref.steps} training steps"
+                f"{_times(savings['steps_vs_unpruned'], 'fewer here')}, {ref.train_s:.1f} s of training"
+                f"{_times(savings['train_time_vs_unpruned'], 'less here')}.")  # fmt: skip
+        lines += ["", text]
+        if pruning.same_answer is not None:
+            lines += ["", _same_answer_text(sweep, pruning.same_answer)]
+    if pruning.pruned:
+        best = f"`{pruning.best}`" if pruning.best else "-"
+        interval = pruning.best_interval.text() if pruning.best_interval is not None else "no interval"
+        lines += ["", f"Each pruned job's last held-out `{sweep.objective.metric}` against the {pct} "
+                  f"interval of the eventual best job {best}, {interval} (the per-pair mean at the step it "
+                  "stopped, on the interval's scale; the value it was judged by in brackets):", "",
+                  "| job | params | pruned at step | of | last value (judged by) | inside the best's "
+                  "interval |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for job in pruning.pruned:
+            inside = {True: "**yes**", False: "no", None: "-"}[job.within_best]
+            cells = [f"`{job.name}`", job.label, str(job.step), _cell(job.max_steps),
+                     f"{_cell(job.value)} ({_cell(job.reported)})", inside]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    if pruning.flagged:
+        named = ", ".join(f"`{j.name}`" for j in pruning.flagged)
+        lines += ["", f"**Pruning may have misjudged {named}**: the last value lies inside the best job's "
+                  f"{pct} interval, so when it stopped it could not be told apart from the job that won. "
+                  "Early held-out values are noisy (docs/pruning.md, \"When pruning misleads\"): rerun it "
+                  "unpruned, or raise `prune.min_steps` / `prune.min_resource`, before trusting the "
+                  "ranking."]  # fmt: skip
+    return lines
+
+
+def _same_answer_text(sweep: Sweep, same: BestComparison) -> str:
+    top = f"`{same.job}`" if same.job is not None else "none"
+    theirs = f"`{same.reference_job}`" if same.reference_job is not None else "none"
+    params = ",".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in same.reference_params.items())
+    if same.verdict == "same job":
+        return f"Same answer: the top job here, {top}, has the unpruned sweep's top job's values ({params})."
+    difference = f" (difference {same.difference.text()}, here minus unpruned)" if same.difference else ""
+    if same.verdict == "cannot be told apart":
+        return (f"Same answer at {_pct(same.difference.level)}: the top job here, {top}, cannot be told "
+                f"apart from the unpruned sweep's top job {theirs} ({params}) on their shared held-out pairs"
+                f"{difference}.")  # fmt: skip
+    if same.verdict in ("worse", "better"):
+        return (f"**Another answer**: the top job here, {top}, is {same.verdict} than the unpruned sweep's "
+                f"top job {theirs} ({params}) on their shared held-out pairs{difference}.")  # fmt: skip
+    return f"The answers cannot be compared: {same.verdict}."
+
+
 @dataclass
 class Report:
     """What write_report wrote. ``best``: the job the verdict names best (None when the top job ties with
@@ -376,6 +496,8 @@ class Report:
                 tied = ", ".join(verdict.tied_with_best)
                 head = f"no best job at {_pct(verdict.level)}: top job {job.name} ({sweep.label(job)})"
                 lines.append(f"{head}: {value}; cannot be told apart from jobs {tied}")
+        if sweep.pruning is not None:
+            lines.append(pruning_summary_line(sweep.pruning))
         lines.append(f"report: {sweep.path / 'results.md'}")
         return "\n".join(lines)
 
@@ -409,6 +531,7 @@ def summary_json(sweep: Sweep) -> dict[str, Any]:
             "setting": assessment.setting_of.get(job.name),
             "non_finite": assessment.non_finite.get(job.name),
             "note": assessment.notes.get(job.name),
+            "pruned_at_step": job.pruned_at_step,
         }
         entry.update(comparison.to_dict() if comparison is not None else {
             "difference_to_top": None, "seed_difference_to_top": None, "separated_from_top": None,
@@ -437,21 +560,34 @@ def summary_json(sweep: Sweep) -> dict[str, Any]:
         "verdict": {**verdict.to_dict(), "text": " ".join(verdict_lines(sweep, assessment)[:1]).strip("*")},
         "per_job": per_job,
         "seed_groups": groups,
+        **({"pruning": sweep.pruning.to_dict()} if sweep.pruning is not None else {}),
+        **({"frontier": frontier.to_dict()} if (frontier := reward_kl_frontier(sweep)) is not None else {}),
     }
 
 
-def write_report(sweep_dir: Path | str, metric: str | None = None, direction: str | None = None) -> Report:
-    """Tables, plots and report.json for a sweep folder; returns what it wrote."""
+def write_report(
+    sweep_dir: Path | str,
+    metric: str | None = None,
+    direction: str | None = None,
+    compare: Path | str | None = None,
+) -> Report:
+    """Tables, plots and report.json for a sweep folder; returns what it wrote. ``compare``: the same sweep
+    run unpruned, for the pruning section (its cost, and whether its best is this sweep's)."""
     try:
-        from dpo_lab.sweep.plots import plot_curves, plot_metric_vs_params
+        from dpo_lab.sweep.plots import plot_curves, plot_metric_vs_params, plot_reward_kl_frontier
     except ImportError as err:  # matplotlib is in the `report` extra
         raise ReportError(f"the sweep plots need matplotlib ({err}): pip install 'dpo_lab[report]'") from None
 
     sweep = load_sweep(sweep_dir, metric, direction)
+    if compare is not None:
+        sweep.reference = load_sweep(compare, sweep.objective.metric, sweep.objective.direction.value)
     table = rows(sweep)
     plots_dir = sweep.path / PLOTS_DIR
     plots_dir.mkdir(exist_ok=True)
     plots = [*plot_metric_vs_params(sweep, plots_dir), plot_curves(sweep, plots_dir)]
+    frontier_plot = plot_reward_kl_frontier(sweep, plots_dir)
+    if frontier_plot is not None:
+        plots.append(frontier_plot)
     csv_path, md_path, json_path = (sweep.path / n for n in ("results.csv", "results.md", "report.json"))
     write_csv(table, csv_path)
     md_path.write_text(markdown(sweep, table, plots))
@@ -502,10 +638,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--direction", choices=[d.value for d in Direction], help="default: the jobs' objective"
     )
+    parser.add_argument("--compare", type=Path, metavar="UNPRUNED_SWEEP",
+                        help="the same sweep run without a pruner: the pruning section compares the training "
+                             "steps and time, and whether its best job is this sweep's")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        report = write_report(args.sweep_dir, args.metric, args.direction)
+        report = write_report(args.sweep_dir, args.metric, args.direction, args.compare)
     except ReportError as err:
         print(f"dpo_lab.sweep.report: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,8 @@
 """A finished sweep read back from its run folders: the jobs, their swept values, status, metrics, curves and
 per-pair held-out records, the objective that ranks them, and how sure that ranking is (no network, no W&B
-API): :attr:`Sweep.assessment`."""
+API): :attr:`Sweep.assessment`; and what pruning did (:attr:`Sweep.pruning`: the jobs it stopped and where,
+the compute the sweep spent and saved, a pruned job that may have been misjudged, and, against the same
+sweep unpruned, whether the answer is the same)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,10 @@ from dpo_lab.stats import (
     across_seeds,
     bootstrap_interval,
     finite_array,
+    paired_difference,
     seed_groups,
+    separated,
+    shared_ids,
 )
 from dpo_lab.sweep.objective import Contender, Verdict, better, decide, per_pair_field
 
@@ -60,6 +65,23 @@ class Job:
     @property
     def error(self) -> str | None:
         return self.metrics.get("error")
+
+    @property
+    def steps(self) -> int | None:
+        """The optimizer steps the job took (``global_step``; None when it recorded none: failed early)."""
+        return _integer(self.metrics.get("global_step"))
+
+    @property
+    def max_steps(self) -> int | None:
+        """The steps of the job at full length (``train.max_steps``; None when not set in its config)."""
+        found = _integer(self.value("train.max_steps"))
+        return found if found is not None and found > 0 else None
+
+    @property
+    def pruned_at_step(self) -> int | None:
+        """Where a pruner stopped the job (metrics.json ``pruning.pruned_at_step``), None if none did."""
+        pruning = self.metrics.get("pruning")
+        return _integer(pruning.get("pruned_at_step")) if isinstance(pruning, dict) else None
 
     def pair_values(self, metric: str) -> tuple[dict[str, float] | None, str | None]:
         """``({pair id: value}, None)``: the per-pair values whose mean is ``metric`` (a pair id seen again
@@ -108,6 +130,7 @@ class Sweep:
     jobs: list[Job]
     swept: list[str]
     objective: ObjectiveSettings
+    reference: Sweep | None = None  # the same sweep unpruned, to compare with (dpo-lab report --compare)
 
     @property
     def metric_column(self) -> str:
@@ -143,6 +166,12 @@ class Sweep:
     def assessment(self) -> Assessment:
         """How sure the ranking is, at 95% (see :func:`assess`)."""
         return assess(self)
+
+    @cached_property
+    def pruning(self) -> PruningSummary | None:
+        """What pruning did (see :func:`pruning_summary`); None when no job had a pruner and there is no
+        :attr:`reference` to compare with."""
+        return pruning_summary(self, self.reference)
 
 
 @dataclass
@@ -348,3 +377,224 @@ def _objective(jobs: Sequence[Job], metric: str | None, direction: str | None) -
 def enum_text(value: Any) -> str:
     """An enum's value, or the text itself (configs hold Direction members or plain strings)."""
     return str(getattr(value, "value", value))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What pruning did: the jobs it stopped, the compute spent and saved, a pruned job it may have misjudged,
+# and whether the answer is the one of the same sweep unpruned
+
+
+def _integer(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A sweep's training cost, read from its jobs' metrics.json.
+
+    ``steps``: optimizer steps taken, summed over the jobs that recorded them (``global_step``);
+    ``full_steps``: what the same jobs take at full length (each job's ``train.max_steps``; None where a job's
+    is not known); ``train_s``: training wall time (``train_runtime_s``) summed over the jobs run alone and
+    over the packs, each pack's once (a packed job's is its pack's, shared with the pack's other jobs; a job
+    the pack pruned stopped its clock there); ``jobs``: the jobs counted; ``packs``: the packs among them."""
+
+    jobs: int
+    steps: int
+    full_steps: int | None
+    train_s: float
+    packs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobs": self.jobs, "steps": self.steps, "full_steps": self.full_steps,
+                "train_s": round(self.train_s, 3), "packs": self.packs}  # fmt: skip
+
+
+def compute_of(sweep: Sweep) -> Compute:
+    """The training cost of ``sweep`` (see :class:`Compute`)."""
+    jobs = steps = full = 0
+    known = True
+    alone = 0.0
+    packs: dict[str, float] = {}
+    for job in sweep.jobs:
+        taken = job.steps
+        if taken is None:
+            continue
+        jobs += 1
+        steps += taken
+        if job.max_steps is None:
+            known = False
+        else:
+            full += max(job.max_steps, taken)
+        runtime = _finite(job.metrics.get("train_runtime_s")) or 0.0
+        train = job.metrics.get("train")
+        pack = train.get("pack_id") if isinstance(train, dict) else None
+        if pack:
+            packs[str(pack)] = max(packs.get(str(pack), 0.0), runtime)
+        else:
+            alone += runtime
+    return Compute(jobs, steps, full if known else None, alone + sum(packs.values()), len(packs))
+
+
+@dataclass(frozen=True)
+class PrunedJob:
+    """A job a pruner stopped. ``reported``: the held-out value it was last judged by (TRL's metric, as
+    reported to its trial); ``value``: the same evaluation on the scale of the best job's interval (the mean
+    of its per-pair records, ties counting half; its reported value where it has none); ``within_best``:
+    ``value`` lies inside the eventual best job's interval (None: no interval to compare with): the pruner
+    stopped it where it could not yet be told apart from the job that won."""
+
+    name: str
+    label: str
+    step: int
+    max_steps: int | None
+    reported: float | None
+    value: float | None
+    within_best: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job": self.name, "params": self.label, "pruned_at_step": self.step,
+                "max_steps": self.max_steps, "last_reported": self.reported, "value": self.value,
+                "within_best_interval": self.within_best}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BestComparison:
+    """A sweep's top job against a reference sweep's (the same grid unpruned), on the held-out pairs both
+    evaluated: ``same_setting`` (the same swept values), else ``difference`` (this top minus the reference's
+    top, paired over their shared pairs) and whether it excludes 0. ``verdict``: ``same job``, ``cannot be
+    told apart``, ``worse`` or ``better`` (separated at 95%), or why it cannot say."""
+
+    job: str | None
+    reference_job: str | None
+    params: dict[str, Any]
+    reference_params: dict[str, Any]
+    same_setting: bool
+    difference: Interval | None
+    verdict: str
+
+    @property
+    def same_answer(self) -> bool:
+        """The reference's best is found, or one that cannot be told apart from it."""
+        return self.verdict in ("same job", "cannot be told apart")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job": self.job, "reference_job": self.reference_job, "params": self.params,
+                "reference_params": self.reference_params, "same_setting": self.same_setting,
+                "difference": self.difference.to_dict() if self.difference is not None else None,
+                "verdict": self.verdict, "same_answer": self.same_answer}  # fmt: skip
+
+
+def compare_best(sweep: Sweep, reference: Sweep, *, level: float = LEVEL, seed: int = 0) -> BestComparison:
+    """Whether ``sweep``'s top job is ``reference``'s top job (the same values of every key swept in either)
+    or cannot be told apart from it: the paired difference of their per-pair values of the objective over
+    the held-out pairs both evaluated (pair ids) includes 0 (dpo_lab.stats.paired_difference)."""
+    metric, direction = sweep.objective.metric, sweep.objective.direction
+    tops = [s.assessment.jobs.top for s in (sweep, reference)]
+    keys = [*sweep.swept, *[k for k in reference.swept if k not in sweep.swept]]
+    jobs = [s.job(t.name) if t is not None else None for s, t in zip((sweep, reference), tops, strict=True)]
+    params = [{k: j.value(k) for k in keys} if j is not None else {} for j in jobs]
+    names = [t.name if t is not None else None for t in tops]
+    if None in jobs:
+        return BestComparison(*names, *params, False, None, "unknown: a sweep has no completed job")
+    if params[0] == params[1]:
+        return BestComparison(*names, *params, True, None, "same job")
+    (mine, why), (theirs, why_theirs) = (j.pair_values(metric) for j in jobs)
+    if mine is None or theirs is None or not shared_ids(mine, theirs):
+        reason = why or why_theirs or "no held-out pairs in common"
+        return BestComparison(*names, *params, False, None, f"unknown: {reason}")
+    difference = paired_difference(mine, theirs, seed=seed, level=level)
+    if not separated(difference):
+        verdict = "cannot be told apart"
+    elif (difference.value > 0) == (direction is Direction.maximize):
+        verdict = "better"
+    else:
+        verdict = "worse"
+    return BestComparison(*names, *params, False, difference, verdict)
+
+
+@dataclass
+class PruningSummary:
+    """What pruning did in a sweep (``dpo-lab report``'s "Pruning" section, report.json ``pruning``).
+
+    ``pruners``: the pruners the jobs ran under; ``pruned``: the jobs stopped, with where and by what value;
+    ``best`` / ``best_interval``: the eventual best job (the top completed one) and its interval over the
+    held-out pairs, which a pruned job's value is held against; ``compute``: what the sweep spent;
+    ``reference`` / ``same_answer``: the same sweep unpruned (``--compare``), and whether its answer is the
+    same."""
+
+    pruners: list[str]
+    pruned: list[PrunedJob]
+    best: str | None
+    best_interval: Interval | None
+    compute: Compute
+    reference: Compute | None = None
+    reference_path: Path | None = None
+    same_answer: BestComparison | None = None
+
+    @property
+    def flagged(self) -> list[PrunedJob]:
+        """Pruned jobs whose last value lies inside the eventual best job's interval."""
+        return [job for job in self.pruned if job.within_best]
+
+    def savings(self) -> dict[str, float | None]:
+        """How many times less: steps than at full length; steps and training time than the reference."""
+
+        def ratio(full: float | None, spent: float) -> float | None:
+            return round(full / spent, 2) if full is not None and spent > 0 else None
+
+        out = {"steps_vs_full_length": ratio(self.compute.full_steps, self.compute.steps)}
+        if self.reference is not None:
+            out["steps_vs_unpruned"] = ratio(self.reference.steps, self.compute.steps)
+            out["train_time_vs_unpruned"] = ratio(self.reference.train_s, self.compute.train_s)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pruners": self.pruners,
+            "pruned": [job.to_dict() for job in self.pruned],
+            "flagged": [job.name for job in self.flagged],
+            "best": self.best,
+            "best_interval": self.best_interval.to_dict() if self.best_interval is not None else None,
+            "compute": self.compute.to_dict(),
+            "unpruned": None if self.reference is None else {
+                "path": str(self.reference_path), **self.reference.to_dict()},
+            "savings": self.savings(),
+            "same_answer": self.same_answer.to_dict() if self.same_answer is not None else None,
+        }  # fmt: skip
+
+
+def pruning_summary(sweep: Sweep, reference: Sweep | None = None) -> PruningSummary | None:
+    """What pruning did in ``sweep`` (see :class:`PruningSummary`), against ``reference`` (the same sweep
+    unpruned) when given; None when no job had a pruner (no ``pruning`` record) and no reference is given."""
+    records = [j.metrics.get("pruning") for j in sweep.jobs if isinstance(j.metrics.get("pruning"), dict)]
+    if not records and reference is None:
+        return None
+    pruners = sorted({str(r.get("pruner")) for r in records if r.get("pruner")})
+    metric = sweep.objective.metric
+    top = sweep.assessment.jobs.top
+    interval = top.interval if top is not None else None
+    pruned = []
+    for job in sweep.jobs:
+        step = job.pruned_at_step
+        if step is None:
+            continue
+        last = job.metrics.get("pruning", {}).get("last_reported")
+        reported = _finite(last.get("value")) if isinstance(last, dict) else job.eval_metric(metric)
+        pairs, _ = job.pair_values(metric)
+        value = statistics.fmean(pairs.values()) if pairs else reported
+        within = None
+        if interval is not None and interval.bounded and value is not None and math.isfinite(value):
+            within = interval.low <= value <= interval.high
+        pruned.append(PrunedJob(job.name, sweep.label(job), step, job.max_steps, reported, value, within))
+    summary = PruningSummary(pruners, pruned, top.name if top else None, interval, compute_of(sweep))
+    if reference is not None:
+        summary.reference = compute_of(reference)
+        summary.reference_path = reference.path
+        summary.same_answer = compare_best(sweep, reference)
+    return summary

@@ -21,7 +21,24 @@ class ProgressBar(TrainerCallback):
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self.eval_bar: Any = None
         self.shown: dict[str, str] = {}
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """A held-out evaluation's batches (before training it can take minutes on a real model)."""
+        if not is_main_process():
+            return
+        if self.eval_bar is None:
+            total = len(eval_dataloader) if eval_dataloader is not None else None
+            when = "before training" if state.global_step == 0 else f"step {state.global_step}"
+            self.eval_bar = tqdm(total=total, desc=f"held-out eval ({when})", unit="batch", leave=False,
+                                 file=sys.stderr, dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+        self.eval_bar.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.eval_bar is not None:
+            self.eval_bar.close()
+            self.eval_bar = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if is_main_process() and state.max_steps > 0:
@@ -46,6 +63,7 @@ class ProgressBar(TrainerCallback):
 
     def close(self) -> None:
         """End the bar's line (also when training failed, so that an error message starts its own line)."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        for bar in (self.eval_bar, self.bar):
+            if bar is not None:
+                bar.close()
+        self.bar = self.eval_bar = None

@@ -150,7 +150,8 @@ def start(
             reinit="finish_previous",
             id=run_id,
             resume="allow" if run_id else None,
-            settings=wandb.Settings(init_timeout=60, console="off"),
+            # quiet: no run history printed at the end; dpo_lab logs the run's id and how to upload it
+            settings=wandb.Settings(init_timeout=60, console="off", quiet=True),
         )
     run.define_metric("train/global_step")
     run.define_metric("*", step_metric="train/global_step", step_sync=True)

@@ -31,9 +31,13 @@ when the embeddings are frozen and checkpointing is off: an over-count of ~2% on
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -199,6 +203,52 @@ def measure_peak_flops(
         _sync(device)
         fastest = min(fastest, time.perf_counter() - start)
     return matmul_flops(size, size, size) / fastest
+
+
+PEAK_ENV = "DPO_LAB_PEAK_FLOPS"  # a nominal peak in FLOP/s to divide by instead (e.g. a GPU's datasheet)
+CACHE_ENV = "DPO_LAB_CACHE"  # where the measured peak is kept (default ~/.cache/dpo_lab)
+
+
+def machine_peak(device: str, dtype: torch.dtype) -> tuple[float, str]:
+    """The matmul peak MFU is divided by, and where it comes from: ``$DPO_LAB_PEAK_FLOPS`` when set (a
+    nominal peak), else this machine's peak for the dtype, measured once (the fastest of many products) and
+    kept in ``<cache>/peak_flops.json`` under the device, the CPU or GPU model, the dtype, the torch version
+    and the thread count. A per-run measurement swung 20x between jobs of one sweep on a loaded machine."""
+    nominal = os.environ.get(PEAK_ENV)
+    if nominal:
+        return float(nominal), f"nominal (${PEAK_ENV})"
+    key = "|".join(
+        [device, _device_model(device), str(dtype), torch.__version__, str(torch.get_num_threads())]
+    )
+    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dpo_lab") / "peak_flops.json"
+    try:
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        kept = {}
+    if key in kept:
+        return float(kept[key]["flops_per_s"]), f"measured once on this machine ({kept[key]['measured']})"
+    peak = measure_peak_flops(device, dtype, repeats=30)
+    when = time.strftime("%Y-%m-%d %H:%M") + f", load {os.getloadavg()[0]:.1f}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({**kept, key: {"flops_per_s": peak, "measured": when}}, indent=1))
+        tmp.replace(path)
+    except OSError:  # a read-only home: measured for this run only, and said so
+        return peak, "measured for this run (the cache could not be written)"
+    return peak, f"measured once on this machine ({when})"
+
+
+def _device_model(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def flop_report(

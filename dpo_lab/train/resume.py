@@ -40,6 +40,9 @@ from dpo_lab.runtime.processes import is_main_process
 log = logging.getLogger(__name__)
 
 
+# metrics.json statuses of a run that is over: a rerun leaves it as it is
+FINISHED = ("completed", "pruned")
+
 # Keys that may differ between the attempts of one run folder.
 _FREE_KEYS = {"resume"}
 
@@ -127,11 +130,12 @@ def save_run_config(
 
 
 def completed_result(run_dir: Path) -> dict[str, Any] | None:
-    """metrics.json of a run that finished in ``run_dir`` (its adapter saved), else None."""
+    """metrics.json of a run that finished in ``run_dir`` (its adapter saved), else None. A job a pruner
+    stopped early (status ``pruned``) is finished too: run again, it is reported, not trained on."""
     metrics = RunLayout(run_dir).metrics
     if metrics.is_file() and RunLayout(run_dir).adapter.is_dir():
         record = json.loads(metrics.read_text())
-        if record.get("status") == "completed":
+        if record.get("status") in FINISHED:
             return record
     return None
 
@@ -149,7 +153,7 @@ def plan_resume(run_dir: Path, resolved: dict[str, Any]) -> ResumePlan:
             log.info("%s holds no checkpoint and no result: starting it again with the new config "
                      "(%s differs)", run_dir, err.key)  # fmt: skip
     if completed is not None:
-        log.info("%s already holds a completed run; nothing to do", run_dir)
+        log.info("%s already holds a %s run; nothing to do", run_dir, completed["status"])
         return ResumePlan(completed=completed)
     discard(RunLayout(run_dir).checkpoints, skipped)
     if checkpoint is not None:

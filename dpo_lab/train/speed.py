@@ -37,7 +37,7 @@ from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.batching import pair_token_lengths
 from dpo_lab.train.flops import (
     flop_report,
-    measure_peak_flops,
+    machine_peak,
     model_shapes,
     packed_flop_report,
     token_ratios,
@@ -152,7 +152,7 @@ def speed_metrics(
 
     ``runtime`` is Trainer's ``train_runtime`` (seconds), evaluations inside it are taken out (see the
     module docstring); ``started_at`` is the job's start (:func:`job_started_at`); the device's peak is
-    measured here, after training, with a matmul in the dtype the training matmuls ran in.
+    this machine's peak, measured once and kept (flops.machine_peak), in the training matmuls' dtype.
     """
     tokens = trainer.state.num_input_tokens_seen - clock.tokens_at_start  # this attempt's
     seconds = max(runtime - clock.eval_seconds_in_train, 0.0)
@@ -164,7 +164,7 @@ def speed_metrics(
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         **step_timing(clock, started_at),
     }
-    peak = measure_peak_flops(device, compute_dtype(precision))
+    peak, peak_source = machine_peak(device, compute_dtype(precision))
     ratios = token_ratios(pair_token_lengths(trainer.train_dataset), trainer.args.max_length)
     report = dict(tokens=tokens, seconds=seconds, peak_flops_per_s=peak,
                   reference_forward=not trainer.args.precompute_ref_log_probs)  # fmt: skip
@@ -174,7 +174,7 @@ def speed_metrics(
     else:
         flops = flop_report(shapes, ratios, **report)
     metrics["mfu"] = flops["mfu"]
-    metrics["flops"] = flops
+    metrics["flops"] = {**flops, "peak_source": peak_source}
     log.info(
         "%.0f tokens/s, %.3g model FLOP/s, peak %.3g FLOP/s (%s matmul), MFU %.2f%%",
         metrics["tokens_per_second"], flops["achieved_flops_per_s"], peak, precision.value,

@@ -270,7 +270,7 @@ def test_generate_answers_prompts_piped_on_stdin(tmp_path) -> None:
     out = io.StringIO()
     records = generate.generate(cfg, io.StringIO("What is 2% of $100?\n\nAnd 3%?\n"), out)
     assert [r["prompt"] for r in records] == ["What is 2% of $100?", "And 3%?"]
-    assert ">>> What is 2% of $100?" in out.getvalue() and all(r["answer"] for r in records)
+    assert ">>> What is 2% of $100?" in out.getvalue() and all(r["response"] for r in records)
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -257,3 +257,33 @@ def test_console_script_finds_the_config_from_any_directory(tmp_path) -> None:
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "beta: 0.2" in proc.stdout
+
+
+def _float_keys() -> list[str]:
+    from dpo_lab.config.fields import leaves
+
+    cfg = to_run_config(compose_config([]))
+    return [key for key, _, value in leaves(cfg) if isinstance(value, float)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_key_refuses_nan_and_inf(bad: float) -> None:
+    """A range check like ``> 0`` lets inf through and NaN compares false with everything: no float key of
+    the run takes a non-finite value (each is refused with its key named)."""
+    import copy
+
+    from dpo_lab.config.validation import validate
+
+    keys = _float_keys()
+    assert {"dpo.beta", "train.learning_rate", "lora.dropout", "train.max_grad_norm"} <= set(keys)
+    base = to_run_config(compose_config([]))
+    for key in keys:
+        cfg = copy.deepcopy(base)
+        *path, last = key.split(".")
+        node = cfg
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, last, bad)
+        with pytest.raises(ConfigError) as info:
+            validate(cfg)
+        assert info.value.key == key and "must be a finite number" in str(info.value), key

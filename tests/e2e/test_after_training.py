@@ -50,8 +50,9 @@ def test_run_records_task_accuracy_and_samples(trained_run: Path) -> None:
         for record in records:
             row = ROWS_BY_PROMPT[record["prompt"]]
             assert record["chosen"] == row["chosen"] and record["rejected"] == row["rejected"]
-            assert record["truth"] == row["answer"] and record["answer"].strip()
-            assert record["correct"] == finance_number(record["answer"], row, CheckerSettings()).correct
+            assert record["ground_truth"] == row["answer"] and record["response"].strip()
+            assert record["correct"] == finance_number(record["response"], row, CheckerSettings()).correct
+            assert record["conversation"][-1] == {"role": "user", "content": record["prompt"]}
         assert task[f"accuracy_{name}"] == pytest.approx(sum(r["correct"] for r in records) / len(records))
     card = (trained_run / "README.md").read_text()
     assert f"| task/accuracy_after | {task['accuracy_after']:.4g} |" in card
@@ -67,8 +68,8 @@ def test_before_is_the_base_model_and_after_the_adapter(trained_run: Path) -> No
     messages = held_out_messages(NUM_PROMPTS)
     base = AutoModelForCausalLM.from_pretrained(asset_path("tiny-llama"), dtype=torch.float32)
     tuned = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
-    before = [r["answer"] for r in read_jsonl(trained_run / "samples_before.jsonl")]
-    after = [r["answer"] for r in read_jsonl(trained_run / "samples_after.jsonl")]
+    before = [r["response"] for r in read_jsonl(trained_run / "samples_before.jsonl")]
+    after = [r["response"] for r in read_jsonl(trained_run / "samples_after.jsonl")]
     assert generate_answers(base, tokenizer, messages, cfg) == before
     assert generate_answers(tuned, tokenizer, messages, cfg) == after
     assert before != after  # four steps already change some answers
@@ -108,11 +109,11 @@ def test_generate_from_prompt_files_is_deterministic(trained_run: Path, tmp_path
         "dpo_lab.cli.generate",
     )
     a, b, c = (read_jsonl(tmp_path / f"{n}.jsonl") for n in "abc")
-    assert [r["prompt"] for r in a] == prompts and all(r["answer"] for r in a)
+    assert [r["prompt"] for r in a] == prompts and all(r["response"] for r in a)
     assert a == b and first.stdout == second.stdout  # greedy + seed: the same answers, streamed the same
-    assert [r["answer"] for r in c] == [r["answer"] for r in a]  # batched without streaming: same answers
+    assert [r["response"] for r in c] == [r["response"] for r in a]  # batched without streaming: same answers
     for record in a:
-        assert f">>> {record['prompt']}\n{record['answer']}" in first.stdout
+        assert f">>> {record['prompt']}\n{record['response']}" in first.stdout
 
 
 @pytest.mark.slow
@@ -249,10 +250,10 @@ def test_compare_with_base_by_the_checker(trained_run: Path, tmp_path: Path) -> 
     )
     for record in records:
         row = ROWS_BY_PROMPT[record["prompt"]]
-        assert record["truth"] == row["answer"]
+        assert record["ground_truth"] == row["answer"]
         for side in "ab":
             assert record[f"score_{side}"] == float(
-                finance_number(record[f"answer_{side}"], row, CheckerSettings()).correct
+                finance_number(record[f"response_{side}"], row, CheckerSettings()).correct
             )
         expected = (
             "a"
@@ -267,10 +268,10 @@ def test_compare_with_base_by_the_checker(trained_run: Path, tmp_path: Path) -> 
     assert summary["win_rate_a"] == pytest.approx((wins["a"] + wins["tie"] / 2) / NUM_PROMPTS)
     assert summary["accuracy_a"] == pytest.approx(sum(r["score_a"] for r in records) / NUM_PROMPTS)
     # B is the base: its answers are the run's recorded "before" samples (same prompts, same batch)
-    before = {r["prompt"]: r["answer"] for r in read_jsonl(trained_run / "samples_before.jsonl")}
-    after = {r["prompt"]: r["answer"] for r in read_jsonl(trained_run / "samples_after.jsonl")}
-    assert [r["answer_b"] for r in records] == [before[r["prompt"]] for r in records]
-    assert [r["answer_a"] for r in records] == [after[r["prompt"]] for r in records]
+    before = {r["prompt"]: r["response"] for r in read_jsonl(trained_run / "samples_before.jsonl")}
+    after = {r["prompt"]: r["response"] for r in read_jsonl(trained_run / "samples_after.jsonl")}
+    assert [r["response_b"] for r in records] == [before[r["prompt"]] for r in records]
+    assert [r["response_a"] for r in records] == [after[r["prompt"]] for r in records]
     assert f"win rate of A {summary['win_rate_a']:.3f}" in proc.stdout
 
 
@@ -297,7 +298,7 @@ def test_compare_two_runs_by_a_reward_model(trained_run: Path, tmp_path: Path) -
     cli([*args, f"out={out}"], tmp_path, "dpo_lab.cli.compare")
     records, summary = read_jsonl(out), json.loads(out.with_suffix(".json").read_text())
     # the same run on both sides: same answers, same scores, all ties
-    assert all(r["answer_a"] == r["answer_b"] and r["winner"] == "tie" for r in records)
+    assert all(r["response_a"] == r["response_b"] and r["winner"] == "tie" for r in records)
     assert summary["ties"] == 3 and summary["win_rate_a"] == 0.5 and summary["judge"] == f"reward_model:{rm}"
     # each score is the reward model's output on the conversation with that answer
     model = LlamaForSequenceClassification.from_pretrained(rm).eval()
@@ -305,7 +306,7 @@ def test_compare_two_runs_by_a_reward_model(trained_run: Path, tmp_path: Path) -
     for record in records:
         messages = [
             {"role": "user", "content": record["prompt"]},
-            {"role": "assistant", "content": record["answer_a"]},
+            {"role": "assistant", "content": record["response_a"]},
         ]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")

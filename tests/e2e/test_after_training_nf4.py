@@ -55,9 +55,9 @@ def test_task_accuracy_and_sample_tables_in_wandb(nf4_run: Path) -> None:
         logged = json.loads(
             next((nf4_run / "wandb").glob(f"offline-run-*/files/{table['path']}")).read_text()
         )
-        assert logged["columns"][:4] == ["prompt", "chosen", "rejected", "answer"]
+        assert logged["columns"][:2] == ["prompt", "response"]
         records = read_jsonl(nf4_run / f"samples_{name}.jsonl")
-        assert [row[3] for row in logged["data"]] == [r["answer"] for r in records]
+        assert [row[1] for row in logged["data"]] == [r["response"] for r in records]
 
 
 @pytest.mark.slow

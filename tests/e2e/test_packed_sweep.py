@@ -82,8 +82,9 @@ def test_packed_jobs_equal_the_basic_launchers(sweeps) -> None:
             assert (job / name).is_file(), name
         assert mine["task"].keys() == theirs["task"].keys()
         for name in ("samples_before.jsonl", "samples_after.jsonl"):  # generated in the pack, same answers
-            answers = [json.loads(line)["answer"] for line in (job / name).read_text().splitlines()]
-            assert answers == [json.loads(line)["answer"] for line in (alone / name).read_text().splitlines()]
+            answers = [json.loads(line)["response"] for line in (job / name).read_text().splitlines()]
+            lines = (alone / name).read_text().splitlines()
+            assert answers == [json.loads(line)["response"] for line in lines]
 
 
 @pytest.mark.slow

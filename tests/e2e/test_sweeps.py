@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dpo_lab.sweep import report
-from tests.helpers import ROOT, run_cli, wandb_records
+from tests.helpers import ROOT, run_cli, wandb_records, wandb_summary
 
 # few steps, few pairs, short sequences: each job takes seconds of compute
 SMALL = [
@@ -67,6 +67,12 @@ def test_grid_gives_four_run_folders_and_four_wandb_runs_in_one_group(grid) -> N
     runs = [next(r["run"] for r in wandb_records(job) if r["type"] == "run") for job in jobs]
     assert len({r["run_id"] for r in runs}) == 4
     assert {r["run_group"] for r in runs} == {f"sweep-{sweep.parent.name}_{sweep.name}"}
+    for job, run in zip(jobs, runs, strict=True):  # every swept key in every name, defaults included
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        beta, r = config["dpo"]["beta"], config["lora"]["r"]
+        parts = run["display_name"].split(",")
+        assert f"beta={beta:g}" in parts and f"r={r}" in parts, run["display_name"]
+        assert {"swept:dpo.beta", "swept:lora.r"} <= set(wandb_summary(job)["tags"])
 
 
 @pytest.mark.slow

@@ -168,7 +168,8 @@ def test_the_base_reward_is_the_mean_of_its_samples_rewards(trained) -> None:
         assert p.base_reward == pytest.approx(sum(p.base_rewards) / len(p.base_rewards))
         assert p.rewards == [sentiment(p.prompt, c) for c in p.completions]
     means = [p.base_reward for p in result.prompts]
-    assert result.base_reward == bootstrap_interval(means, seed=SETTINGS.seed)
+    assert result.base_reward == bootstrap_interval(means, seed=SETTINGS.seed, unit="prompts")
+    assert "over prompts" in result.base_reward.method  # the resampled units are prompts, not pairs
     assert result.base_reward.value == pytest.approx(sum(means) / len(means))
     assert result.kl.value == pytest.approx(sum(p.kl for p in result.prompts) / len(result.prompts))
     gains = [p.reward - p.base_reward for p in result.prompts]

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from dpo_lab.config.choices import WandbMode
-from dpo_lab.runs.naming import format_value, run_group, run_name
+from dpo_lab.runs.naming import format_value, run_group, run_name, swept_keys
 from dpo_lab.runs.redaction import redact
 from dpo_lab.track.callbacks import prefixed
 from dpo_lab.track.wandb_tracker import network_reachable, resolve_mode
@@ -43,7 +43,21 @@ def test_groups_per_sweep_and_per_run() -> None:
         == "sweep-2026-11-26_10-00-00-123"
     )
     run = Path("runs/2026-11-26/10-00-01-5")
-    assert run_group(None, "beta=0.1", run) == "beta=0.1-2026-11-26_10-00-01-5"
+    assert run_group(None, "beta=0.1", run) == "single-runs"  # readable, and it gathers comparable runs
+    assert run_group(None, "beta=0.1", run, "smollm2_hh_finance") == "experiment-smollm2_hh_finance"
+
+
+def test_a_sweeps_job_is_named_after_every_swept_key_even_at_its_default() -> None:
+    """In sweep=tiny_beta_rank, job 1 (beta 0.1 = the default, r 16 = the default) used to be named
+    without beta or r."""
+    defaults = OmegaConf.create({"dpo": {"beta": 0.1}, "lora": {"r": 16}, "train": {"max_steps": 5}})
+    job = OmegaConf.create({"dpo": {"beta": 0.1}, "lora": {"r": 16}, "train": {"max_steps": 20}})
+    overrides = ["dpo.beta=0.1", "lora.r=16", "train.max_steps=20"]
+    swept = swept_keys(["dpo.beta=0.1,0.5", "train.max_steps=20"], {"lora.r": "4,16"})
+    assert swept == ["lora.r", "dpo.beta"]
+    assert run_name(overrides, job, defaults, {}, {}, swept) == "beta=0.1,r=16,steps=20"
+    assert run_name(overrides, job, defaults, {}, {}) == "steps=20"  # a single run: what it changed
+    assert swept_keys(["prune.trial=3", "hydra.launcher.pack_size=2", "seed=1,2"], None) == ["seed"]
 
 
 def test_prefixes() -> None:
@@ -97,7 +111,7 @@ def test_run_record_name_group_tags_config(tracked_run) -> None:
     run, _, _ = tracked_run
     record = next(r["run"] for r in wandb_records(run) if r["type"] == "run")
     assert record["display_name"].startswith("beta=0.05,r=8,lr=5e-06")
-    assert record["run_group"] == f"{record['display_name']}-{run.parent.name}_{run.name}"
+    assert record["run_group"] == "single-runs"  # a single run without an experiment
     summary = wandb_summary(run)
     assert set(summary["tags"]) == {"smoke", "finance"} and summary["notes"] == "tracking test"
     config = summary["config"]

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from dpo_lab.config.validation import to_run_config
-from dpo_lab.errors import ConfigError
+from dpo_lab.errors import ConfigError, NonFiniteError
 from dpo_lab.runs.atomic import atomic_write_text, partial_path, replace_dir
 from dpo_lab.runs.checkpoints import (
     MARKER,
@@ -159,6 +159,23 @@ def test_checkpoint_callback_marks_each_save_and_keeps_save_total_limit_newest(t
         callback.on_save(args, TrainerState(global_step=step), TrainerControl())
     assert [c.step for c in list_checkpoints(tmp_path)] == [4, 5, 6]
     assert all(incompleteness(c) is None for c in list_checkpoints(tmp_path))
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), float("-inf")])
+def test_a_checkpoint_over_non_finite_weights_is_never_marked_complete(tmp_path: Path, weight: float) -> None:
+    """A step whose loss and gradients were finite can still leave non-finite weights (an update that
+    overflows): the save stops the run, naming the last good checkpoint, and leaves no marker."""
+    callback = CheckpointCallback(save_total_limit=3)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    fake_checkpoint(tmp_path, 2, complete=False)
+    callback.on_save(args, TrainerState(global_step=2), TrainerControl())
+    fake_checkpoint(tmp_path, 4, complete=False, weight=weight)
+    with pytest.raises(
+        NonFiniteError,
+        match=r"\(lora_A\) at step 4; .*checkpoint-4 is not marked complete.*Last good checkpoint: .*-2",
+    ):
+        callback.on_save(args, TrainerState(global_step=4), TrainerControl())
+    assert latest_complete(tmp_path).step == 2 and not (tmp_path / "checkpoint-4" / MARKER).exists()
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -337,3 +354,23 @@ def test_resumed_history_is_the_checkpoints_own(tmp_path: Path) -> None:
     (tmp_path / "log_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plan_resume(tmp_path, {"seed": 1})
     assert read_history(tmp_path) == rows[:2]
+
+
+@pytest.mark.parametrize(
+    ("status", "adapter", "finished"),
+    [("completed", True, True), ("pruned", True, True), ("failed", True, False), ("running", True, False),
+     ("completed", False, False)],
+)  # fmt: skip
+def test_a_run_is_over_when_it_completed_or_was_pruned_and_its_adapter_is_saved(
+    tmp_path: Path, status: str, adapter: bool, finished: bool
+) -> None:
+    """A rerun leaves a finished folder as it is (a pruned job is not trained to its end); a failed or
+    running one, or one whose adapter is missing, is trained again."""
+    from dpo_lab.runs.layout import RunLayout
+    from dpo_lab.train.resume import completed_result
+
+    layout = RunLayout(tmp_path)
+    layout.metrics.write_text(json.dumps({"status": status}))
+    if adapter:
+        layout.adapter.mkdir()
+    assert (completed_result(tmp_path) is not None) is finished

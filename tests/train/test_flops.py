@@ -166,3 +166,22 @@ def test_a_resumed_attempt_counts_only_its_own_tokens() -> None:
     fresh = StepClock()
     fresh.on_train_begin(None, SimpleNamespace(num_input_tokens_seen=0), None)
     assert fresh.tokens_at_start == 0
+
+
+def test_the_peak_is_measured_once_per_machine_and_kept(tmp_path, monkeypatch) -> None:
+    """MFU divides by a peak measured once and kept (a per-run measurement swung 20x between the jobs of one
+    sweep on a loaded machine), or by a nominal peak the user states."""
+    from dpo_lab.train import flops
+
+    calls = []
+    monkeypatch.setenv(flops.CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(flops.PEAK_ENV, raising=False)
+    monkeypatch.setattr(flops, "measure_peak_flops", lambda *a, **k: calls.append(a) or 1.5e11)
+    first, source = flops.machine_peak("cpu", torch.bfloat16)
+    assert first == 1.5e11 and source.startswith("measured once on this machine") and len(calls) == 1
+    monkeypatch.setattr(flops, "measure_peak_flops", lambda *a, **k: calls.append(a) or 9.0e9)  # a loaded run
+    again, _ = flops.machine_peak("cpu", torch.bfloat16)
+    assert again == 1.5e11 and len(calls) == 1  # kept: not measured again
+    assert flops.machine_peak("cpu", torch.float32)[0] == 9.0e9 and len(calls) == 2  # another dtype
+    monkeypatch.setenv(flops.PEAK_ENV, "2e12")
+    assert flops.machine_peak("cpu", torch.bfloat16) == (2e12, f"nominal (${flops.PEAK_ENV})")

@@ -81,6 +81,18 @@ def test_guard_stops_before_the_optimizer_step_naming_step_and_checkpoint(tmp_pa
     assert info.value.last_checkpoint == tmp_path / "checkpoint-4"
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_an_infinite_loss_stops_the_run_as_a_nan_does(tmp_path, bad: float) -> None:
+    guard = NonFiniteGuard(tmp_path)
+    model = torch.nn.Linear(2, 1)
+    model(torch.ones(1, 2)).sum().backward()
+    state, control = TrainerState(global_step=2), TrainerControl()
+    guard.observe(3, torch.tensor(bad), {})
+    with pytest.raises(NonFiniteError) as info:
+        guard.on_pre_optimizer_step(_args(tmp_path), state, control, model=model)
+    assert info.value.step == 3 and info.value.what == f"loss ({bad})"
+
+
 def test_guard_passes_over_checkpoints_of_a_diverging_run(tmp_path) -> None:
     fake_checkpoint(tmp_path, 2, losses=[0.69, 0.66])
     fake_checkpoint(tmp_path, 4, weight=5e29, losses=[0.69, 0.66, 9.8, 1.7e9])  # finite, but diverged
