@@ -19,11 +19,17 @@ from dpo_lab.config.schemas import ObjectiveSettings, RunConfig, TaskEvalSetting
 from dpo_lab.evaluation.prompts import load_task_prompts, resolve_checker
 from dpo_lab.evaluation.task import evaluate_task
 from dpo_lab.model.loading import adapter_state_dict, build_lora_config, check_lora_targets
-from dpo_lab.model.source import check_source, model_name
+from dpo_lab.model.source import check_source
 from dpo_lab.packed.handoff import PackedOutcome, finish_as_trained
 from dpo_lab.reuse.cache import SweepCache, job_cache
 from dpo_lab.runs.atomic import atomic_write_jsonl, write_final_artifacts
-from dpo_lab.runs.card import card_hyperparameters, display_name, framework_versions, render_model_card
+from dpo_lab.runs.card import (
+    card_base,
+    card_data,
+    card_hyperparameters,
+    framework_versions,
+    render_model_card,
+)
 from dpo_lab.runs.job import in_multirun, run_identity, task_overrides
 from dpo_lab.runs.layout import RunLayout
 from dpo_lab.runs.provenance import git_state
@@ -408,14 +414,18 @@ def collect_result(
 def save(job: Job, data: JobData, training: Training, tracker: Tracker, result: RunResult) -> None:
     """Adapter, model card and metrics.json (last), the W&B summary, and the adapter as a W&B artifact."""
     cfg = job.cfg
+    base = card_base(cfg.model)
     card = render_model_card(
-        base_model=display_name(model_name(cfg.model)),
-        dataset=display_name(cfg.data.path),
+        base=base,
+        data=card_data(cfg.data, *result.pair_counts()),
         hyperparameters=card_hyperparameters(cfg, job.precision.value),
         metrics=result.card_metrics(),
         quantization=cfg.model.quantization.value,
+        heldout_after=result.heldout.get(AFTER, {}),
     )
-    write_final_artifacts(training.trainer, data.tokenizer, job.layout.root, card, result.metrics)
+    write_final_artifacts(
+        training.trainer, data.tokenizer, job.layout.root, card, result.metrics, base_name=base.name
+    )
     summary = {**result.summary(), **data.data.wandb_summary()}
     tracker.summarize(summary)
     for phase, step in (("before", 0), ("after", training.trainer.state.global_step)):

@@ -12,6 +12,8 @@ import importlib
 import re
 import sys
 
+from dpo_lab.runtime.quiet import quiet_notices
+
 # command -> (module whose main() runs it, one line for the help)
 COMMANDS = {
     "train": ("dpo_lab.run", "train one run, or a sweep with -m (the default command)"),
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     command = args[0] if args and args[0] in COMMANDS else "train"
     if args and args[0] == command:
         args = args[1:]
+    quiet_notices()  # before the command's module imports the libraries that print them
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"dpo-lab {command}", *args]  # each command parses sys.argv itself (Hydra or argparse)
     result = module.main()

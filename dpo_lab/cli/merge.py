@@ -22,8 +22,7 @@ from dpo_lab.config.validation import typed_config
 from dpo_lab.errors import ConfigError
 from dpo_lab.evaluation.generation import chat_inputs
 from dpo_lab.model.loading import load_tokenizer, merge_adapter
-from dpo_lab.model.source import model_name
-from dpo_lab.runs.card import render_merged_card
+from dpo_lab.runs.card import card_base, render_merged_card
 from dpo_lab.runs.folder import read_run
 from dpo_lab.runs.layout import CARD_FILE
 from dpo_lab.runtime.hardware import torch_dtype
@@ -77,7 +76,7 @@ def merge(cfg: MergeConfig) -> Path:
     merged.model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     card = render_merged_card(
-        base_model=model_name(run.model),
+        base=card_base(run.model),
         adapter=str(run.adapter_dir),
         dtype=str(merged.dtype).removeprefix("torch."),
         dequantized_from=merged.dequantized_from,

@@ -86,6 +86,13 @@ class ModelSettings:
         ),
         changes=("base",),
     )
+    license: str | None = setting(
+        None,
+        help=(
+            "the base model's licence as the Hub names it (apache-2.0, llama3.1, ...), written into the "
+            "adapter's model card; null = unknown"
+        ),
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if not self.name_or_path.strip():
@@ -98,6 +105,11 @@ class ModelSettings:
             yield (
                 "gguf_file",
                 f"must name a .gguf file in model.name_or_path, or be null; got {self.gguf_file!r}",
+            )
+        if self.license is not None and (not self.license or self.license.strip() != self.license):
+            yield (
+                "license",
+                f"must name a licence (apache-2.0, llama3.1, ...), or be null; got {self.license!r}",
             )
 
 

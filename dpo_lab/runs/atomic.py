@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from dpo_lab.model.base_names import set_adapter_base
 from dpo_lab.runs.layout import CARD_FILE, RunLayout
 from dpo_lab.runtime.collectives import wait_for_everyone
 from dpo_lab.runtime.processes import is_main_process
@@ -77,20 +78,27 @@ def partial_path(dest: Path) -> Path:
 
 
 def replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a finished folder into place; an older ``dest`` is moved aside first and deleted after."""
+    """Move a finished folder into place; an older ``dest`` is moved aside first and deleted after. If the
+    move fails, the older ``dest`` is put back (``tmp`` stays, for the next attempt to replace)."""
     fsync_tree(tmp)
     old = dest.with_name(f".{dest.name}.old")
     if old.exists():
         shutil.rmtree(old)
     if dest.exists():
         os.replace(dest, old)
-    os.replace(tmp, dest)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if old.exists() and not dest.exists():
+            os.replace(old, dest)
+        raise
     _fsync_dir(dest.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_adapter(trainer: Any, tokenizer: Any, dest: Path, card: str) -> None:
-    """The trained adapter, the tokenizer and the model card into ``dest``, atomically.
+def save_adapter(trainer: Any, tokenizer: Any, dest: Path, card: str, base_name: str | None = None) -> None:
+    """The trained adapter, the tokenizer and the model card into ``dest``, atomically. ``base_name``: the
+    base as adapter_config.json names it for other machines (PEFT writes the folder it loaded it from).
 
     Every process calls this (FSDP and DeepSpeed gather the weights collectively); only the main process
     writes files.
@@ -103,6 +111,8 @@ def save_adapter(trainer: Any, tokenizer: Any, dest: Path, card: str) -> None:
     if is_main_process():
         # the pickled TrainingArguments hold every train.extra value (a hub_token too): not for sharing
         (tmp / TRAINING_ARGS_FILE).unlink(missing_ok=True)
+        if base_name is not None:
+            set_adapter_base(tmp, base_name)
         tokenizer.save_pretrained(str(tmp))
         (tmp / CARD_FILE).write_text(card)
         replace_dir(tmp, dest)
@@ -110,11 +120,17 @@ def save_adapter(trainer: Any, tokenizer: Any, dest: Path, card: str) -> None:
 
 
 def write_final_artifacts(
-    trainer: Any, tokenizer: Any, run_dir: Path, card: str, metrics: dict[str, Any]
+    trainer: Any,
+    tokenizer: Any,
+    run_dir: Path,
+    card: str,
+    metrics: dict[str, Any],
+    base_name: str | None = None,
 ) -> None:
-    """adapter/ (with the card), README.md, then metrics.json last: its ``status`` says the run finished."""
+    """adapter/ (with the card), README.md, then metrics.json last: its ``status`` says the run finished.
+    ``base_name``: the base's portable name, for the adapter's adapter_config.json."""
     layout = RunLayout(run_dir)
-    save_adapter(trainer, tokenizer, layout.adapter, card)
+    save_adapter(trainer, tokenizer, layout.adapter, card, base_name)
     if is_main_process():
         atomic_write_text(layout.card, card)
         atomic_write_json(layout.metrics, metrics)

@@ -23,6 +23,8 @@ CARD_METRICS = (*SUMMARY_METRICS, "logps/chosen", "logps/rejected")
 INTERVAL_ROWS = {"reward_accuracy": "rewards/accuracies", "margin": "rewards/margins", "loss": "loss"}
 # the mean training loss over the run (Trainer's train_loss), under one name everywhere
 MEAN_TRAIN_LOSS = "train/mean_loss"
+# the phases of a run (dpo_lab.experiment.phase_seconds) in the order they run: the closing table's order
+PHASE_ORDER = ("set-up", "held-out before", "training", "held-out after", "task answers", "reward / KL")
 # the intervals of metrics.json's "reward_kl" (eval.reward_kl): the policy's mean reward and KL(policy || ref)
 # on held-out prompts, the base's reward (adapter off, same draws) and the paired gain policy - base
 REWARD_KL_PARTS = ("reward", "kl", "base_reward", "reward_gain")
@@ -68,6 +70,12 @@ class RunResult:
     def heldout(self) -> dict[str, dict[str, Any]]:
         """``{phase: {metric: interval dict}}``: the per-pair held-out numbers (empty for older records)."""
         return self.metrics.get("heldout", {})
+
+    def pair_counts(self) -> tuple[int | None, int | None]:
+        """(training pairs, held-out pairs) the run used (metrics.json's data splits; None where unknown)."""
+        splits = self.metrics.get("data", {}).get("splits", {})
+        train, held_out = (splits.get(name, {}).get("rows") for name in ("train", "eval"))
+        return train, held_out
 
     @property
     def reward_kl(self) -> dict[str, Any]:
@@ -129,6 +137,8 @@ class RunResult:
             f"steps {m['global_step']}, {m['train_runtime_s']:.1f} s training, "
             f"{m['tokens_per_second']:.0f} tokens/s, precision {m['precision']}"
         )
+        if m.get("phases_s"):
+            rows.append(phases_line(m["phases_s"]))
         rows.append(f"run folder: {run_dir}")
         return "\n".join(rows)
 
@@ -149,6 +159,22 @@ class RunResult:
     def _interval_cell(self, phase: str, metric: str) -> str | None:
         found = self.heldout.get(phase, {}).get(metric)
         return Interval.from_dict(found).text() if found else None
+
+
+def phases_line(phases: dict[str, float]) -> str:
+    """``phases: set-up 3.1 s, held-out before 2.0 s, training 10.2 s, ...``: the seconds of each phase
+    (metrics.json's ``phases_s``) in the order they ran; a phase this list does not know comes last."""
+    order = {name: i for i, name in enumerate(PHASE_ORDER)}
+    ranked = sorted(phases, key=lambda name: order.get(name, len(order)))  # stable: unknown keep their order
+    return "phases: " + ", ".join(f"{name} {_duration(phases[name])}" for name in ranked)
+
+
+def _duration(seconds: float) -> str:
+    """``3.1 s`` under a minute, ``2 min 17 s`` from one minute up."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
 
 
 def _num(value: float | None) -> str:

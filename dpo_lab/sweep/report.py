@@ -52,6 +52,7 @@ from dpo_lab.sweep.results import (
     Job,
     PruningSummary,
     ReportError,
+    SeedGroup,
     Sweep,
     enum_text,
     load_sweep,
@@ -506,63 +507,72 @@ def summary_json(sweep: Sweep) -> dict[str, Any]:
     """report.json: the objective, the verdict, every job's interval and difference, the seed groups."""
     assessment = sweep.assessment
     verdict, jobs = assessment.verdict, assessment.jobs
-
-    def job_entry(job: Job | None) -> dict[str, Any] | None:
-        if job is None:
-            return None
-        contender = jobs.contender(job.name)
-        interval = contender.interval.to_dict() if contender and contender.interval else None
-        return {"job": job.name, "path": str(job.path), "value": job.eval_metric(sweep.objective.metric),
-                "params": {k: job.value(k) for k in sweep.swept}, "interval": interval}  # fmt: skip
-
     best = sweep.job(verdict.best.name) if verdict.best is not None and verdict.unit == "job" else None
     top = sweep.job(jobs.top.name) if jobs.top is not None else None
-    per_job = {}
-    for job in sweep.jobs:
-        contender = jobs.contender(job.name)
-        comparison = jobs.comparisons.get(job.name)
-        entry: dict[str, Any] = {
-            "status": job.status,
-            "params": {k: job.value(k) for k in sweep.swept},
-            "reported": job.eval_metric(sweep.objective.metric),
-            "value": contender.value if contender is not None else None,
-            "interval": contender.interval.to_dict() if contender and contender.interval else None,
-            "top": contender is not None and contender is jobs.top,
-            "setting": assessment.setting_of.get(job.name),
-            "non_finite": assessment.non_finite.get(job.name),
-            "note": assessment.notes.get(job.name),
-            "pruned_at_step": job.pruned_at_step,
-        }
-        entry.update(comparison.to_dict() if comparison is not None else {
-            "difference_to_top": None, "seed_difference_to_top": None, "separated_from_top": None,
-            "pairs_needed": None, "seeds_needed": None, "why": None})  # fmt: skip
-        per_job[job.name] = entry
-    groups = []
-    for group in assessment.groups:
-        name = assessment.setting_of[group.members[0]]
-        contender = verdict.contender(name)
-        comparison = verdict.comparisons.get(name)
-        groups.append({
-            "setting": name, "params": dict(group.settings), "jobs": list(group.members),
-            "seeds": list(group.seeds),
-            "contending_jobs": list(contender.jobs) if contender else [],
-            "mean_over_seeds": contender.seeds.to_dict() if contender and contender.seeds else None,
-            "per_pair": contender.interval.to_dict() if contender and contender.interval else None,
-            **(comparison.to_dict() if comparison is not None else {"top": contender is verdict.top}),
-        })  # fmt: skip
     return {
         "objective": {"metric": sweep.objective.metric, "direction": sweep.objective.direction.value},
         "swept": sweep.swept,
         "jobs": len(sweep.jobs),
         "completed": sum(1 for j in sweep.jobs if j.status == "completed"),
-        "best": job_entry(best),
-        "top": job_entry(top),
+        "best": _job_headline(sweep, best),
+        "top": _job_headline(sweep, top),
         "verdict": {**verdict.to_dict(), "text": " ".join(verdict_lines(sweep, assessment)[:1]).strip("*")},
-        "per_job": per_job,
-        "seed_groups": groups,
+        "per_job": {job.name: _job_json(sweep, job) for job in sweep.jobs},
+        "seed_groups": [_seed_group_json(sweep, group) for group in assessment.groups],
         **({"pruning": sweep.pruning.to_dict()} if sweep.pruning is not None else {}),
         **({"frontier": frontier.to_dict()} if (frontier := reward_kl_frontier(sweep)) is not None else {}),
     }
+
+
+def _job_headline(sweep: Sweep, job: Job | None) -> dict[str, Any] | None:
+    """report.json's ``best`` / ``top``: the job, its reported value, swept values and interval."""
+    if job is None:
+        return None
+    contender = sweep.assessment.jobs.contender(job.name)
+    interval = contender.interval.to_dict() if contender and contender.interval else None
+    return {"job": job.name, "path": str(job.path), "value": job.eval_metric(sweep.objective.metric),
+            "params": {k: job.value(k) for k in sweep.swept}, "interval": interval}  # fmt: skip
+
+
+def _job_json(sweep: Sweep, job: Job) -> dict[str, Any]:
+    """report.json's ``per_job`` entry of one job: its value, interval and difference to the top job."""
+    assessment = sweep.assessment
+    jobs = assessment.jobs
+    contender = jobs.contender(job.name)
+    comparison = jobs.comparisons.get(job.name)
+    entry: dict[str, Any] = {
+        "status": job.status,
+        "params": {k: job.value(k) for k in sweep.swept},
+        "reported": job.eval_metric(sweep.objective.metric),
+        "value": contender.value if contender is not None else None,
+        "interval": contender.interval.to_dict() if contender and contender.interval else None,
+        "top": contender is not None and contender is jobs.top,
+        "setting": assessment.setting_of.get(job.name),
+        "non_finite": assessment.non_finite.get(job.name),
+        "note": assessment.notes.get(job.name),
+        "pruned_at_step": job.pruned_at_step,
+    }
+    entry.update(comparison.to_dict() if comparison is not None else {
+        "difference_to_top": None, "seed_difference_to_top": None, "separated_from_top": None,
+        "pairs_needed": None, "seeds_needed": None, "why": None})  # fmt: skip
+    return entry
+
+
+def _seed_group_json(sweep: Sweep, group: SeedGroup) -> dict[str, Any]:
+    """report.json's ``seed_groups`` entry: the jobs of one setting over seeds, and how it compares."""
+    assessment = sweep.assessment
+    verdict = assessment.verdict
+    name = assessment.setting_of[group.members[0]]
+    contender = verdict.contender(name)
+    comparison = verdict.comparisons.get(name)
+    return {
+        "setting": name, "params": dict(group.settings), "jobs": list(group.members),
+        "seeds": list(group.seeds),
+        "contending_jobs": list(contender.jobs) if contender else [],
+        "mean_over_seeds": contender.seeds.to_dict() if contender and contender.seeds else None,
+        "per_pair": contender.interval.to_dict() if contender and contender.interval else None,
+        **(comparison.to_dict() if comparison is not None else {"top": contender is verdict.top}),
+    }  # fmt: skip
 
 
 def write_report(
@@ -646,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = write_report(args.sweep_dir, args.metric, args.direction, args.compare)
     except ReportError as err:
-        print(f"dpo_lab.sweep.report: {err}", file=sys.stderr)
+        print(f"dpo_lab: {err}", file=sys.stderr)
         return 2
     print(report.summary())
     return 0

@@ -292,6 +292,28 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
     return {o.key_or_group: o.value() for o in parsed if not o.key_or_group.startswith("hydra")}
 
 
+def is_run_folder(path: Path) -> bool:
+    """The folder of one run (its metrics.json, config.yaml or Hydra record at the top), not a sweep's."""
+    layout = RunLayout(path)
+    return layout.metrics.is_file() or layout.config.is_file() or (path / ".hydra").is_dir()
+
+
+def run_folder_message(path: Path) -> str:
+    """What to say when a run folder is given where a sweep folder is wanted: where its results are, and its
+    sweep when it is a job of one."""
+    layout = RunLayout(path)
+    sweep = path.resolve().parent
+    hint = (
+        f"; its sweep is {sweep}: dpo-lab report {sweep}"
+        if (sweep / "multirun.yaml").is_file()
+        else "; report takes a sweep folder (multirun/<date>/<time>, made by -m)"
+    )
+    return (
+        f"{path} is a run folder, not a sweep folder: its results (the closing table's numbers) are in "
+        f"{layout.metrics} and its model card {layout.card}{hint}"
+    )
+
+
 def job_folders(sweep_dir: Path) -> list[Path]:
     """The run folders of a sweep: its sub-folders that Hydra or dpo_lab wrote a job into."""
     found = [
@@ -351,6 +373,8 @@ def load_sweep(sweep_dir: Path | str, metric: str | None = None, direction: str 
     path = Path(sweep_dir)
     if not path.is_dir():
         raise ReportError(f"{path}: no such sweep folder")
+    if is_run_folder(path):
+        raise ReportError(run_folder_message(path))
     jobs = [load_job(p) for p in job_folders(path)]
     if not jobs:
         raise ReportError(f"{path}: no run folders in it (expected <sweep>/<job number>/ with metrics.json)")

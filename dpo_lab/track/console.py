@@ -17,7 +17,9 @@ from dpo_lab.runtime.processes import is_main_process
 
 
 class ProgressBar(TrainerCallback):
-    """A tqdm bar over the optimizer steps, with the latest training loss and held-out reward accuracy."""
+    """A tqdm bar over the optimizer steps, with the latest training loss and held-out reward margin. (Not
+    TRL's accuracy: it counts a tie as wrong, so an untrained policy, whose margins are all exactly 0, would
+    read 0 where chance is 0.5; the closing table gives the tie-aware accuracy from the per-pair records.)"""
 
     def __init__(self) -> None:
         self.bar: Any = None
@@ -54,8 +56,8 @@ class ProgressBar(TrainerCallback):
             return
         if "loss" in logs:
             self.shown["loss"] = f"{logs['loss']:.4f}"
-        if "eval_rewards/accuracies" in logs:
-            self.shown["eval acc"] = f"{logs['eval_rewards/accuracies']:.3f}"
+        if "eval_rewards/margins" in logs:
+            self.shown["eval margin"] = f"{logs['eval_rewards/margins']:.3f}"
         self.bar.set_postfix(self.shown, refresh=False)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from copy import copy as shallow_copy
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from dpo_lab.train.losses import (
     sequence_logps,
     sigmoid_dpo,
 )
+
+log = logging.getLogger(__name__)
 
 
 def build_dpo_args(
@@ -297,6 +300,8 @@ class DPOTrainer(TrainerHooks):
 
     def reference_logps_of_split(self, dataset, name, batch_size):
         """TRL's reference log-probs, or the ones an earlier sweep job computed on the same inputs."""
+        if name == "train":
+            _say_when_precompute_outruns_training(self.args, len(dataset))
         if self._prepared is None:
             return super().reference_logps_of_split(dataset, name, batch_size)
         cached = self._prepared.with_ref_log_probs.get(name)
@@ -380,6 +385,20 @@ class _LogProbsRecorder:
 
     def __getattr__(self, name: str) -> Any:  # anything else is the model's (``training``, ``config``...)
         return getattr(self.model, name)
+
+
+def _say_when_precompute_outruns_training(args: trl.DPOConfig, rows: int) -> None:
+    """TRL precomputes the reference log-probs of every training pair; a run whose ``max_steps`` ends before
+    one epoch uses only some of them (which ones, the sampler draws when training starts): say what it costs
+    and how to avoid it."""
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    used = args.max_steps * per_step
+    if 0 < used < rows:
+        log.warning(
+            "reference log-probs are precomputed for all %d training pairs, but train.max_steps=%d uses %d "
+            "of them: data.max_train_samples=%d computes only those (a random subset of the shuffled pairs)",
+            rows, args.max_steps, used, used,
+        )  # fmt: skip
 
 
 def run_mean_loss(log_history: Sequence[Mapping[str, Any]], unlogged: float, global_step: int) -> float:

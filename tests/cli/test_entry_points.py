@@ -76,7 +76,7 @@ def test_eval_group_invariants(override: str, key: str) -> None:
 
 
 def test_eval_options() -> None:
-    assert OmegaConf.to_object(compose_config()).eval.checker.name == "finance_number"
+    assert OmegaConf.to_object(compose_config()).eval.checker.name == "auto"
     assert OmegaConf.to_object(compose_config(["eval=samples"])).eval.checker.name is None
     assert OmegaConf.to_object(compose_config(["eval=none"])).eval.enabled is False
     # the HH preset has no ground truth: it switches the task evaluation to samples; the command line wins

@@ -55,8 +55,10 @@ def test_output_over_the_local_base_model_is_refused(tmp_path: Path) -> None:
 
 def test_cli_merge_into_the_run_folder_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
     run = finished_run(tmp_path)
+    # the documented command (`dpo-lab merge`, here `python -m dpo_lab merge`): it filters the libraries'
+    # notices before it imports the command's module
     proc = run_cli(
-        [f"run={run}", f"out={run}", "overwrite=true"], tmp_path, module="dpo_lab.cli.merge", timeout=120
+        ["merge", f"run={run}", f"out={run}", "overwrite=true"], tmp_path, module="dpo_lab", timeout=120
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

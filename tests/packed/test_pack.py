@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dpo_lab.config.fields import differs_in_pack
 from dpo_lab.config.resolvers import asset_path
 from dpo_lab.config.schemas import (
     DataSettings,
@@ -48,22 +49,31 @@ def margin_sigmoid(logps, dpo):
     return PairLoss(losses, chosen.detach(), rejected.detach())
 
 
-# three jobs that differ in everything that may differ inside a pack: beta, the loss (TRL's sigmoid, a custom
-# function with its own parameter, TRL's ipo), learning rate, LoRA rank, alpha (and so scaling), dropout and
-# targets, schedule, warm-up, weight decay and gradient clipping; all accumulate 2 micro-batches a step
+# three jobs that differ in everything that may differ inside a pack: beta, the loss (TRL's sigmoid with label
+# smoothing, a custom function with its own parameter and a loss weight, TRL's ipo), learning rate, LoRA rank,
+# alpha (and so scaling), rank-stabilised scaling, dropout and targets, schedule, warm-up, weight decay,
+# gradient clipping, how often they log and evaluate and how many checkpoints they keep
+# (test_the_jobs_differ_in_every_key_that_may_differ_in_a_pack); all accumulate 2 micro-batches a step
 JOBS = [
     dict(
-        dpo=DPOSettings(beta=0.1, max_length=192),
+        dpo=DPOSettings(beta=0.1, max_length=192, label_smoothing=0.1),
         lr=5e-3,
-        lora=LoraSettings(r=4, alpha=8),
+        lora=LoraSettings(r=4, alpha=8, use_rslora=True),
         wd=0.0,
         sched="linear",
         clip=0.5,
         warmup=1,
+        eval_steps=2,
+        logging=1,
+        keep=2,
     ),
     dict(
         dpo=DPOSettings(
-            beta=0.5, max_length=192, loss_type=[f"{__name__}:margin_sigmoid"], loss_params={"gamma": 0.3}
+            beta=0.5,
+            max_length=192,
+            loss_type=[f"{__name__}:margin_sigmoid"],
+            loss_params={"gamma": 0.3},
+            loss_weights=[0.7],
         ),
         lr=2e-3,
         lora=LoraSettings(r=8, alpha=8, dropout=0.1),
@@ -71,6 +81,9 @@ JOBS = [
         sched="cosine",
         clip=1.0,
         warmup=0,
+        eval_steps=1,
+        logging=1,
+        keep=3,
     ),
     dict(
         dpo=DPOSettings(beta=0.3, loss_type=["ipo"], max_length=192),
@@ -80,6 +93,9 @@ JOBS = [
         sched="constant",
         clip=0.3,
         warmup=2,
+        eval_steps=3,
+        logging=3,
+        keep=1,
     ),
 ]
 
@@ -103,15 +119,36 @@ def _reset(setup) -> None:
     assert not snapshot.differences(model)
 
 
-def _job(job: dict, tmp_path, name: str, steps: int = 3) -> PackJob:
-    train = TrainSettings(
+def _train(job: dict, steps: int = 3) -> TrainSettings:
+    return TrainSettings(
         learning_rate=job["lr"], per_device_train_batch_size=3, per_device_eval_batch_size=6, max_steps=steps,
-        logging_steps=1, precision=Precision.fp32, weight_decay=job["wd"], lr_scheduler_type=job["sched"],
-        warmup_steps=job["warmup"], max_grad_norm=job["clip"], eval_steps=2, gradient_accumulation_steps=2,
+        precision=Precision.fp32, weight_decay=job["wd"], lr_scheduler_type=job["sched"],
+        warmup_steps=job["warmup"], max_grad_norm=job["clip"], eval_steps=job["eval_steps"],
+        logging_steps=job["logging"], save_total_limit=job["keep"], gradient_accumulation_steps=2,
     )  # fmt: skip
-    args = build_dpo_args(job["dpo"], train, output_dir=tmp_path / name, seed=0, precision=Precision.fp32,
-                          device="cpu")  # fmt: skip
+
+
+def _job(job: dict, tmp_path, name: str, steps: int = 3) -> PackJob:
+    args = build_dpo_args(job["dpo"], _train(job, steps), output_dir=tmp_path / name, seed=0,
+                          precision=Precision.fp32, device="cpu")  # fmt: skip
     return PackJob(args=args, lora=build_lora_config(job["lora"]), dpo=job["dpo"])
+
+
+def test_the_jobs_differ_in_every_key_that_may_differ_in_a_pack() -> None:
+    """JOBS are one pack (equal pack keys) whose jobs differ in every key declared ``differs_in_pack``, and
+    they accumulate gradients over more than one micro-batch (fast: no training)."""
+    configs = [
+        RunConfig(model=MODEL, data=DataSettings(path=asset_path("finance")), dpo=j["dpo"], lora=j["lora"],
+                  train=_train(j))
+        for j in JOBS
+    ]  # fmt: skip
+    assert len({pack_key(c) for c in configs}) == 1
+    for group in ("lora", "dpo", "train"):
+        for f in dataclasses.fields(getattr(configs[0], group)):
+            if differs_in_pack(f):
+                values = [repr(getattr(getattr(c, group), f.name)) for c in configs]
+                assert len(set(values)) > 1, f"every job has the same {group}.{f.name}"
+    assert all(c.train.gradient_accumulation_steps > 1 for c in configs)
 
 
 def _alone(setup, job: PackJob):
@@ -233,7 +270,9 @@ def test_pack_of_three_matches_each_job_alone(setup, trained_alone, tmp_path, in
         # the held-out evaluation during training (train.eval_steps), by the job's trainer on its adapter
         evals = [h for h in packed.log_history if "eval_loss" in h]
         assert [h["step"] for h in evals] == [h["step"] for h in single["evals"]]
-        assert 2 in [h["step"] for h in evals]
+        assert [h["step"] for h in evals if h["step"] % JOBS[i]["eval_steps"] == 0] == list(
+            range(JOBS[i]["eval_steps"], 4, JOBS[i]["eval_steps"])
+        ), f"job {i} evaluated at {[h['step'] for h in evals]}"
         for mine, theirs in zip(evals, single["evals"], strict=True):
             for key in ("eval_loss", "eval_rewards/margins", "eval_logps/chosen"):
                 assert mine[key] == pytest.approx(theirs[key], abs=1e-5), (i, key)
@@ -351,7 +390,8 @@ def test_a_killed_pack_resumes_from_its_checkpoint_as_if_never_stopped(setup, tm
     from dpo_lab.packed.store import PackStore
 
     data, tokenizer, model, _ = setup
-    specs = [dict(j, lora=dataclasses.replace(j["lora"], dropout=0.3)) for j in JOBS[:2]]
+    # evaluating every 2 steps each (job 1 alone evaluates every step): half the evaluations, same coverage
+    specs = [dict(j, lora=dataclasses.replace(j["lora"], dropout=0.3), eval_steps=2) for j in JOBS[:2]]
 
     def train(store, stop_after=None):
         jobs = [_job(j, tmp_path, f"r{i}", 4) for i, j in enumerate(specs)]

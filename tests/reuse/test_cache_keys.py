@@ -49,6 +49,7 @@ NOT_IN_DATA_KEY: dict[str, tuple[Any, str]] = {
     "quantization": (Quantization.nf4, "how the weights are stored; the tokenizer is the same"),
     "dtype": (DType.bfloat16, "the weights' dtype; the tokenizer is the same"),
     "attn_implementation": ("eager", "the attention kernel; the tokenizer is the same"),
+    "license": ("mit", "the model card's licence only; the tokenizer is the same"),
 }
 
 

@@ -101,3 +101,32 @@ def test_cli_refuses_a_folder_another_process_holds(tmp_path: Path) -> None:
     ]
     # nothing of the refused launch's own in the folder: no config, no history, no result
     assert not any((run_dir / name).exists() for name in ("config.yaml", "log_history.jsonl", "metrics.json"))
+
+
+def test_the_lock_file_and_the_refusal_in_full(tmp_path: Path) -> None:
+    """In process: the folder is made if missing, the file holds this pid while held and nothing after, and
+    the refusal is the whole line the CLI prints (names the folder, the pid and the lock file)."""
+    folder = tmp_path / "runs" / "one"  # neither exists yet
+    lock = folder / LOCK_FILE
+    fd = run_lock.acquire(folder)
+    try:
+        assert lock.read_text() == f"{os.getpid()}\n"
+        umask = os.umask(0)
+        os.umask(umask)
+        assert lock.stat().st_mode & 0o777 == 0o644 & ~umask
+        with pytest.raises(RunFolderBusy) as info:
+            run_lock.acquire(folder)
+        assert info.value.folder == folder and info.value.holder == str(os.getpid())
+        assert str(info.value) == (
+            f"run folder {folder} is in use by dpo_lab process {os.getpid()} (it holds {lock}); wait for it "
+            "to end or stop it, then run again to resume it, or give another hydra.run.dir"
+        )
+        lock.write_text("starting")  # the holder has not written its pid yet
+        with pytest.raises(RunFolderBusy) as info:
+            run_lock.acquire(folder)
+        assert info.value.holder == "unknown"
+    finally:
+        run_lock.release(fd)
+    assert lock.read_text() == ""  # released: emptied, and kept (see release)
+    fd = run_lock.acquire(folder)
+    run_lock.release(fd)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_lab.runs.card import render_model_card
+from dpo_lab.runs.card import CardBase, CardData, render_model_card
 from dpo_lab.runs.result import RunResult
 
 REWARD_KL = {
@@ -20,6 +20,8 @@ REWARD_KL = {
     "base_reward": {"value": 0.25, "low": 0.125, "high": 0.375, "n": 48, "method": "percentile bootstrap"},
     "reward_gain": {"value": 0.26, "low": 0.15, "high": 0.375, "n": 48, "method": "percentile bootstrap"},
 }
+
+BASE = CardBase("org/m", "org/m", "apache-2.0")
 
 RECORD = {
     "status": "completed",
@@ -69,7 +71,7 @@ def test_the_card_rows_and_the_note() -> None:
     assert metrics["reward_kl/kl"] == "3.250 [2.500, 4.000], n=48"
     assert metrics["reward_kl/base_reward"] == "0.250 [0.125, 0.375], n=48"
     assert metrics["reward_kl/reward_gain"] == "0.260 [0.150, 0.375], n=48"
-    card = render_model_card(base_model="m", dataset="d", hyperparameters={}, metrics=metrics,
+    card = render_model_card(base=BASE, data=CardData("d"), hyperparameters={}, metrics=metrics,
                              quantization="none")  # fmt: skip
     assert "| reward_kl/kl | 3.250 [2.500, 4.000], n=48 |" in card
     assert "`reward_kl/*`: plain samples" in card
@@ -102,6 +104,28 @@ def test_a_run_without_reward_kl_shows_none_of_it() -> None:
     assert "reward (" not in table and "KL(" not in table
     assert not any(k.startswith("reward_kl/") for k in plain.card_metrics())
     assert not any(k.startswith("reward_kl/") for k in plain.summary())
-    card = render_model_card(base_model="m", dataset="d", hyperparameters={}, metrics=plain.card_metrics(),
-                             quantization="none")  # fmt: skip
+    card = render_model_card(base=BASE, data=CardData("d"), hyperparameters={},
+                             metrics=plain.card_metrics(), quantization="none")  # fmt: skip
     assert "reward_kl" not in card
+
+
+def test_the_closing_table_gives_the_time_of_each_phase_in_the_order_they_ran() -> None:
+    record = copy.deepcopy(RECORD)
+    # as experiment.phase_seconds records them: the evaluations inside training come last
+    record["phases_s"] = {"set-up": 3.1, "training": 10.24, "task answers": 137.0, "reward / KL": 59.96,
+                          "held-out before": 2.0, "held-out after": 0.6, "a later phase": 1.0}  # fmt: skip
+    lines = RunResult(record).closing_table(Path("/runs/x")).splitlines()
+    assert lines[-3].startswith("steps 36") and lines[-1] == "run folder: /runs/x"
+    assert lines[-2] == (
+        "phases: set-up 3.1 s, held-out before 2.0 s, training 10.2 s, held-out after 0.6 s, "
+        "task answers 2 min 17 s, reward / KL 1 min 0 s, a later phase 1.0 s"
+    )
+    del record["phases_s"]  # a record from before phases were timed: no line
+    assert not any(x.startswith("phases:") for x in RunResult(record).closing_table(Path("r")).splitlines())
+
+
+def test_the_pair_counts_come_from_the_data_splits() -> None:
+    record = copy.deepcopy(RECORD)
+    assert RunResult(record).pair_counts() == (None, None)
+    record["data"] = {"splits": {"train": {"rows": 360}, "eval": {"rows": 40}}}
+    assert RunResult(record).pair_counts() == (360, 40)

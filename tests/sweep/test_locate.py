@@ -51,3 +51,31 @@ def test_where_it_looked_is_said(tmp_path: Path) -> None:
         find_sweep_dir("multirun/x", roots)
     with pytest.raises(FileNotFoundError, match="no sweep under"):
         find_sweep_dir(None, search_roots(cwd=tmp_path, environ={}))
+
+
+def test_the_roots_in_order_without_repeats(tmp_path: Path, monkeypatch) -> None:
+    repo = _repo(tmp_path)
+    kernel = repo / "notebooks"
+    assert search_roots(cwd=kernel, environ={"PWD": str(repo)}) == [repo.resolve(), kernel.resolve()]
+    assert search_roots(cwd=kernel, environ={"PWD": str(tmp_path)}) == [
+        tmp_path.resolve(), kernel.resolve(), repo.resolve()
+    ]  # fmt: skip
+    assert search_roots(cwd=repo, environ={"PWD": ""}) == [repo.resolve()]
+    # no environ given: the process's own $PWD
+    monkeypatch.setenv("PWD", str(tmp_path))
+    assert search_roots(cwd=repo) == [tmp_path.resolve(), repo.resolve()]
+    monkeypatch.delenv("PWD")
+    assert search_roots(cwd=repo) == [repo.resolve()]
+
+
+def test_the_messages_list_every_place_looked_at(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    with pytest.raises(FileNotFoundError) as info:
+        find_sweep_dir("multirun/x", [one, two])
+    assert str(info.value) == f"no sweep folder 'multirun/x': looked at {one}/multirun/x, {two}/multirun/x"
+    with pytest.raises(FileNotFoundError) as info:
+        find_sweep_dir(None, [one, two])
+    assert str(info.value) == (
+        f"no sweep under {one}/multirun, {two}/multirun: "
+        "set DPO_LAB_SWEEP_DIR to a multirun/<date>/<time> folder"
+    )

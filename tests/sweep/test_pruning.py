@@ -417,3 +417,27 @@ def test_each_prune_option_starts_with_its_command_and_holds_its_pruner(path: Pa
     settings = OmegaConf.to_object(merged)
     assert settings.pruner is PrunerName(path.stem) and list(settings.problems()) == []
     assert values == ({} if path.stem == "none" else {"pruner": path.stem})  # only what differs
+
+
+def test_the_storage_and_single_run_messages_in_full() -> None:
+    """The whole line a user reads, not a word of it: each says what to give instead."""
+    assert _problems(pruner=PrunerName.median, storage=" ") == [
+        ("storage", "must be an Optuna RDB URL or a journal file path, or null (the sweep's journal)")
+    ]
+    assert _problems(pruner=PrunerName.median, storage="redis://h/0") == [
+        (
+            "storage",
+            "redis:// is no Optuna RDB storage; use sqlite, postgresql, mysql URLs or a journal file path",
+        )
+    ]
+    assert list(single_run_problems(MEDIAN)) == [
+        (
+            "prune.storage",
+            "a single run (no -m) is pruned against other runs only through a shared study: name its storage "
+            "(sqlite:///sweeps.db, or a journal file) and prune.study",
+        )
+    ]
+    named = PruneSettings(pruner=PrunerName.median, storage="sqlite:///s.db")
+    assert list(single_run_problems(named)) == [
+        ("prune.study", "a single run (no -m) must name the study it is pruned in")
+    ]

@@ -105,7 +105,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert report.main([str(tmp_path / "nope")]) == 2
     assert report.main([str(tmp_path)]) == 2  # a folder without run folders
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("dpo_lab.sweep.report: ") for line in err)
+    assert len(err) == 2 and all(line.startswith("dpo_lab: ") for line in err)
 
 
 def test_hydra_callback_reports_with_the_sweep_objective(sweep: Path, capsys) -> None:

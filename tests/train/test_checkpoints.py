@@ -16,12 +16,14 @@ from dpo_lab.errors import ConfigError, NonFiniteError
 from dpo_lab.runs.atomic import atomic_write_text, partial_path, replace_dir
 from dpo_lab.runs.checkpoints import (
     MARKER,
+    REQUIRED_PARTS,
     Checkpoint,
     corruption,
     incompleteness,
     latest_complete,
     list_checkpoints,
     mark_complete,
+    missing_parts,
     remove_incomplete,
     rotate,
 )
@@ -106,6 +108,75 @@ def test_marker_refused_without_optimizer_state(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="without optimizer state"):
         fake_checkpoint(tmp_path, 2, skip="optimizer.pt")
     assert not (tmp_path / "checkpoint-2" / MARKER).exists()
+
+
+# the file of the fake checkpoint that stands for each part a resume needs
+PART_FILES = {
+    "trainer state": "trainer_state.json",
+    "adapter weights": "adapter_model.safetensors",
+    "optimizer state": "optimizer.pt",
+    "scheduler state": "scheduler.pt",
+    "RNG state": "rng_state.pth",
+}
+
+
+def test_the_part_table_is_the_one_checkpoints_require() -> None:
+    assert set(PART_FILES) == set(REQUIRED_PARTS)
+
+
+@pytest.mark.parametrize("part", sorted(PART_FILES))
+def test_every_part_is_required_to_mark_a_checkpoint_complete(tmp_path: Path, part: str) -> None:
+    with pytest.raises(RuntimeError, match=f"without {part}"):
+        fake_checkpoint(tmp_path, 2, skip=PART_FILES[part])
+    assert not (tmp_path / "checkpoint-2" / MARKER).exists()
+
+
+@pytest.mark.parametrize("part", sorted(PART_FILES))
+def test_a_marker_that_lists_no_file_of_a_part_is_not_complete(tmp_path: Path, part: str) -> None:
+    """A marker written by an older or foreign save that left a part out: every listed file is there with
+    its size, and still the checkpoint cannot be resumed from."""
+    path = fake_checkpoint(tmp_path, 4)
+    record = json.loads((path / MARKER).read_text())
+    (path / PART_FILES[part]).unlink()
+    del record["files"][PART_FILES[part]]
+    (path / MARKER).write_text(json.dumps(record))
+    reason = incompleteness(Checkpoint(4, path))
+    assert reason == f"it holds no {part}"
+    assert latest_complete(tmp_path) is None
+
+
+@pytest.mark.parametrize("part", sorted(PART_FILES))
+def test_a_listed_file_of_any_part_removed_later_makes_it_incomplete(tmp_path: Path, part: str) -> None:
+    path = fake_checkpoint(tmp_path, 4)
+    (path / PART_FILES[part]).unlink()
+    assert incompleteness(Checkpoint(4, path)) == f"{PART_FILES[part]} is missing"
+
+
+PLAIN = ["trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"]
+EVERY_PART = ["trainer state", "adapter weights", "optimizer state", "scheduler state", "RNG state"]
+
+
+@pytest.mark.parametrize(
+    ("names", "missing"),
+    [
+        (PLAIN, []),  # plain / DDP
+        # FSDP: sharded weights and optimizer folders, one RNG file per rank; older .bin weights
+        ([PLAIN[0], "pytorch_model_fsdp_0", "optimizer_0", PLAIN[3], "rng_state_0.pth"], []),
+        ([PLAIN[0], "adapter_model.bin", "optimizer.bin", PLAIN[3], "rng_state_1.pth"], []),
+        # DeepSpeed keeps weights and optimizer state in global_step<N>/
+        ([*PLAIN[:2], "global_step4", *PLAIN[3:]], []),
+        # near misses name no part
+        (["trainer_state.jsonl", "adapter_config.json", "optimizer.pth", "scheduler.pth", "rng_state.pt"],
+         EVERY_PART),
+        (["training_args.bin", "adapter_model.safetensors.tmp", "my_optimizer.pt", "rng_state_0.pt"],
+         EVERY_PART),
+        ([], EVERY_PART),
+        # one part left out at a time
+        *[([n for n in PLAIN if n != PLAIN[i]], [EVERY_PART[i]]) for i in range(len(PLAIN))],
+    ],
+)  # fmt: skip
+def test_missing_parts_knows_each_launchers_file_names(names: list[str], missing: list[str]) -> None:
+    assert missing_parts(names) == missing
 
 
 def test_latest_complete_skips_half_written_newer_ones(tmp_path: Path) -> None:
@@ -295,7 +366,8 @@ def test_newest_checkpoint_overwritten_with_same_size_garbage_falls_back(tmp_pat
 
     assert plan.checkpoint == Checkpoint(4, tmp_path / "checkpoints" / "checkpoint-4")
     assert f"skipping checkpoint {newest}: adapter_model.safetensors does not hold the bytes that were " \
-           "written (sha256 differs: corrupt)" in caplog.text  # fmt: skip
+           "written (sha256 differs: corrupt)" in caplog.messages  # fmt: skip
+    assert f"removing corrupt checkpoint {newest}" in caplog.messages
     assert not newest.exists(), "a resumed run writes its own checkpoint-8; the corrupt one must not linger"
 
 
@@ -374,3 +446,67 @@ def test_a_run_is_over_when_it_completed_or_was_pruned_and_its_adapter_is_saved(
     if adapter:
         layout.adapter.mkdir()
     assert (completed_result(tmp_path) is not None) is finished
+
+
+def _old_marker(path: Path) -> None:
+    """Rewrite the marker as markers were written before digests were recorded."""
+    record = json.loads((path / MARKER).read_text())
+    (path / MARKER).write_text(json.dumps({"step": record["step"], "files": record["files"]}))
+
+
+@pytest.mark.parametrize(("claimed", "readable"), [(0, True), (1, False), (-1, True)])
+def test_an_old_markers_safetensors_header_at_the_edge_of_the_file(tmp_path: Path, claimed, readable) -> None:
+    """The header may fill the file exactly (no tensor bytes: still readable); one byte more than the file
+    holds is a torn file."""
+    path = fake_checkpoint(tmp_path, 4)
+    header = b'{"__metadata__":{"a":"b"}} '  # 27 bytes of JSON (trailing space allowed)
+    length = len(header) + claimed
+    (path / "adapter_model.safetensors").write_bytes(length.to_bytes(8, "little") + header)
+    mark_complete(path, 4)
+    _old_marker(path)
+    found = corruption(Checkpoint(4, path))
+    if readable:
+        assert found is None
+    else:
+        assert found == "adapter_model.safetensors is not a readable safetensors file (ValueError: corrupt)"
+
+
+def test_parts_saved_as_folders_make_a_complete_checkpoint(tmp_path: Path) -> None:
+    """FSDP and DeepSpeed save a part as a folder of files: the marker lists the files inside it, and the
+    folder provides the part."""
+    path = fake_checkpoint(tmp_path, 4, complete=False, skip="optimizer.pt")
+    (path / "optimizer_0").mkdir()
+    (path / "optimizer_0" / "__0_0.distcp").write_bytes(b"o" * 32)
+    mark_complete(path, 4)
+    record = json.loads((path / MARKER).read_text())
+    assert record["files"]["optimizer_0/__0_0.distcp"] == 32 and "optimizer_0" not in record["files"]
+    assert incompleteness(Checkpoint(4, path)) is None
+
+
+def test_every_missing_part_is_named(tmp_path: Path) -> None:
+    path = fake_checkpoint(tmp_path, 2, complete=False, skip="optimizer.pt")
+    (path / "scheduler.pt").unlink()
+    with pytest.raises(RuntimeError) as info:
+        mark_complete(path, 2)
+    assert str(info.value) == (
+        f"checkpoint {path} was saved without optimizer state, scheduler state: it cannot be resumed"
+    )
+    (path / MARKER).write_text(json.dumps({"step": 2, "files": {"trainer_state.json": 0}}))
+    (path / "trainer_state.json").write_text("")
+    assert incompleteness(Checkpoint(2, path)) == (
+        "it holds no adapter weights, optimizer state, scheduler state, RNG state"
+    )
+
+
+def test_what_is_skipped_removed_or_rotated_is_logged(tmp_path: Path, caplog) -> None:
+    caplog.set_level("INFO", logger="dpo_lab.runs.checkpoints")
+    for step in (2, 4):
+        fake_checkpoint(tmp_path, step)
+    half = fake_checkpoint(tmp_path, 6, complete=False)
+    assert latest_complete(tmp_path).step == 4
+    assert f"skipping checkpoint {half}: no {MARKER} (the save did not finish)" in caplog.messages
+    remove_incomplete(tmp_path)
+    assert f"removing incomplete checkpoint {half}: no {MARKER} (the save did not finish)" in caplog.messages
+    rotate(tmp_path, keep=1)
+    oldest = tmp_path / "checkpoint-2"
+    assert f"deleting old checkpoint {oldest} (train.save_total_limit=1)" in caplog.messages

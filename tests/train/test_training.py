@@ -66,3 +66,20 @@ def test_run_mean_loss_weights_each_log_by_its_steps() -> None:
                {"step": 5, "loss": 0.4}]  # fmt: skip
     assert run_mean_loss(history, 1.5, 7) == pytest.approx((0.6 * 2 + 0.4 * 3 + 1.5) / 7)
     assert run_mean_loss([], 0.0, 0) == 0.0
+
+
+@pytest.mark.parametrize(("max_steps", "rows", "warned"), [(4, 33, True), (4, 32, False), (-1, 100, False)])
+def test_a_precompute_for_pairs_the_run_never_uses_is_named_with_the_fix(
+    caplog, max_steps: int, rows: int, warned: bool
+) -> None:
+    """4 steps of 4 pairs x 2 accumulation use 32 pairs: precomputing 33 wastes one and says so (with the
+    data.max_train_samples that avoids it); 32 or an epoch-long run (max_steps=-1) waste none."""
+    from types import SimpleNamespace
+
+    from dpo_lab.train.trainer import _say_when_precompute_outruns_training
+
+    args = SimpleNamespace(max_steps=max_steps, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                           world_size=1)  # fmt: skip
+    with caplog.at_level("WARNING", logger="dpo_lab.train.trainer"):
+        _say_when_precompute_outruns_training(args, rows)
+    assert ("data.max_train_samples=32" in caplog.text) is warned
