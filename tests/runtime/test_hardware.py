@@ -83,7 +83,10 @@ def test_kept_freed_memory_stops_the_page_faults_of_reallocated_tensors() -> Non
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     released, kept, pages = counts["released"], counts["kept"], counts["pages"]
     assert released >= 9 * pages, f"{released} faults for 10 fresh 64 MiB blocks"
-    assert kept < pages, f"{kept} faults: the freed block was not reused"
+    # reused: not the ~10 x 16,384 faults of fresh blocks. Usually 0; a machine whose kernel reclaims idle
+    # pages on its own (DAMON's kdamond runs on these VMs) can take back a kept block between two touches,
+    # which costs a block's faults again (seen once: 2 blocks). A no-op keep_freed_memory gives ~10 blocks.
+    assert kept <= 3 * pages, f"{kept} faults: the freed blocks were not reused ({released} without)"
 
 
 def test_keep_freed_memory_false_changes_nothing_it_did_not_change(monkeypatch) -> None:
