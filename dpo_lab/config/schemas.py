@@ -196,7 +196,10 @@ class DPOSettings:
     )
     precompute_ref_log_probs: bool = setting(
         False,
-        help="compute reference log-probs once before training: no reference forward per step",
+        help=(
+            "compute the reference log-probs once, before training, for the pairs the run draws: no "
+            "reference forward per step"
+        ),
         trl="precompute_ref_log_probs",
     )
 

@@ -59,7 +59,8 @@ from dpo_lab.train.library import (
     start_input_token_count,
 )
 from dpo_lab.train.preemption import Preemption
-from dpo_lab.train.trainer import REF_COLUMNS, DPOTrainer, PreparedDatasets, build_trainer
+from dpo_lab.train.reference import REF_COLUMNS, with_reference_logps
+from dpo_lab.train.trainer import DPOTrainer, PreparedDatasets, build_trainer
 
 if TYPE_CHECKING:  # the store reads PackedOutcome back: imported for annotations only
     from dpo_lab.packed.store import PackStore
@@ -282,8 +283,7 @@ class Pack:
         leader = self.leader
         alive = self._stepping()
         inputs = prepare_inputs(leader, inputs)
-        if not all(column in inputs for column in REF_COLUMNS):
-            inputs = {**inputs, **dict(zip(REF_COLUMNS, self._reference_logps(inputs), strict=True))}
+        inputs, _ = with_reference_logps(inputs, self._reference_logps)
         rows = inputs["input_ids"].shape[0]
         turns = [[member] for member in alive] if self.in_turn else [alive]
         for members in turns:
@@ -334,7 +334,7 @@ class Pack:
         """The reference (every adapter off) log-probs of a micro-batch, once for the whole pack, as TRL's
         ``compute_ref_log_probs`` computes them."""
         leader = self.leader
-        model_kwargs = {k: v for k, v in inputs.items() if k != "completion_mask"}
+        model_kwargs = {k: v for k, v in inputs.items() if k not in ("completion_mask", *REF_COLUMNS)}
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         rows = inputs["input_ids"].shape[0]
         with adapters_by_slice(self.model, [None], rows), leader.accelerator.autocast():

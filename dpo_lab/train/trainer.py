@@ -35,6 +35,12 @@ from dpo_lab.train.losses import (
     sequence_logps,
     sigmoid_dpo,
 )
+from dpo_lab.train.reference import (
+    fill_reference_logps,
+    first_epoch_draws,
+    pairs_per_step,
+    with_reference_logps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +198,7 @@ class DPOTrainer(TrainerHooks):
         super().__init__(*args, **kwargs)
         self.micro_batch_observers = list(micro_batch_observers)
         self.pair_observers: list[PairObserver] = []
+        self.reference_misses = 0  # training pairs whose precomputed reference log-prob was missing
         self.dpo = dpo if dpo is not None else DPOSettings(beta=self.beta)
         self.loss_plan = plan_losses(self.dpo.loss_type, self.dpo.loss_weights)
 
@@ -252,11 +259,20 @@ class DPOTrainer(TrainerHooks):
 
     def with_reference(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The batch with its reference log-probs: those it carries, or TRL's reference forward (the base
-        with the adapter disabled) run here, before the policy's."""
-        if all(column in inputs for column in REF_COLUMNS):
-            return inputs
-        chosen, rejected = self.compute_ref_log_probs(self.model, inputs)
-        return {**inputs, REF_COLUMNS[0]: chosen, REF_COLUMNS[1]: rejected}
+        with the adapter disabled) run here, before the policy's, for the batch or for the rows whose
+        precomputed value is missing (see dpo_lab.train.reference)."""
+        inputs, missed = with_reference_logps(
+            inputs, lambda batch: self.compute_ref_log_probs(self.model, batch)
+        )
+        if missed:
+            if not self.reference_misses:
+                log.warning(
+                    "%d training pair(s) drawn without a precomputed reference log-prob: computed in the "
+                    "step (the same values, only slower; dpo_lab predicted the sampler's draw wrongly)",
+                    missed,
+                )  # fmt: skip
+            self.reference_misses += missed
+        return inputs
 
     def _replace_reward_metrics(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         """The custom loss's rewards in place of TRL's (beta-scaled log-ratios) in the metrics just kept."""
@@ -299,17 +315,32 @@ class DPOTrainer(TrainerHooks):
         return dataset if len(keep) == len(dataset) else dataset.select(keep)
 
     def reference_logps_of_split(self, dataset, name, batch_size):
-        """TRL's reference log-probs, or the ones an earlier sweep job computed on the same inputs."""
-        if name == "train":
-            _say_when_precompute_outruns_training(self.args, len(dataset))
-        if self._prepared is None:
-            return super().reference_logps_of_split(dataset, name, batch_size)
-        cached = self._prepared.with_ref_log_probs.get(name)
-        if cached is None:
-            cached = super().reference_logps_of_split(dataset, name, batch_size)
-            self._prepared.with_ref_log_probs[name] = cached
+        """TRL's reference log-probs of the pairs this run uses: every held-out pair, and the training pairs
+        drawn before ``max_steps`` ends (the rest stay NaN); those an earlier job of the sweep computed on the
+        same inputs are taken from it."""
+        needed = self.training_draws(dataset) if name == "train" else None
+        known = self._prepared.with_ref_log_probs.get(name) if self._prepared is not None else None
+        trl_precompute = super().reference_logps_of_split
+        filled, computed = fill_reference_logps(
+            dataset, known, needed, lambda part: trl_precompute(part, name, batch_size)
+        )
+        if needed is not None and computed:
+            log.info(
+                "reference log-probs: computed for the %d of %d training pairs that train.max_steps=%d draws "
+                "(%d new)", len(needed), len(dataset), self.args.max_steps, computed,
+            )  # fmt: skip
+        if self._prepared is not None and computed:
+            self._prepared.with_ref_log_probs[name] = filled
             self._prepared.computed["ref_log_probs"] += 1
-        return cached
+        return filled
+
+    def training_draws(self, dataset: Dataset) -> list[int] | None:
+        """The training rows this run draws before ``max_steps`` ends, from a fresh copy of the sampler
+        training will use; None when it uses them all (or the order is not known ahead)."""
+        seedable = self.args.accelerator_config.use_seedable_sampler
+        data_seed = self.args.data_seed if seedable else None
+        draws = self.args.max_steps * pairs_per_step(self.args)
+        return first_epoch_draws(self.train_sampler(dataset), len(dataset), draws, data_seed)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -365,10 +396,6 @@ class DPOTrainer(TrainerHooks):
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
 
-# the batch columns that carry the reference log-probs (TRL's names)
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
-
-
 class _LogProbsRecorder:
     """Stands in for the model in TRL's loss: calls it and keeps the per-token log-probs of the first call
     (the policy forward; TRL's deprecated return_outputs path calls again for logits)."""
@@ -385,20 +412,6 @@ class _LogProbsRecorder:
 
     def __getattr__(self, name: str) -> Any:  # anything else is the model's (``training``, ``config``...)
         return getattr(self.model, name)
-
-
-def _say_when_precompute_outruns_training(args: trl.DPOConfig, rows: int) -> None:
-    """TRL precomputes the reference log-probs of every training pair; a run whose ``max_steps`` ends before
-    one epoch uses only some of them (which ones, the sampler draws when training starts): say what it costs
-    and how to avoid it."""
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    used = args.max_steps * per_step
-    if 0 < used < rows:
-        log.warning(
-            "reference log-probs are precomputed for all %d training pairs, but train.max_steps=%d uses %d "
-            "of them: data.max_train_samples=%d computes only those (a random subset of the shuffled pairs)",
-            rows, args.max_steps, used, used,
-        )  # fmt: skip
 
 
 def run_mean_loss(log_history: Sequence[Mapping[str, Any]], unlogged: float, global_step: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -107,7 +108,9 @@ def test_job_two_starts_from_clean_base_weights_and_reuses_data_and_ref_log_prob
         mine, theirs = getattr(trainer_2, split), getattr(fresh_trainer, split)
         assert mine["chosen_ids"] == theirs["chosen_ids"] and mine["rejected_ids"] == theirs["rejected_ids"]
         for column in ("ref_chosen_logps", "ref_rejected_logps"):
-            assert mine[column] == pytest.approx(theirs[column], abs=1e-5), (split, column)
+            # NaN in the same rows: the training pairs max_steps never draws are computed by neither
+            assert mine[column] == pytest.approx(theirs[column], abs=1e-5, nan_ok=True), (split, column)
+            assert not all(math.isnan(v) for v in mine[column]), (split, column)
     assert cache.stats == {"model_loads": 1, "model_reuses": 2}
 
 

@@ -13,14 +13,14 @@ from dpo_lab.runtime.precision import Precision
 from dpo_lab.train.trainer import build_dpo_args, build_trainer, run_mean_loss
 
 
-def _build(tmp_path, **train_overrides):
+def _build(tmp_path, dpo: DPOSettings | None = None, **train_overrides):
     model_cfg = ModelSettings(name_or_path=asset_path("tiny-llama"))
     data = load_preference_data(
         DataSettings(path=asset_path("finance"), max_train_samples=24, max_eval_samples=8), seed=0
     )
     train_cfg = TrainSettings(learning_rate=5e-3, per_device_train_batch_size=4, max_steps=3, logging_steps=1,
                             precision=Precision.fp32, **train_overrides)  # fmt: skip
-    args = build_dpo_args(DPOSettings(max_length=256), train_cfg, output_dir=tmp_path / "out", seed=0,
+    args = build_dpo_args(dpo or DPOSettings(max_length=256), train_cfg, output_dir=tmp_path / "out", seed=0,
                           precision=Precision.fp32, device="cpu")  # fmt: skip
     tokenizer = load_tokenizer(model_cfg)
     model = load_base_model(model_cfg, Precision.fp32, gradient_checkpointing=False)
@@ -68,18 +68,58 @@ def test_run_mean_loss_weights_each_log_by_its_steps() -> None:
     assert run_mean_loss([], 0.0, 0) == 0.0
 
 
-@pytest.mark.parametrize(("max_steps", "rows", "warned"), [(4, 33, True), (4, 32, False), (-1, 100, False)])
-def test_a_precompute_for_pairs_the_run_never_uses_is_named_with_the_fix(
-    caplog, max_steps: int, rows: int, warned: bool
+def _counting_precompute(monkeypatch) -> list[tuple[str, int]]:
+    """Patches TRL's precompute (through dpo_lab's hook) to record (split, rows) of every call."""
+    from dpo_lab.train import library
+
+    precomputed: list[tuple[str, int]] = []
+    trl_precompute = library.TrainerHooks.reference_logps_of_split
+
+    def counted(self, dataset, name, batch_size):
+        precomputed.append((name, len(dataset)))
+        return trl_precompute(self, dataset, name, batch_size)
+
+    monkeypatch.setattr(library.TrainerHooks, "reference_logps_of_split", counted)
+    return precomputed
+
+
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_a_short_run_precomputes_only_the_pairs_it_draws(
+    tmp_path, monkeypatch, group_by_length: bool
 ) -> None:
-    """4 steps of 4 pairs x 2 accumulation use 32 pairs: precomputing 33 wastes one and says so (with the
-    data.max_train_samples that avoids it); 32 or an epoch-long run (max_steps=-1) waste none."""
-    from types import SimpleNamespace
+    """3 steps of 4 pairs draw 12 of the 24 training pairs: only those 12 (and the 8 held-out) get the
+    reference forward before training, and every batch the prepared data loader yields carries a
+    precomputed value."""
+    precomputed = _counting_precompute(monkeypatch)
+    dpo = DPOSettings(max_length=256, precompute_ref_log_probs=True)
+    trainer = _build(tmp_path, dpo=dpo, group_by_length=group_by_length)
+    assert precomputed == [("train", 12), ("eval", 8)]
+    ref = torch.tensor(trainer.train_dataset["ref_chosen_logps"])
+    assert int(torch.isnan(ref).sum()) == 12, "the 12 pairs no step draws must not be computed"
+    drawn = [batch for batch, _ in zip(trainer.get_train_dataloader(), range(3), strict=False)]
+    assert sum(len(b["ref_chosen_logps"]) for b in drawn) == 12
+    assert not any(torch.isnan(b["ref_chosen_logps"]).any() for b in drawn), (
+        "a drawn pair was not precomputed"
+    )
 
-    from dpo_lab.train.trainer import _say_when_precompute_outruns_training
 
-    args = SimpleNamespace(max_steps=max_steps, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                           world_size=1)  # fmt: skip
-    with caplog.at_level("WARNING", logger="dpo_lab.train.trainer"):
-        _say_when_precompute_outruns_training(args, rows)
-    assert ("data.max_train_samples=32" in caplog.text) is warned
+@pytest.mark.slow
+def test_a_short_run_on_the_pairs_it_draws_trains_as_one_that_precomputes_all(tmp_path, monkeypatch) -> None:
+    """The same 3 steps, trained: nothing is computed in the step, and the losses equal those of a run
+    that precomputes all 24 pairs."""
+    from dpo_lab.train.trainer import DPOTrainer
+
+    precomputed = _counting_precompute(monkeypatch)
+    dpo = DPOSettings(max_length=256, precompute_ref_log_probs=True)
+    trainer = _build(tmp_path / "short", dpo=dpo)
+    trainer.train()
+    assert trainer.reference_misses == 0 and precomputed[0] == ("train", 12)
+    short_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    monkeypatch.setattr(DPOTrainer, "training_draws", lambda self, dataset: None)  # precompute every pair
+    precomputed.clear()
+    full = _build(tmp_path / "full", dpo=dpo)
+    assert precomputed[0] == ("train", 24)
+    full.train()
+    full_losses = [h["loss"] for h in full.state.log_history if "loss" in h]
+    assert short_losses == pytest.approx(full_losses, abs=1e-6) and len(short_losses) == 3
