@@ -222,3 +222,24 @@ def test_pruning_benchmark_smoke_runs(tmp_path) -> None:
     assert set(result["comparison"]) == {"basic", "packed"}
     for launcher in ("basic", "packed"):
         assert result["comparison"][launcher]["answer"] is not None
+
+
+@pytest.mark.slow
+def test_heldout_records_benchmark_runs(tmp_path) -> None:
+    """``python benchmarks/heldout_records.py``: both modes evaluate the same pairs and are timed, the ratio
+    is theirs."""
+    import json
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    out = tmp_path / "records.json"
+    command = [sys.executable, "benchmarks/heldout_records.py", "--pairs", "8", "--repeats", "2"]
+    command += ["--out", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 8 and result["repeats"] == 2
+    assert all(len(v) == 2 and min(v) > 0 for v in result["cpu_seconds"].values())
+    medians = result["median_cpu_seconds"]
+    assert result["ratio_with_over_without"] == pytest.approx(medians["with"] / medians["without"])
