@@ -82,14 +82,12 @@ def fill_reference_logps(
     ]
     if known is not None and not missing:
         return known, 0
-    feature = None
+    feature = None  # missing is empty only when nothing is needed: columns of NaN, their type inferred
     if missing:
         part = compute(dataset.select(missing))
         feature = part.features[REF_COLUMNS[0]]
         for name in REF_COLUMNS:
             values[name][missing] = np.asarray(part[name], dtype=np.float64)
-    elif known is not None:
-        feature = known.features[REF_COLUMNS[0]]
     base = dataset.remove_columns([name for name in REF_COLUMNS if name in dataset.column_names])
     for name in REF_COLUMNS:
         base = base.add_column(name, values[name].tolist(), feature=feature)
