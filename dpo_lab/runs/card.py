@@ -304,8 +304,8 @@ _MERGED_QUICK_START = (
     "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
     'model = AutoModelForCausalLM.from_pretrained("<path to this folder>")\n'
     'tokenizer = AutoTokenizer.from_pretrained("<path to this folder>")\n'
-    'messages = [{"role": "user", "content": "What is the future value of $1,000 at 5% for 3 years?"}]\n'
-    'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+    + _MESSAGES
+    + 'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
     "return_dict=True)\n"
     "output = model.generate(**inputs, max_new_tokens=128)\n"
     'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n'
