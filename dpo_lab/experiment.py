@@ -351,18 +351,24 @@ def pruning_callbacks(job: Job, training: Training) -> list[Any]:
 
     cfg = job.cfg
     return [
-        PruningCallback(training.pruning, cfg.objective.metric, cfg.objective.direction, cfg.prune.min_steps)
+        PruningCallback(
+            training.pruning,
+            cfg.objective.metric,
+            cfg.objective.direction,
+            cfg.prune.min_steps,
+            cfg.prune.stop_at,
+        )
     ]
 
 
-def pruned_fields(training: Training) -> dict[str, Any]:
+def pruned_fields(job: Job, training: Training) -> dict[str, Any]:
     """What metrics.json records of pruning (``status: pruned`` and where), nothing without a pruner; a job
     of a packed sweep as its pack pruned it (the handed-over trial carries the step)."""
     if training.pruning is None:
         return {}
     from dpo_lab.sweep.pruning import pruned_record
 
-    return pruned_record(training.pruning)
+    return pruned_record(training.pruning, job.cfg.prune.stop_at)
 
 
 def _plain_ddp(trainer: Any) -> bool:
@@ -390,7 +396,8 @@ def collect_result(
         "eval_before": before,
         "eval": after,
         "task": task,
-        "train_runtime_s": runtime,
+        # with the rounds before this one of a job the halving sweeper ran on from a rung
+        "train_runtime_s": round(runtime + float((plan.rung or {}).get("train_runtime_s") or 0.0), 4),
         "total_runtime_s": time.time() - job.started,
         "peak_memory_mb": peak_memory_mb(),
         "global_step": trainer.state.global_step,
@@ -407,7 +414,7 @@ def collect_result(
         "objective": objective_record(cfg.objective, after, heldout),
         "reused": dict(data.cache.last_job),
         **({"reward_kl": reward_kl} if reward_kl else {}),
-        **pruned_fields(training),  # last: a pruned job's status is "pruned"
+        **pruned_fields(job, training),  # last: a pruned job's status is "pruned"
     })  # fmt: skip
 
 

@@ -29,7 +29,7 @@ class PrunerName(str, Enum):
 
 
 # the job's trial, handed over by the sweeper: overrides it adds to every job (not the user's settings)
-SWEEPER_KEYS = ("prune.trial", "prune.study", "prune.storage")
+SWEEPER_KEYS = ("prune.trial", "prune.study", "prune.storage", "prune.stop_at")
 # Optuna's relational storages (SQLAlchemy URLs: sqlite:///f.db, postgresql+psycopg2://..., mysql://...)
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][\w+.-]*)://")
@@ -41,6 +41,7 @@ _USED_BY = {
     "min_resource": {PrunerName.successive_halving, PrunerName.hyperband},
     "reduction_factor": {PrunerName.successive_halving, PrunerName.hyperband},
     "max_resource": {PrunerName.hyperband},
+    "stop_at": {PrunerName.successive_halving},
 }
 
 
@@ -98,6 +99,15 @@ class PruneSettings:
             "study for a new trial itself (a grid on the basic launcher, submitit or any other launcher)"
         ),
     )
+    stop_at: int | None = setting(
+        None,
+        help=(
+            "set by hydra/sweeper=dpo_lab_halving (synchronous successive halving) for each round: train to "
+            "this step (a rung) and stop there as pruned, the checkpoint saved; the sweeper runs a promoted "
+            "job on from it in the next round. The job never asks the pruner itself; null = not in such a "
+            "sweep"
+        ),
+    )
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from self._range_problems()
@@ -111,7 +121,7 @@ class PruneSettings:
         for key, low in (("min_steps", 0), ("n_startup_trials", 0), ("reduction_factor", 2)):
             if getattr(self, key) < low:
                 yield key, f"must be an integer >= {low}, got {getattr(self, key)}"
-        for key, low in (("min_resource", 1), ("max_resource", 1), ("trial", 0)):
+        for key, low in (("min_resource", 1), ("max_resource", 1), ("trial", 0), ("stop_at", 1)):
             value = getattr(self, key)
             if value is not None and value < low:
                 yield key, f"must be an integer >= {low} or null, got {value}"

@@ -1,4 +1,4 @@
-"""Hydra finds dpo_lab's plugins (the packed launcher, the Optuna sweeper) under an editable install too.
+"""Hydra finds dpo_lab's plugins (packed launcher, Optuna and halving sweepers) under an editable install.
 
 Hydra lists its plugins by walking the ``hydra_plugins`` namespace package's folders (``pkgutil`` over
 ``hydra_plugins.__path__``). A wheel installs ``hydra_plugins/dpo_lab_packed_launcher`` and
@@ -15,7 +15,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-PLUGINS = ("hydra_plugins.dpo_lab_packed_launcher", "hydra_plugins.dpo_lab_optuna_sweeper")
+PLUGINS = (
+    "hydra_plugins.dpo_lab_packed_launcher",
+    "hydra_plugins.dpo_lab_optuna_sweeper",
+    "hydra_plugins.dpo_lab_halving_sweeper",
+)
 
 
 def make_plugins_visible() -> bool:

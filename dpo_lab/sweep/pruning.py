@@ -43,6 +43,7 @@ from dpo_lab.config.schemas import ObjectiveSettings
 from dpo_lab.errors import ConfigError
 from dpo_lab.runtime.collectives import any_process
 from dpo_lab.runtime.processes import is_main_process
+from dpo_lab.sweep.halving import RUNG_KEY, keeps_rung
 from dpo_lab.sweep.optuna_sweeper import (
     PRUNED_AT_STEP,
     RUN_DIR,
@@ -57,11 +58,6 @@ from dpo_lab.sweep.optuna_sweeper import (
 
 PRUNED = "pruned"  # metrics.json's status of a pruned job
 OVERRIDES = "overrides"  # the trial's user attribute with the job's command-line overrides
-# the trial system attribute in which Optuna's SuccessiveHalvingPruner keeps a trial's value at rung k
-# (optuna/pruners/_successive_halving.py, _completed_rung_key): a pack records its jobs' rung values under the
-# same name, so that jobs judged one by one (alone, in another pack) compete with them, and the other way
-# round (tests/packed/test_pack_pruning.py checks that Optuna still reads it)
-RUNG_KEY = "completed_rung_{}"
 
 
 @dataclass
@@ -163,6 +159,8 @@ def open_trial(
         trial = _own_trial(study, storage, run_dir, overrides)
     if run_dir is not None:
         trial.set_user_attr(RUN_DIR, str(run_dir.absolute()))
+    if settings.stop_at is not None and trial.user_attrs.get(PRUNED_AT_STEP) is not None:
+        trial.set_user_attr(PRUNED_AT_STEP, None)  # promoted by the halving sweeper: its last stop is past
     reported = storage.get_trial(trial_id(storage, name, trial.number)).intermediate_values
     return PruningTrial(trial, owned=settings.trial is None, reported=dict(reported), **common)
 
@@ -231,9 +229,20 @@ def _own_trial(
 
 
 class PruningCallback(TrainerCallback):
-    """Report ``eval_<metric>`` at every evaluation; stop training when the pruner says the job lost."""
+    """Report ``eval_<metric>`` at every evaluation; stop training when the pruner says the job lost.
 
-    def __init__(self, trial: PruningTrial, metric: str, direction: Direction, min_steps: int = 0) -> None:
+    With ``stop_at`` (``prune.stop_at``: a round of ``hydra/sweeper=dpo_lab_halving``) the job never asks the
+    pruner: it evaluates at that step, saves a checkpoint there and stops as pruned at it; the sweeper,
+    which ranks every job of the round together, runs it on from that checkpoint if it is promoted."""
+
+    def __init__(
+        self,
+        trial: PruningTrial,
+        metric: str,
+        direction: Direction,
+        min_steps: int = 0,
+        stop_at: int | None = None,
+    ) -> None:
         if direction is not trial.direction:
             raise ValueError(
                 f"the trial's study is to {trial.direction.value}, the objective {direction.value}"
@@ -241,12 +250,28 @@ class PruningCallback(TrainerCallback):
         self.trial = trial
         self.key = f"eval_{metric}"
         self.min_steps = min_steps
+        self.stop_at = stop_at
+
+    def _at_rung(self, state) -> bool:
+        step = state.global_step
+        return self.stop_at is not None and step >= self.stop_at and not (0 < state.max_steps <= step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._at_rung(state):
+            control.should_evaluate = True  # the rung's value: an evaluation at this step whatever eval_steps
+        return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         step = state.global_step
         if self.trial.pruned_at_step is not None or not metrics or self.key not in metrics or step == 0:
             return control
         self.trial.report(step, float(metrics[self.key]))
+        if self.stop_at is not None:  # the halving sweeper judges the round; the job stops at its rung
+            if self._at_rung(state):
+                self.trial.mark_pruned(step)
+                control.should_save = True  # the checkpoint a promoted job goes on from
+                control.should_training_stop = True
+            return control
         if step < self.min_steps or (state.max_steps > 0 and step >= state.max_steps):
             return control  # too early to judge; at the last step there is nothing left to save
         if any_process(self.trial.should_prune()):  # rank 0 decides, every rank stops
@@ -255,9 +280,10 @@ class PruningCallback(TrainerCallback):
         return control
 
 
-def pruned_record(trial: PruningTrial | None) -> dict[str, Any]:
+def pruned_record(trial: PruningTrial | None, stop_at: int | None = None) -> dict[str, Any]:
     """What ``metrics.json`` adds for pruning: nothing without a pruner; ``pruning`` (the study, the trial,
-    where it stopped); and ``status: pruned`` for a pruned job (merge it over the completed record)."""
+    where it stopped, and ``stop_at``, the round's rung, in a round of the halving sweeper); and
+    ``status: pruned`` for a pruned job (merge it over the completed record)."""
     if trial is None:
         return {}
     last = max(trial.reported) if trial.reported else None
@@ -273,6 +299,8 @@ def pruned_record(trial: PruningTrial | None) -> dict[str, Any]:
             "last_reported": None if last is None else {"step": last, "value": trial.reported[last]},
         }
     }
+    if stop_at is not None:  # a round of the halving sweeper: stopped at its rung, or run to it
+        record["pruning"]["stop_at"] = stop_at
     if trial.pruned_at_step is not None:
         record["status"] = PRUNED
     return record
@@ -452,13 +480,3 @@ def _rungs_done(system_attrs: Mapping[str, Any]) -> int:
     while RUNG_KEY.format(rung) in system_attrs:
         rung += 1
     return rung
-
-
-def keeps_rung(value: float, competing: Sequence[float], reduction_factor: int, direction: Direction) -> bool:
-    """Whether ``value`` goes on from a rung where ``competing`` were reached (``value`` among them): it must
-    be at least as good as the ``max(1, n // reduction_factor)``-th best of the ``n`` (ties go on), Optuna's
-    promotion rule of successive halving."""
-    keep = max(len(competing) // reduction_factor, 1)
-    ranked = sorted(competing, reverse=direction is Direction.maximize)
-    cutoff = ranked[keep - 1]
-    return value >= cutoff if direction is Direction.maximize else value <= cutoff

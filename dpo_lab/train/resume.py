@@ -43,14 +43,17 @@ log = logging.getLogger(__name__)
 # metrics.json statuses of a run that is over: a rerun leaves it as it is
 FINISHED = ("completed", "pruned")
 
-# Keys that may differ between the attempts of one run folder.
-_FREE_KEYS = {"resume"}
+# Keys that may differ between the attempts of one run folder: ``prune.stop_at`` is the round's rung of the
+# halving sweeper, which runs a promoted job on in its folder with a later one.
+_FREE_KEYS = {"resume", "prune.stop_at"}
 
 
 @dataclass
 class ResumePlan:
     checkpoint: Checkpoint | None = None  # continue from here; None = train from step 0
     completed: dict[str, Any] | None = None  # metrics.json of a run that already finished
+    # metrics.json of the earlier round this run goes on from (a job the halving sweeper promoted)
+    rung: dict[str, Any] | None = None
 
 
 def _is_multirun(args: list[str]) -> bool:
@@ -88,9 +91,9 @@ def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
     """Dotted path of the first key whose value differs between two nested configs, or None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
-            if not prefix and key in _FREE_KEYS:
-                continue
             path = f"{prefix}.{key}" if prefix else str(key)
+            if path in _FREE_KEYS:
+                continue
             if key not in old or key not in new:
                 return path
             found = first_difference(old[key], new[key], path)
@@ -140,11 +143,30 @@ def completed_result(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def goes_on_from_rung(record: dict[str, Any], stop_at: int | None) -> bool:
+    """Whether a finished record is a round of the halving sweeper that this launch runs on: stopped at its
+    rung (``pruning.stop_at``) before the step this launch trains to (``prune.stop_at``)."""
+    pruning = record.get("pruning") if isinstance(record.get("pruning"), dict) else {}
+    stopped = pruning.get("pruned_at_step")
+    return (
+        record.get("status") == "pruned"
+        and pruning.get("stop_at") is not None
+        and stopped is not None
+        and stop_at is not None
+        and stop_at > stopped
+    )
+
+
 def plan_resume(run_dir: Path, resolved: dict[str, Any]) -> ResumePlan:
-    """What to do in ``run_dir``: resume, fresh start, or nothing (already completed)."""
+    """What to do in ``run_dir``: resume, fresh start, or nothing (already completed). A job the halving
+    sweeper stopped at a rung and now runs to a later one (``prune.stop_at``) goes on from its checkpoint."""
     completed = completed_result(run_dir)
+    rung = None
+    prune = resolved.get("prune")
+    if completed is not None and goes_on_from_rung(completed, (prune or {}).get("stop_at")):
+        rung, completed = completed, None
     checkpoint, skipped = newest_intact(RunLayout(run_dir).checkpoints)
-    if completed is not None or checkpoint is not None:
+    if completed is not None or checkpoint is not None or rung is not None:
         check_same_config(run_dir, resolved)  # something to keep: the config must be the one it was made by
     elif RunLayout(run_dir).config.is_file():
         try:
@@ -162,7 +184,10 @@ def plan_resume(run_dir: Path, resolved: dict[str, Any]) -> ResumePlan:
         log.info("%s was started before but holds no complete checkpoint: training from step 0", run_dir)
     if is_main_process():
         restart_history(run_dir, checkpoint)
-    return ResumePlan(checkpoint=checkpoint)
+    if rung is not None and checkpoint is None:
+        log.info("%s holds no checkpoint of the rung it stopped at: training from step 0", run_dir)
+        rung = None
+    return ResumePlan(checkpoint=checkpoint, rung=rung)
 
 
 def restart_history(run_dir: Path, checkpoint: Checkpoint | None) -> None:

@@ -156,6 +156,8 @@ RUN_BOUNDS: list[tuple[str, Any, bool, dict[str, Any]]] = [
     ),
     ("prune.trial", -1, False, {"prune.pruner": PrunerName.median, "train.eval_steps": 5}),
     ("prune.trial", 0, True, {"prune.pruner": PrunerName.median, "train.eval_steps": 5}),
+    ("prune.stop_at", 0, False, {"prune.pruner": PrunerName.successive_halving, "train.eval_steps": 5}),
+    ("prune.stop_at", 1, True, {"prune.pruner": PrunerName.successive_halving, "train.eval_steps": 5}),
 ]
 # numeric keys that take any value, and why
 RUN_UNBOUNDED = {

@@ -125,6 +125,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "prune.storage": None,
     "prune.study": None,
     "prune.trial": None,
+    "prune.stop_at": None,
     "reuse": True,
     "keep_freed_memory": True,
     "seed": 42,

@@ -19,6 +19,7 @@ import yaml
 from optuna.trial import TrialState
 
 from dpo_lab.runs.checkpoints import MARKER
+from dpo_lab.sweep.halving import RUNG_KEY
 from dpo_lab.sweep.optuna_sweeper import (
     JOURNAL_FILE,
     PRUNED_AT_STEP,
@@ -26,7 +27,6 @@ from dpo_lab.sweep.optuna_sweeper import (
     default_study_name,
     open_storage,
 )
-from dpo_lab.sweep.pruning import RUNG_KEY
 from tests.helpers import ROOT, cli_env, run_cli
 
 # 4 steps, evaluated at 2 and 4 (the rung and the end); 16 held-out pairs: a job that learned anything has
@@ -205,3 +205,48 @@ def test_submitit_jobs_in_their_own_processes_share_the_journal(tmp_path: Path) 
     assert len(jobs) == 3 and len(study.trials) == 3
     assert {m["pruning"]["storage"] for m in jobs.values()} == {str((sweep / JOURNAL_FILE).absolute())}
     assert not any(any(m["reused"].values()) for m in jobs.values())  # processes of their own
+
+
+def _eval_history(job: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (job / "log_history.jsonl").read_text().splitlines()]
+    return [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+
+
+@pytest.mark.slow
+def test_a_grid_halved_in_rounds_on_the_basic_launcher(tmp_path: Path) -> None:
+    """hydra/sweeper=dpo_lab_halving, jobs one after another: all four train to the rung (step 2), the two
+    whose learning rate (1e-12) cannot move their adapters stop there, and the other two go on from their
+    checkpoints to step 4, each ending exactly as the same job trained in one go. Run again, the sweep trains
+    nothing and asks no new trial."""
+    args = ["hydra/sweeper=dpo_lab_halving", "train.learning_rate=1e-3,1e-12", "dpo.beta=0.1,0.5"]
+    sweep = _sweep(tmp_path, *args)
+    study = _study(sweep)
+    jobs = _check_jobs_against_the_study(sweep, study)
+    by_rate = {n: _learning_rate(sweep / n) for n in jobs}
+    for name, metrics in jobs.items():
+        if by_rate[name] == 1e-12:
+            assert metrics["status"] == "pruned" and metrics["pruning"]["pruned_at_step"] == 2, name
+            assert metrics["pruning"]["stop_at"] == 2
+            assert (sweep / name / "checkpoints" / "checkpoint-2").is_dir()  # where it would have gone on
+        else:
+            assert metrics["status"] == "completed" and metrics["resumed_from_step"] == 2, name
+            assert metrics["pruning"]["reported_steps"] == [2, 4]
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    summary = json.loads((sweep / "report.json").read_text())
+    assert summary["pruning"]["compute"]["steps"] == 2 * 2 + 2 * 4
+    assert summary["pruning"]["compute"]["full_steps"] == 16
+
+    # a promoted job ends as the same job trained in one go (the checkpoint holds optimizer, schedule, RNG)
+    winner = next(n for n in jobs if by_rate[n] == 1e-3)
+    beta = yaml.safe_load((sweep / winner / "config.yaml").read_text())["dpo"]["beta"]
+    plain = tmp_path / "plain"
+    one_go = [*SMALL, "train.learning_rate=1e-3", f"dpo.beta={beta}", f"hydra.run.dir={plain}"]
+    proc = run_cli(one_go, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _eval_history(sweep / winner) == _eval_history(plain)
+
+    before = {n: (sweep / n / "metrics.json").read_bytes() for n in jobs}
+    again = run_cli(_args(sweep, *args), tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert {n: (sweep / n / "metrics.json").read_bytes() for n in jobs} == before
+    assert len(_study(sweep).trials) == 4

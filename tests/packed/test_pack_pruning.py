@@ -29,14 +29,13 @@ from dpo_lab.model.loading import build_lora_config, load_base_model, load_token
 from dpo_lab.packed.pack import PackJob, build_pack
 from dpo_lab.reuse.cache import ModelSnapshot
 from dpo_lab.runtime.precision import Precision
+from dpo_lab.sweep.halving import RUNG_KEY, keeps_rung
 from dpo_lab.sweep.optuna_sweeper import PRUNED_AT_STEP, build_pruner
 from dpo_lab.sweep.pruning import (
-    RUNG_KEY,
     PackedTrial,
     PackPruning,
     PruningTrial,
     handed_over_trial,
-    keeps_rung,
     open_trial,
     pruned_record,
 )
