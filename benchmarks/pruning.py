@@ -1,5 +1,6 @@
 """What successive halving saves on a sweep: a 16-job grid run unpruned and pruned, with Hydra's basic
-launcher and with the packed launcher (docs/pruning.md, benchmarks/README.md "Pruning").
+launcher (Optuna's asynchronous pruner, or dpo_lab's halving sweeper in rounds) and with the packed launcher
+(docs/pruning.md, benchmarks/README.md "Pruning").
 
     python benchmarks/pruning.py                  # the grid as sized below (about 15-25 min, 2 quiet cores)
     python benchmarks/pruning.py --smoke          # 2 x 2 jobs, 2 steps: that it runs (minutes)
@@ -13,16 +14,18 @@ training and the held-out evaluations), reference log-probs precomputed once per
 The pruner, chosen before any run and not tuned on its results: ``prune=successive_halving`` with
 ``prune.min_resource=4`` and ``prune.reduction_factor=4`` over ``train.max_steps=64`` evaluated every 4 steps:
 rungs at steps 4 and 16, and the end (64) is the third; each rung keeps the best quarter. Done synchronously
-(the packed launcher: 16 jobs at the first rung keep 4, then 1) it would train 16 x 4 + 4 x 12 + 1 x 48 = 160
-steps against 16 x 64 = 1024 unpruned (6.4x fewer): room for the issue's 3x once Optuna's asynchronous
-halving (the basic launcher: a job is ranked against the jobs that reached the rung before it) keeps more,
-and for 2.5x less wall time once each job's fixed costs (start, the evaluation before training, the final
-one, saving) are paid.
+(the halving sweeper, or the packed launcher: 16 jobs at the first rung keep 4, then 1) it trains
+16 x 4 + 4 x 12 + 1 x 48 = 160 steps against 16 x 64 = 1024 unpruned (6.4x fewer): room for the issue's 3x
+once ties at a cut, or Optuna's asynchronous halving (the basic sweeper: a job is ranked against the jobs
+that reached the rung before it), keep more, and for 2.5x less wall time once each job's fixed costs
+(start, the evaluation before training, the final one, saving; a promoted job's restart) are paid.
 
-Four modes, each one ``python -m dpo_lab.run -m`` process on an empty datasets cache of its own:
+Five modes, each one ``python -m dpo_lab.run -m`` process on an empty datasets cache of its own:
 
 - ``basic``, ``basic_pruned``: Hydra's basic launcher (jobs one after another in the process, reusing the
   base model and the data), unpruned and with the pruner;
+- ``basic_halving``: the same launcher under ``hydra/sweeper=dpo_lab_halving``: the grid in rounds, every job
+  to the first rung, the best quarter on from its checkpoint to the next (synchronous halving);
 - ``packed``, ``packed_pruned``: ``hydra/launcher=packed`` (``auto``: on a CPU packs of at most 8 jobs
   stepping in turn), unpruned and with the pruner (synchronous halving inside each pack).
 
@@ -51,7 +54,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("basic", "basic_pruned", "packed", "packed_pruned")
+MODES = ("basic", "basic_pruned", "basic_halving", "packed", "packed_pruned")
+# each pruned mode against the unpruned sweep of the same launcher
+BASELINE = {"basic_pruned": "basic", "basic_halving": "basic", "packed_pruned": "packed"}
 # the issue's targets for each launcher
 STEPS_TARGET, WALL_TARGET = 3.0, 2.5
 
@@ -112,11 +117,13 @@ def sweep_overrides(sizes: Sizes, mode: str, folder: Path) -> list[str]:
     ]
     if sizes.warmup_steps is not None:  # the smoke test's 2 steps: no step at learning rate 0
         args.append(f"train.warmup_steps={sizes.warmup_steps:g}")
-    if mode.endswith("_pruned"):
+    if mode in BASELINE:
         args += ["prune=successive_halving", f"prune.min_resource={sizes.min_resource}",
                  f"prune.reduction_factor={sizes.reduction_factor}"]  # fmt: skip
     if mode.startswith("packed"):
         args.append("hydra/launcher=packed")
+    if mode == "basic_halving":
+        args.append("hydra/sweeper=dpo_lab_halving")
     return [*args, f"hydra.sweep.dir={folder}"]
 
 
@@ -189,8 +196,8 @@ def compare(modes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """For each launcher with both sweeps: how many times fewer steps, less wall, CPU and training time the
     pruned sweep took, whether its answer is the same, and whether the issue's targets are met."""
     out = {}
-    for launcher in ("basic", "packed"):
-        full, pruned = modes.get(launcher), modes.get(f"{launcher}_pruned")
+    for mode, baseline in BASELINE.items():
+        full, pruned = modes.get(baseline), modes.get(mode)
         if full is None or pruned is None:
             continue
         ratios = {
@@ -200,7 +207,7 @@ def compare(modes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "train_time": _ratio(full["sweep"]["train_s"], pruned["sweep"]["train_s"]),
         }
         answer = pruned.get("same_answer") or {}
-        out[launcher] = {
+        out[mode] = {
             "fewer_times": ratios,
             "same_answer": answer.get("same_answer"),
             "answer": answer.get("verdict"),
@@ -222,8 +229,8 @@ def measure(
         folder = work / mode
         run = run_sweep(sweep_overrides(sizes, mode, folder / "runs"), folder / "hf-cache")
         run["sweep"] = read_sweep(folder / "runs")
-        full = folder.parent / mode.removesuffix("_pruned") / "runs"
-        if mode.endswith("_pruned") and full.is_dir():
+        full = folder.parent / BASELINE.get(mode, mode) / "runs"
+        if mode in BASELINE and full.is_dir():
             run["same_answer"] = same_answer(folder / "runs", full)
         results[mode] = run
         load = f"load {run['load_before'][0]} -> {run['load_after'][0]}"
@@ -232,8 +239,8 @@ def measure(
         if partial is not None:
             partial.write_text(json.dumps(results, indent=2, default=str))
     for mode, run in results.items():  # a pruned sweep measured before its unpruned one
-        full = work / mode.removesuffix("_pruned") / "runs"
-        if mode.endswith("_pruned") and "same_answer" not in run and full.is_dir():
+        full = work / BASELINE.get(mode, mode) / "runs"
+        if mode in BASELINE and "same_answer" not in run and full.is_dir():
             run["same_answer"] = same_answer(work / mode / "runs", full)
     return results
 
@@ -297,8 +304,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     out.write_text(json.dumps(result, indent=2, default=str))
     partial.unlink(missing_ok=True)
-    for launcher, found in result["comparison"].items():
-        print(f"{launcher}: {found['fewer_times']}; answer: {found['answer']}; targets: {found['targets']}")
+    for mode, found in result["comparison"].items():
+        print(f"{mode}: {found['fewer_times']}; answer: {found['answer']}; targets: {found['targets']}")
     print(f"written {out}")
     return result
 

@@ -163,15 +163,25 @@ def test_pruning_benchmark_commands_and_comparison() -> None:
     """benchmarks/pruning.py: each mode's sweep is the same 16-job grid, the pruned ones with the pruner
     chosen up front, the packed ones through the packed launcher; every override is a real key; the
     comparison divides the unpruned sweep's cost by the pruned one's and checks the issue's targets."""
-    from benchmarks.pruning import MODES, SMOKE, Sizes, compare, parse_args, sizes_of, sweep_overrides
+    from benchmarks.pruning import (
+        BASELINE,
+        MODES,
+        SMOKE,
+        Sizes,
+        compare,
+        parse_args,
+        sizes_of,
+        sweep_overrides,
+    )
 
     sizes = Sizes()
     assert sizes.jobs == 16 and SMOKE.jobs == 4 and SMOKE.steps == 2
     for mode in MODES:
         args = sweep_overrides(sizes, mode, Path("/tmp/s"))
         assert args[0] == "-m" and args[-1] == "hydra.sweep.dir=/tmp/s"
-        assert ("prune=successive_halving" in args) is mode.endswith("_pruned")
+        assert ("prune=successive_halving" in args) is (mode in BASELINE)
         assert ("hydra/launcher=packed" in args) is mode.startswith("packed")
+        assert ("hydra/sweeper=dpo_lab_halving" in args) is (mode == "basic_halving")
         single = [
             a.split("=")[0] + "=" + a.split("=")[1].split(",")[0] for a in args[1:-1] if "hydra/" not in a
         ]
@@ -192,16 +202,21 @@ def test_pruning_benchmark_commands_and_comparison() -> None:
         return found
 
     result = compare({"basic": mode(600.0, 1024), "basic_pruned": mode(200.0, 256, True),
+                      "basic_halving": mode(300.0, 160, True),
                       "packed": mode(500.0, 1024), "packed_pruned": mode(250.0, 512, False)})  # fmt: skip
-    assert result["basic"]["fewer_times"] == {"steps": 4.0, "wall": 3.0, "cpu": 3.0, "train_time": 3.0}
-    assert all(result["basic"]["targets"].values())
-    assert result["packed"]["fewer_times"]["steps"] == 2.0 and not any(result["packed"]["targets"].values())
+    assert result["basic_pruned"]["fewer_times"] == {"steps": 4.0, "wall": 3.0, "cpu": 3.0, "train_time": 3.0}
+    assert all(result["basic_pruned"]["targets"].values())
+    assert result["basic_halving"]["fewer_times"]["steps"] == 6.4  # against the same unpruned sweep
+    assert result["basic_halving"]["fewer_times"]["wall"] == 2.0
+    assert not result["basic_halving"]["targets"]["wall >= 2.5x less"]
+    packed = result["packed_pruned"]
+    assert packed["fewer_times"]["steps"] == 2.0 and not any(packed["targets"].values())
     assert compare({"basic": mode(1.0, 1)}) == {}  # no pruned sweep to compare
 
 
 @pytest.mark.slow
 def test_pruning_benchmark_smoke_runs(tmp_path) -> None:
-    """``python benchmarks/pruning.py --smoke``: the four sweeps of a 2 x 2 grid, 2 steps each, read back and
+    """``python benchmarks/pruning.py --smoke``: the five sweeps of a 2 x 2 grid, 2 steps each, read back and
     compared (about a minute on 2 quiet cores)."""
     import json
     import subprocess
@@ -213,15 +228,15 @@ def test_pruning_benchmark_smoke_runs(tmp_path) -> None:
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert list(result["modes"]) == ["basic", "basic_pruned", "packed", "packed_pruned"]
+    assert list(result["modes"]) == ["basic", "basic_pruned", "basic_halving", "packed", "packed_pruned"]
     for name, found in result["modes"].items():
         assert sum(found["sweep"]["statuses"].values()) == 4, name
         assert found["wall_s"] > 0 and found["sweep"]["best"] is not None
         assert found["sweep"]["steps"] <= 8 and len(found["load_before"]) == 3
     assert result["modes"]["packed"]["sweep"]["packs"] == 1
-    assert set(result["comparison"]) == {"basic", "packed"}
-    for launcher in ("basic", "packed"):
-        assert result["comparison"][launcher]["answer"] is not None
+    assert set(result["comparison"]) == {"basic_pruned", "basic_halving", "packed_pruned"}
+    for mode in result["comparison"]:
+        assert result["comparison"][mode]["answer"] is not None
 
 
 @pytest.mark.slow
