@@ -248,10 +248,11 @@ class HalvingSearch:
     def trial_for(
         self, study: optuna.Study, point: list[str], params: dict[str, str], space: Mapping[str, list[str]]
     ) -> int:
-        """The trial a previous attempt of this sweep asked for the grid point, or a new one holding the
-        point's swept values as its params (optuna-dashboard and optimization_results.yaml show them)."""
+        """The trial a previous attempt of this sweep asked for the grid point (unless its job failed: it is
+        tried again on a new trial), or a new one holding the point's swept values as its params
+        (optuna-dashboard and optimization_results.yaml show them)."""
         for frozen in study.get_trials(deepcopy=False):
-            if frozen.user_attrs.get(GRID_POINT) == point:
+            if frozen.user_attrs.get(GRID_POINT) == point and frozen.state is not TrialState.FAIL:
                 return frozen.number
         distributions = {key: CategoricalDistribution(texts) for key, texts in space.items()}
         with quiet_optuna():

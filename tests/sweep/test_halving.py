@@ -198,6 +198,20 @@ def test_ties_at_the_cut_go_on_and_a_failed_job_leaves_the_sweep(tmp_path) -> No
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
 
 
+def test_a_job_that_failed_is_tried_again_on_a_new_trial_when_the_sweep_runs_again(tmp_path) -> None:
+    def rate(job):
+        return float(job["train.learning_rate"])
+
+    sweeper, _ = search(tmp_path, lambda job: None if rate(job) == 2e-2 else rate(job), factor=2, max_steps=8)
+    sweeper.sweep(["train.learning_rate=1e-3,2e-2"])
+    assert [t.state.name for t in _study(tmp_path).trials] == ["COMPLETE", "FAIL"]
+    again, launcher = search(tmp_path, rate, factor=2, max_steps=8)
+    again.sweep(["train.learning_rate=1e-3,2e-2"])
+    assert [t.state.name for t in _study(tmp_path).trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert [o for o in launcher.batches[0][1] if o.startswith("prune.trial=")] == ["prune.trial=2"]
+    assert "train.learning_rate=0.02" in launcher.batches[-1][0]  # fixed, it goes on and wins
+
+
 def test_a_minimised_objective_keeps_the_lowest(tmp_path) -> None:
     sweeper, launcher = search(
         tmp_path, lambda job: float(job["train.learning_rate"]), direction="minimize", max_steps=16
