@@ -41,7 +41,7 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import HydraException
+from hydra.errors import CompactHydraException, HydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution
@@ -74,6 +74,11 @@ RUNG_KEY = "completed_rung_{}"
 FIXED_KEYS = ("train.max_steps", "prune.min_resource", "prune.reduction_factor", "prune.min_steps")
 
 
+class HalvingSettingsError(CompactHydraException, ValueError):
+    """A sweep the halving sweeper cannot run (which key, what is allowed): Hydra prints the message alone, no
+    stack trace, and exits non-zero."""
+
+
 def keeps_rung(value: float, competing: Sequence[float], reduction_factor: int, direction: Direction) -> bool:
     """Whether ``value`` goes on from a rung where ``competing`` were reached (``value`` among them): it must
     be at least as good as the ``max(1, n // reduction_factor)``-th best of the ``n`` (ties go on), Optuna's
@@ -89,7 +94,9 @@ def rungs(max_steps: int, min_resource: int | None, reduction_factor: int, min_s
     ``min_steps`` (no job is judged earlier), then ``max_steps``. ``min_resource`` null: ``max_steps // 100``
     (Optuna's estimate from a job trained to its end), at least 1."""
     if max_steps < 1:
-        raise ValueError(f"train.max_steps: successive halving counts steps; expected >= 1, got {max_steps}")
+        raise HalvingSettingsError(
+            f"train.max_steps: successive halving counts steps; expected >= 1, got {max_steps}"
+        )
     step = min_resource or max(max_steps // 100, 1)
     out = []
     while step < max_steps:
@@ -105,7 +112,7 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as err:
-        raise ValueError(f"hydra.sweeper.params: {str(err).splitlines()[0]}") from None
+        raise HalvingSettingsError(f"hydra.sweeper.params: {str(err).splitlines()[0]}") from None
     options: dict[str, list[str]] = {}
     for override in parsed:
         key = override.get_key_element()  # given twice: the last values, in the first one's place
@@ -114,10 +121,14 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
         elif override.is_discrete_sweep():
             options[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            raise ValueError(f"{override.input_line}: an interval has no grid; list the values (a,b,c)")
+            raise HalvingSettingsError(
+                f"{override.input_line}: an interval has no grid; list the values (a,b,c)"
+            )
     fixed = [key for key in options if key.lstrip("+~") in FIXED_KEYS and len(options[key]) > 1]
     if fixed:
-        raise ValueError(f"{fixed[0]}: every job of a halving sweep takes the same rungs; give one value")
+        raise HalvingSettingsError(
+            f"{fixed[0]}: every job of a halving sweep takes the same rungs; give one value"
+        )
     return [list(point) for point in itertools.product(*options.values())]
 
 
@@ -171,13 +182,13 @@ class HalvingSearch:
         assert self.config is not None
         prune = job_prune_settings(self.config)
         if prune is None or prune.pruner is not PrunerName.successive_halving:
-            raise ValueError(
+            raise HalvingSettingsError(
                 "hydra/sweeper=dpo_lab_halving halves by successive halving's settings: add "
                 "prune=successive_halving (prune.min_resource, prune.reduction_factor)"
             )
         launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_", default=""))
         if "packed" in launcher.lower():
-            raise ValueError(
+            raise HalvingSettingsError(
                 "hydra/launcher=packed halves synchronously inside each pack itself: use it with Hydra's "
                 "basic sweeper (drop hydra/sweeper=dpo_lab_halving)"
             )
@@ -239,7 +250,7 @@ class HalvingSearch:
             )
         found = [d.name.lower() for d in study.directions]
         if found != [direction.value]:
-            raise ValueError(
+            raise HalvingSettingsError(
                 f"prune.study: study {name} is to {'/'.join(found)}; objective.direction is "
                 f"{direction.value}: name another study"
             )

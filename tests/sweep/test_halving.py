@@ -346,3 +346,13 @@ def test_a_later_rung_is_no_change_of_config() -> None:
 def test_keeps_rung_is_shared_with_the_packs() -> None:
     assert keeps_rung(0.5, [0.5, 0.5, 0.1, 0.0], 4, Direction.maximize)  # a tie at the cut goes on
     assert not keeps_rung(0.1, [0.5, 0.4, 0.1, 0.0], 4, Direction.maximize)
+
+
+def test_a_refused_halving_sweep_says_why_in_one_line_and_exits_non_zero(tmp_path) -> None:
+    from tests.helpers import run_cli
+
+    args = ["-m", "hydra/sweeper=dpo_lab_halving", "dpo.beta=0.1,0.5", f"hydra.sweep.dir={tmp_path / 's'}"]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode != 0
+    assert "add prune=successive_halving" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s" / "0").exists()  # no job was launched
