@@ -77,6 +77,7 @@ OTHER_VALUES: dict[str, Any] = {
     "prune.storage": "sqlite:///s.db",
     "prune.study": "s",
     "prune.trial": 1,
+    "prune.stop_at": 4,
     "reuse": False,
     "keep_freed_memory": False,
     "seed": 7,
