@@ -39,11 +39,9 @@ from typing import Any
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException, HydraException
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -51,6 +49,7 @@ from dpo_lab.config.choices import Direction
 from dpo_lab.config.pruning import PrunerName, PruneSettings
 from dpo_lab.sweep.optuna_sweeper import (
     RESULTS_FILE,
+    LaunchingSearch,
     default_storage,
     default_study_name,
     job_prune_settings,
@@ -156,26 +155,8 @@ class Job:
     value: float | None = None
 
 
-class HalvingSearch:
+class HalvingSearch(LaunchingSearch):
     """The sweep (see the module docstring)."""
-
-    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
-        self.params = dict(params or {})
-        self.config: DictConfig | None = None
-        self.launcher: Any = None
-        self.job_idx = 0
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.job_idx = 0
-        self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function
-        )
-
-    @property
-    def sweep_dir(self) -> Path:
-        assert self.config is not None
-        return Path(str(self.config.hydra.sweep.dir))
 
     def settings(self) -> tuple[PruneSettings, Direction, int]:
         """The sweep's ``prune`` settings, objective direction and ``train.max_steps``, checked."""
@@ -288,8 +269,7 @@ class HalvingSearch:
                 line.append(f"hydra.sweep.subdir={quoted(job.subdir)}")
             overrides.append(line)
         log.info("round to step %d: %d jobs", stop_at, len(jobs))
-        returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-        self.job_idx += len(returns)
+        returns = self.launch(overrides)
         for job, ret in zip(jobs, returns, strict=True):
             if job.subdir is None:
                 job.subdir = self.subdir_of(ret)

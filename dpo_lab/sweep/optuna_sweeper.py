@@ -302,7 +302,37 @@ def outcome(ret: JobReturn, was_pruned: bool, n_values: int) -> tuple[TrialState
     return TrialState.COMPLETE, values, "complete"
 
 
-class OptunaSearch:
+class LaunchingSearch:
+    """What dpo_lab's sweepers share: the multirun's config, the launcher Hydra configured, and job numbers
+    that go on across the batches launched (``launch``)."""
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        self.params = dict(params or {})
+        self.job_idx = 0
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.job_idx = 0
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+
+    @property
+    def sweep_dir(self) -> Path:
+        assert self.config is not None
+        return Path(str(self.config.hydra.sweep.dir))
+
+    def launch(self, overrides: Sequence[Sequence[str]]) -> Sequence[JobReturn]:
+        """One batch of jobs through the launcher, numbered after the batches before it."""
+        assert self.launcher is not None
+        returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+        self.job_idx += len(returns)
+        return returns
+
+
+class OptunaSearch(LaunchingSearch):
     """The sweep: ask ``n_jobs`` trials at a time, launch them, tell their results, ``n_trials`` in all."""
 
     def __init__(
@@ -323,6 +353,7 @@ class OptunaSearch:
             raise ValueError(
                 f"hydra.sweeper.max_failure_rate: expected a rate in [0, 1], got {max_failure_rate}"
             )
+        super().__init__(params)
         self.directions = directions_of(direction)
         self.sampler = tpe_sampler(sampler)
         self.storage = storage
@@ -330,22 +361,6 @@ class OptunaSearch:
         self.n_trials = n_trials
         self.n_jobs = n_jobs
         self.max_failure_rate = max_failure_rate
-        self.params = dict(params or {})
-        self.job_idx = 0
-        self.config: DictConfig | None = None
-        self.launcher: Any = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.job_idx = 0
-        self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function
-        )
-
-    @property
-    def sweep_dir(self) -> Path:
-        assert self.config is not None
-        return Path(str(self.config.hydra.sweep.dir))
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         """Run the search; returns the launched batches' JobReturns."""
@@ -370,8 +385,7 @@ class OptunaSearch:
             overrides = [
                 self.job_overrides(t, fixed, study.study_name, storage_text, handoff) for t in trials
             ]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self.job_idx += len(returns)
+            returns = self.launch(overrides)
             self.tell(study, storage, trials, returns)
             batches.append(returns)
             remaining -= size
